@@ -1,0 +1,119 @@
+"""llmpress vs llm-compressor 0.14.0.1, side by side, on the same model, the same
+calibration samples and the same scheme; prints wall time, peak RSS, perplexity
+and KL divergence of both.
+
+    .venv/bin/python benchmarks/compare_llmcompressor.py --scheme W4A16 --group-size 64 \
+        [--model default] [--num-samples 128] [--max-seq-len 512] [--out out/compare]
+
+llm-compressor runs in its own venv (default /work/venvs/llmcompressor; see
+benchmarks/README.md for the install) through benchmarks/llmcompressor_run.py,
+fed the token ids llmpress rendered, so both tools calibrate on identical data.
+Each tool runs as a separate process on an otherwise idle machine; wall time is
+the whole process (imports and model load included), peak RSS from the kernel.
+Quality is measured by the same code for both (llmpress.eval.perplexity:
+transformers + compressed-tensors reading each checkpoint).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def run(cmd: list[str]) -> tuple[dict, float]:
+    """Run a command; return its last stdout JSON line (if any) and wall seconds."""
+    t = time.time()
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.time() - t
+    if p.returncode != 0:
+        sys.exit(f"failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr[-3000:]}")
+    last = next((ln for ln in reversed(p.stdout.splitlines()) if ln.startswith("{")), "{}")
+    return json.loads(last), wall
+
+
+def peak_rss_mb(cmd: list[str]) -> tuple[float, float, str]:
+    """Wall seconds and peak RSS (MB) of a whole process, via GNU time."""
+    t = time.time()
+    p = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], capture_output=True, text=True)
+    wall = time.time() - t
+    if p.returncode != 0:
+        sys.exit(f"failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr[-3000:]}")
+    return wall, int(p.stderr.strip().splitlines()[-1]) / 1024, p.stdout
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--scheme", default="W4A16")
+    ap.add_argument("--group-size", type=int, default=64)
+    ap.add_argument("--num-samples", type=int, default=128)
+    ap.add_argument("--max-seq-len", type=int, default=512)
+    ap.add_argument("--dampening", type=float, default=0.1)
+    ap.add_argument("--ppl-tokens", type=int, default=16384)
+    ap.add_argument("--llmc-python", default="/work/venvs/llmcompressor/bin/python")
+    ap.add_argument("--out", default="out/compare")
+    ap.add_argument("--skip", choices=["llmpress", "llmcompressor"], action="append", default=[])
+    a = ap.parse_args()
+
+    from transformers import AutoTokenizer
+
+    from llmpress.compress.dataset import calibration_samples
+    from llmpress.eval.perplexity import perplexity
+    from llmpress.models import resolve_model
+
+    out = Path(a.out) / a.scheme
+    out.mkdir(parents=True, exist_ok=True)
+    base = resolve_model(a.model)
+    calib = out / "calib.json"
+    samples = calibration_samples("sharegpt", AutoTokenizer.from_pretrained(base), a.num_samples, a.max_seq_len)
+    calib.write_text(json.dumps({"input_ids": [s[0].tolist() for s in samples]}))
+    ntok = sum(s.shape[1] for s in samples)
+
+    rows = {}
+    if "llmcompressor" not in a.skip:
+        cmd = [a.llmc_python, str(HERE / "llmcompressor_run.py"), "--model", str(base), "--calib", str(calib),
+               "--scheme", a.scheme, "--group-size", str(a.group_size), "--dampening", str(a.dampening),
+               "--output", str(out / "llmcompressor")]
+        wall, rss, _ = peak_rss_mb(cmd)
+        rows["llm-compressor 0.14.0.1"] = (out / "llmcompressor", wall, rss)
+    if "llmpress" not in a.skip:
+        cmd = [sys.executable, "-m", "llmpress.cli", "compress", str(base), "--scheme", a.scheme,
+               "--group-size", str(a.group_size), "--num-samples", str(a.num_samples),
+               "--max-seq-len", str(a.max_seq_len), "--dampening-frac", str(a.dampening),
+               "--output", str(out / "llmpress"), "--overwrite"]
+        wall, rss, _ = peak_rss_mb(cmd)
+        rows["llmpress"] = (out / "llmpress", wall, rss)
+
+    results = {"scheme": a.scheme, "group_size": a.group_size, "samples": a.num_samples, "calib_tokens": ntok, "tools": {}}
+    base_ppl = None
+    for name, (path, wall, rss) in rows.items():
+        r = perplexity(path, base, max_tokens=a.ppl_tokens, progress=False)
+        base_ppl = r.base_perplexity
+        results["tools"][name] = dict(wall_s=round(wall, 1), peak_rss_mb=round(rss), ppl=r.perplexity,
+                                      kl=r.kl_divergence, top1=r.top1_agreement)
+    results["base_ppl"] = base_ppl
+    print(f"\n{a.scheme} (group {a.group_size}), {a.num_samples} ShareGPT samples x {a.max_seq_len} tokens "
+          f"({ntok} tokens), Lee corpus first {a.ppl_tokens} tokens; base perplexity {base_ppl:.3f}\n")
+    print("| tool | wall s | peak RSS MB | perplexity | Δppl vs base | KL (nats/tok) | top-1 agree |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, t in results["tools"].items():
+        print(f"| {name} | {t['wall_s']} | {t['peak_rss_mb']} | {t['ppl']:.3f} | {100 * (t['ppl'] / base_ppl - 1):+.1f}% "
+              f"| {t['kl']:.4f} | {100 * t['top1']:.2f}% |")
+    tools = results["tools"]
+    if len(tools) == 2:
+        (_, lc), (_, lp) = tools.items()
+        results["ratios"] = dict(wall=lp["wall_s"] / lc["wall_s"], ppl_loss=(lp["ppl"] - base_ppl) / (lc["ppl"] - base_ppl),
+                                 kl=lp["kl"] / lc["kl"])
+        print(f"\nllmpress / llm-compressor: wall {results['ratios']['wall']:.2f}x, "
+              f"perplexity loss {results['ratios']['ppl_loss']:.2f}x, KL {results['ratios']['kl']:.2f}x")
+    (out / "compare.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

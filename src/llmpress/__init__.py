@@ -1,0 +1,2 @@
+"""llmpress: compress, run, evaluate, benchmark and card Llama-family models on your own machine."""
+__version__ = "0.1.0"

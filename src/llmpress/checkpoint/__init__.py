@@ -1,0 +1,1 @@
+"""Checkpoint I/O: the compressed-tensors format, streamed safetensors shards."""

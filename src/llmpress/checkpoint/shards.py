@@ -1,0 +1,143 @@
+"""Streamed safetensors I/O: read a model tensor by tensor (memory-mapped), write it
+shard by shard, and publish the output folder atomically.
+
+Only safetensors is read or written: no pickle anywhere.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+WEIGHTS_INDEX = "model.safetensors.index.json"
+
+
+class CheckpointError(ValueError):
+    """A model folder we cannot read; the message names the fix."""
+
+
+class LazyCheckpoint:
+    """Tensor name -> tensor, read on demand from memory-mapped safetensors files."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        index = self.folder / WEIGHTS_INDEX
+        if index.is_file():
+            weight_map = json.loads(index.read_text())["weight_map"]
+        else:
+            files = sorted(self.folder.glob("*.safetensors"))
+            if not files:
+                bins = [p.name for p in self.folder.glob("*.bin")] + [p.name for p in self.folder.glob("*.pt")]
+                hint = f" (found {', '.join(bins)}: pickle files are not loaded; convert them to safetensors)" if bins else ""
+                raise CheckpointError(f"{self.folder}: no *.safetensors weights{hint}")
+            weight_map = {}
+            for f in files:
+                with safe_open(f, "pt") as h:
+                    weight_map.update({k: f.name for k in h.keys()})
+        self.weight_map: dict[str, str] = weight_map
+        self._handles: dict[str, object] = {}
+
+    def keys(self) -> list[str]:
+        return list(self.weight_map)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.weight_map
+
+    def get(self, name: str) -> torch.Tensor:
+        file = self.weight_map[name]
+        if file not in self._handles:
+            self._handles[file] = safe_open(self.folder / file, "pt")
+        return self._handles[file].get_tensor(name)
+
+    def nbytes(self) -> int:
+        return sum((self.folder / f).stat().st_size for f in set(self.weight_map.values()))
+
+
+class ShardWriter:
+    """Buffers tensors and flushes a safetensors shard whenever `max_shard_bytes` is
+    reached, so peak memory is one shard, not the model."""
+
+    def __init__(self, folder: Path, max_shard_bytes: int = 2 << 30, metadata: dict | None = None):
+        self.folder = Path(folder)
+        self.max = max_shard_bytes
+        self.metadata = {"format": "pt", **(metadata or {})}
+        self.buf: dict[str, torch.Tensor] = {}
+        self.buf_bytes = 0
+        self.shards: list[tuple[str, list[str]]] = []
+        self.total = 0
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        t = tensor.detach().contiguous()
+        self.buf[name] = t
+        self.buf_bytes += t.numel() * t.element_size()
+        if self.buf_bytes >= self.max:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buf:
+            return
+        name = f"shard-{len(self.shards):05d}.safetensors"
+        save_file(self.buf, self.folder / name, metadata=self.metadata)
+        self.shards.append((name, list(self.buf)))
+        self.total += self.buf_bytes
+        self.buf, self.buf_bytes = {}, 0
+
+    def close(self) -> None:
+        """Rename shards to the Hugging Face names and write the index when sharded."""
+        self.flush()
+        n = len(self.shards)
+        if n == 1:
+            os.replace(self.folder / self.shards[0][0], self.folder / "model.safetensors")
+            return
+        weight_map = {}
+        for i, (tmp, names) in enumerate(self.shards):
+            final = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+            os.replace(self.folder / tmp, self.folder / final)
+            weight_map.update({k: final for k in names})
+        index = {"metadata": {"total_size": self.total}, "weight_map": dict(sorted(weight_map.items()))}
+        (self.folder / WEIGHTS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+
+
+class OutputExistsError(FileExistsError):
+    pass
+
+
+@contextmanager
+def atomic_output_dir(output: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside `output`; on success rename it into place.
+    An existing output is kept unless `overwrite`; on failure nothing is left behind."""
+    out = Path(output).expanduser().resolve()
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"output {out} already exists; pass --overwrite to replace it or pick another --output")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def copy_side_files(src: Path, dst: Path) -> None:
+    """Tokenizer, chat template, generation config: everything but weights and config.json."""
+    for p in src.iterdir():
+        if not p.is_file() or p.suffix in (".safetensors", ".bin", ".pt", ".gguf", ".pth"):
+            continue
+        if p.name in ("config.json", WEIGHTS_INDEX, "recipe.yaml") or p.name.startswith("."):
+            continue
+        shutil.copy2(p, dst / p.name)

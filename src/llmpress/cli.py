@@ -1,0 +1,99 @@
+"""The `llmpress` command line: one verb per stage; flags map onto the stage's config fields."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _compress(a: argparse.Namespace) -> int:
+    from .compress import Recipe, compress
+
+    overrides = dict(
+        scheme=a.scheme, group_size=a.group_size, num_samples=a.num_samples, max_seq_len=a.max_seq_len,
+        dataset=a.dataset, dampening_frac=a.dampening_frac, seed=a.seed, device=a.device,
+        observer=a.observer, smoothing_strength=a.smoothing_strength,
+    )
+    if a.ignore is not None:
+        overrides["ignore"] = tuple(x for x in a.ignore.split(",") if x)
+    if a.no_actorder:
+        overrides["actorder"] = False
+    if a.recipe:
+        recipe = Recipe.from_yaml(a.recipe, **overrides)
+    else:
+        recipe = Recipe(**{k: v for k, v in overrides.items() if v is not None})
+    out = compress(a.model, recipe, a.output, overwrite=a.overwrite)
+    stats = json.loads((out / "llmpress_compress.json").read_text())
+    print(f"wrote {out} ({stats['scheme']}, {stats['wall_s']} s, peak RSS {stats['peak_rss_mb']} MB, "
+          f"{stats['source_bytes'] / 1e6:.1f} MB -> {stats['output_bytes'] / 1e6:.1f} MB)")
+    return 0
+
+
+def _ppl(a: argparse.Namespace) -> int:
+    from .eval.perplexity import perplexity
+    from .models import resolve_model
+
+    model = resolve_model(a.model)
+    base = resolve_model(a.base) if a.base else None
+    r = perplexity(model, base, a.text, window=a.window, max_tokens=a.max_tokens or None)
+    print(f"perplexity {r.perplexity:.3f} over {r.tokens} tokens of {r.text}")
+    if base is not None:
+        print(f"base perplexity {r.base_perplexity:.3f}; KL divergence {r.kl_divergence:.4f} nats/token; "
+              f"top-1 agreement {100 * r.top1_agreement:.2f}%")
+    print(json.dumps(r.to_dict()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llmpress", description="Compress, run, evaluate and benchmark LLMs on your own machine.")
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    c = sub.add_parser("compress", help="one-shot quantization into a compressed-tensors checkpoint")
+    c.add_argument("model", nargs="?", default="default", help="HF folder, hub id (online), or 'default' (SmolLM2-135M-Instruct)")
+    c.add_argument("--scheme", help="W4A16 | W4A16_ASYM | W8A16 | W8A8 | FP8_DYNAMIC")
+    c.add_argument("--group-size", type=int)
+    c.add_argument("--num-samples", type=int)
+    c.add_argument("--max-seq-len", type=int)
+    c.add_argument("--dataset", help="'sharegpt' (default), a .json/.jsonl file, or hub:NAME[:split]")
+    c.add_argument("--dampening-frac", type=float)
+    c.add_argument("--observer", choices=["mse", "minmax"])
+    c.add_argument("--smoothing-strength", type=float, help="SmoothQuant alpha for W8A8 (0 = off)")
+    c.add_argument("--no-actorder", action="store_true", help="quantize columns in order, with error-compensated group scales")
+    c.add_argument("--ignore", help="comma-separated module names / re: patterns left unquantized")
+    c.add_argument("--seed", type=int)
+    c.add_argument("--device", help="auto | cpu | cuda")
+    c.add_argument("--recipe", help="YAML file of recipe fields (flags override it)")
+    c.add_argument("--output", required=True)
+    c.add_argument("--overwrite", action="store_true")
+    c.set_defaults(fn=_compress)
+
+    q = sub.add_parser("ppl", help="perplexity on held text; KL divergence and top-1 agreement with --base")
+    q.add_argument("model", nargs="?", default="default")
+    q.add_argument("--base")
+    q.add_argument("--text", help="a text file (default: the Lee corpus from gensim's test data)")
+    q.add_argument("--window", type=int, default=512)
+    q.add_argument("--max-tokens", type=int, default=16384, help="0 = the whole text")
+    q.set_defaults(fn=_ppl)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    from .checkpoint.shards import CheckpointError, OutputExistsError
+    from .compress.dataset import DatasetError
+    from .compress.recipe import RecipeError
+    from .compress.targets import ModelStructureError
+    from .eval.perplexity import TextError
+    from .models import ModelError
+
+    try:
+        return args.fn(args)
+    except (RecipeError, DatasetError, ModelError, ModelStructureError, CheckpointError, OutputExistsError, TextError) as e:
+        print(f"llmpress {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Observers: scale / zero-point from a tensor, and the quantize / dequantize pair.
+
+Pure tensor functions. A weight is W [rows=out_features, cols=in_features];
+qparams come out as scale [rows, G] (G = cols/group_size for "group", 1 for
+"channel"; [1, 1] for "tensor"), zero_point likewise or None when symmetric.
+
+Conventions follow compressed-tensors so that what we write decompresses to
+exactly what we computed:
+  int, symmetric:   scale = amax / ((qmax - qmin) / 2),  q = clamp(round(x/s), qmin, qmax)
+  int, asymmetric:  scale = (max - min) / (qmax - qmin), zp = clamp(round(qmin - min/s))
+  float (e4m3):     scale = amax / 448,                  q = clamp(x/s, ±448) -> float8_e4m3fn
+  dequantize:       (q.to(scale.dtype) - zp) * scale, computed in the scale's dtype.
+Scales are rounded to their storage dtype *before* quantizing, so the stored
+scale is the one the integers were computed against.
+"""
+from __future__ import annotations
+
+import torch
+
+from .schemes import QuantArgs
+
+FP8_DTYPE = torch.float8_e4m3fn
+
+
+def num_groups(cols: int, args: QuantArgs) -> int:
+    if args.strategy == "group":
+        assert args.group_size and cols % args.group_size == 0, (cols, args.group_size)
+        return cols // args.group_size
+    return 1
+
+
+def _grouped(w: torch.Tensor, args: QuantArgs) -> torch.Tensor:
+    """[rows, cols] -> [rows, G, cols/G] (tensor strategy: [1, 1, rows*cols])."""
+    if args.strategy == "tensor":
+        return w.reshape(1, 1, -1)
+    return w.reshape(w.shape[0], num_groups(w.shape[1], args), -1)
+
+
+def qparams_from_range(
+    xmin: torch.Tensor, xmax: torch.Tensor, args: QuantArgs, scale_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Scale (and zero-point) for ranges [xmin, xmax] of any shape."""
+    xmin = torch.clamp(xmin, max=0.0)
+    xmax = torch.clamp(xmax, min=0.0)
+    tiny = torch.finfo(scale_dtype).tiny * 16  # never a zero scale, even for an all-zero group
+    if args.symmetric:
+        amax = torch.maximum(-xmin, xmax)
+        scale = amax / ((args.qmax - args.qmin) / 2) if args.type == "int" else amax / args.qmax
+        scale = scale.clamp(min=tiny).to(scale_dtype)
+        return scale, None
+    scale = ((xmax - xmin) / (args.qmax - args.qmin)).clamp(min=tiny).to(scale_dtype)
+    zp = torch.round(args.qmin - xmin / scale.float()).clamp(args.qmin, args.qmax)
+    return scale, zp.to(torch.int8)
+
+
+def minmax_qparams(
+    w: torch.Tensor, args: QuantArgs, scale_dtype: torch.dtype = torch.bfloat16
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    g = _grouped(w.float(), args)
+    return qparams_from_range(g.amin(-1), g.amax(-1), args, scale_dtype)
+
+
+def mse_qparams(
+    w: torch.Tensor,
+    args: QuantArgs,
+    scale_dtype: torch.dtype = torch.bfloat16,
+    importance: torch.Tensor | None = None,
+    grid: int = 100,
+    maxshrink: float = 0.8,
+    norm: float = 2.4,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Shrink the min/max range by p in (1-maxshrink, 1] and keep, per group, the p with
+    the least sum |x - dq(q(x))|^norm (GPTQ's reference search, Frantar et al. 2022).
+
+    `importance` [cols] weights each column's error; GPTQ passes diag(H), the
+    input energy that column's error is multiplied by at the layer output.
+    """
+    g = _grouped(w.float(), args)  # [R, G, S]
+    xmin, xmax = g.amin(-1), g.amax(-1)
+    imp = None
+    if importance is not None and args.strategy != "tensor":
+        imp = _grouped(importance.float().expand(w.shape[0], -1), args)
+    best_err = torch.full(xmin.shape, float("inf"))
+    best = qparams_from_range(xmin, xmax, args, scale_dtype)
+    for i in range(int(maxshrink * grid)):
+        p = 1 - i / grid
+        scale, zp = qparams_from_range(p * xmin, p * xmax, args, scale_dtype)
+        dq = _fake_quantize_grouped(g, scale, zp, args)
+        err = (dq - g).abs_().pow_(norm)
+        if imp is not None:
+            err.mul_(imp)
+        err = err.sum(-1)
+        better = err < best_err
+        if better.any():
+            best_err = torch.where(better, err, best_err)
+            best = (
+                torch.where(better, scale, best[0]),
+                None if zp is None else torch.where(better, zp, best[1]),
+            )
+    return best
+
+
+def observe(
+    w: torch.Tensor,
+    args: QuantArgs,
+    scale_dtype: torch.dtype = torch.bfloat16,
+    importance: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The scheme's observer: "mse" searches, "minmax" does not."""
+    if args.observer == "mse":
+        return mse_qparams(w, args, scale_dtype, importance)
+    return minmax_qparams(w, args, scale_dtype)
+
+
+def _fake_quantize_grouped(
+    g: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None, args: QuantArgs
+) -> torch.Tensor:
+    s = scale.float().unsqueeze(-1)
+    if args.type == "float":
+        return (g / s).clamp(args.qmin, args.qmax).to(FP8_DTYPE).float() * s
+    z = 0.0 if zp is None else zp.float().unsqueeze(-1)
+    return (torch.round(g / s + z).clamp(args.qmin, args.qmax) - z) * s
+
+
+def expand(p: torch.Tensor, cols: int) -> torch.Tensor:
+    """Per-group params [R, G] -> per-element [R, cols] (channel/tensor broadcast as is)."""
+    if p.shape[-1] in (1, cols):
+        return p
+    return p.repeat_interleave(cols // p.shape[-1], dim=-1)
+
+
+def quantize(
+    w: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None, args: QuantArgs
+) -> torch.Tensor:
+    """W [R, C] -> int8 (int schemes) or float8_e4m3fn (float schemes), same shape."""
+    s = expand(scale, w.shape[1]).float()
+    if args.type == "float":
+        return (w.float() / s).clamp(args.qmin, args.qmax).to(FP8_DTYPE)
+    z = 0.0 if zp is None else expand(zp, w.shape[1]).float()
+    return torch.round(w.float() / s + z).clamp(args.qmin, args.qmax).to(torch.int8)
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None) -> torch.Tensor:
+    """The compressed-tensors formula, in the scale's dtype: (q - zp) * scale."""
+    s = expand(scale, q.shape[1])
+    x = q.to(s.dtype)
+    if zp is not None:
+        x = x - expand(zp, q.shape[1]).to(s.dtype)
+    return x * s
+
+
+def fake_quantize(
+    w: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None, args: QuantArgs
+) -> torch.Tensor:
+    return dequantize(quantize(w, scale, zp, args), scale, zp)
+
+
+def dynamic_per_token(x: torch.Tensor, args: QuantArgs) -> torch.Tensor:
+    """Fake-quantize activations x [..., C] with one scale per token (row), as vLLM does at
+    run time for W8A8 / FP8-dynamic. Scales are kept in float32 here."""
+    amax = x.abs().amax(-1, keepdim=True).float()
+    if args.type == "float":
+        s = (amax / args.qmax).clamp(min=1e-12)
+        return ((x.float() / s).clamp(args.qmin, args.qmax).to(FP8_DTYPE).float() * s).to(x.dtype)
+    s = (amax / args.qmax).clamp(min=1e-12)  # vLLM's dynamic int8: amax / 127
+    return (torch.round(x.float() / s).clamp(args.qmin, args.qmax) * s).to(x.dtype)

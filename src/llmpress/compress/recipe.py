@@ -1,0 +1,105 @@
+"""The compression recipe: one frozen dataclass; CLI flags and YAML keys map onto its fields."""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import yaml
+
+from .schemes import SCHEMES, Scheme, get_scheme
+
+
+class RecipeError(ValueError):
+    """A recipe mistake; the message names the key (and line) and the fix."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    scheme: str = "W4A16"
+    group_size: int | None = None  # None: the scheme's own (128 for W4A16)
+    targets: tuple[str, ...] = ("Linear",)  # "Linear" = every nn.Linear in the decoder layers; or names / "re:..."
+    ignore: tuple[str, ...] = ("lm_head",)
+    num_samples: int = 128
+    max_seq_len: int = 512
+    dataset: str = "sharegpt"  # "sharegpt" | a .json/.jsonl file | "hub:NAME[:split]" (online)
+    seed: int = 42
+    dampening_frac: float = 0.1
+    actorder: bool = True  # visit columns by decreasing Hessian diagonal (static groups: no g_idx)
+    observer: str | None = None  # None: the scheme's own ("mse" for int schemes); or "minmax" / "mse"
+    sequential: bool = True  # Llama-family layers: quantize q/k/v -> o -> gate/up -> down in one staged pass
+    smoothing_strength: float = 0.8  # SmoothQuant α for schemes with int8 activations; 0 turns it off
+    device: str = "auto"  # "auto" = cuda when present, else cpu
+
+    def __post_init__(self) -> None:
+        try:
+            get_scheme(str(self.scheme))
+        except ValueError as e:
+            raise RecipeError(str(e)) from None
+        object.__setattr__(self, "scheme", self.scheme.upper())
+        object.__setattr__(self, "targets", tuple(self.targets))
+        object.__setattr__(self, "ignore", tuple(self.ignore))
+        if self.group_size is not None and (not isinstance(self.group_size, int) or self.group_size <= 0):
+            raise RecipeError(f"group_size must be a positive integer, got {self.group_size!r}")
+        if not isinstance(self.num_samples, int) or self.num_samples <= 0:
+            raise RecipeError(f"num_samples must be a positive integer, got {self.num_samples!r}")
+        if not isinstance(self.max_seq_len, int) or self.max_seq_len < 8:
+            raise RecipeError(f"max_seq_len must be an integer >= 8, got {self.max_seq_len!r}")
+        if not 0 <= self.dampening_frac < 10:
+            raise RecipeError(f"dampening_frac must be in [0, 10), got {self.dampening_frac!r}")
+        if self.observer not in (None, "mse", "minmax"):
+            raise RecipeError(f"observer must be 'mse' or 'minmax', got {self.observer!r}")
+        if not 0 <= self.smoothing_strength <= 1:
+            raise RecipeError(f"smoothing_strength must be in [0, 1], got {self.smoothing_strength!r}")
+        for pat in self.targets + self.ignore:
+            if pat.startswith("re:"):
+                try:
+                    re.compile(pat[3:])
+                except re.error as e:
+                    raise RecipeError(f"bad regular expression {pat!r}: {e}") from None
+
+    @property
+    def quant_scheme(self) -> Scheme:
+        s = get_scheme(self.scheme).with_group_size(self.group_size)
+        w = s.weights
+        if self.observer:
+            w = replace(w, observer=self.observer)
+        if self.actorder and s.uses_gptq:
+            w = replace(w, actorder="weight")
+        return replace(s, weights=w)
+
+    def to_yaml(self) -> str:
+        d = asdict(self)
+        d["targets"], d["ignore"] = list(self.targets), list(self.ignore)
+        return yaml.safe_dump(d, sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides) -> "Recipe":
+        path = Path(path)
+        if not path.is_file():
+            raise RecipeError(f"recipe file {path} not found")
+        text = path.read_text()
+        try:
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise RecipeError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise RecipeError(f"{path}: a recipe is a mapping of fields ({', '.join(FIELD_NAMES)})")
+        lines = {k.value: k.start_mark.line + 1 for k, _ in node.value} if node is not None else {}
+        for key in data:
+            if key not in FIELD_NAMES:
+                raise RecipeError(
+                    f"{path}:{lines.get(key, '?')}: unknown recipe key {key!r}; known keys: {', '.join(FIELD_NAMES)}"
+                )
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls(**data)
+        except (RecipeError, ValueError) as e:
+            bad = next((k for k in data if k in str(e) or (k == "scheme" and "scheme" in str(e))), None)
+            where = f"{path}:{lines.get(bad, '?')}" if bad else str(path)
+            raise RecipeError(f"{where}: {e}") from None
+
+
+FIELD_NAMES = tuple(f.name for f in fields(Recipe))
+SCHEME_NAMES = tuple(SCHEMES)

