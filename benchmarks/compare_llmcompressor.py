@@ -90,7 +90,11 @@ def main() -> None:
         rows["llmpress"] = (out / "llmpress", wall, rss)
 
     results = {"scheme": a.scheme, "group_size": a.group_size, "samples": a.num_samples, "calib_tokens": ntok, "tools": {}}
-    base_ppl = None
+    previous = json.loads((out / "compare.json").read_text()) if (out / "compare.json").is_file() else {}
+    for name, t in previous.get("tools", {}).items():  # a skipped tool keeps its last measurement
+        if name not in rows and name.replace("-", "").split()[0] in a.skip:
+            results["tools"][name] = {**t, "reused": True}
+    base_ppl = previous.get("base_ppl")
     for name, (path, wall, rss) in rows.items():
         r = perplexity(path, base, max_tokens=a.ppl_tokens, progress=False)
         base_ppl = r.base_perplexity
@@ -101,12 +105,12 @@ def main() -> None:
           f"({ntok} tokens), Lee corpus first {a.ppl_tokens} tokens; base perplexity {base_ppl:.3f}\n")
     print("| tool | wall s | peak RSS MB | perplexity | Δppl vs base | KL (nats/tok) | top-1 agree |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, t in results["tools"].items():
-        print(f"| {name} | {t['wall_s']} | {t['peak_rss_mb']} | {t['ppl']:.3f} | {100 * (t['ppl'] / base_ppl - 1):+.1f}% "
+    for name, t in sorted(results["tools"].items(), key=lambda kv: kv[0] != "llm-compressor 0.14.0.1"):
+        print(f"| {name}{' (previous run)' if t.get('reused') else ''} | {t['wall_s']} | {t['peak_rss_mb']} | {t['ppl']:.3f} | {100 * (t['ppl'] / base_ppl - 1):+.1f}% "
               f"| {t['kl']:.4f} | {100 * t['top1']:.2f}% |")
     tools = results["tools"]
     if len(tools) == 2:
-        (_, lc), (_, lp) = tools.items()
+        lc, lp = tools["llm-compressor 0.14.0.1"], tools["llmpress"]
         results["ratios"] = dict(wall=lp["wall_s"] / lc["wall_s"], ppl_loss=(lp["ppl"] - base_ppl) / (lc["ppl"] - base_ppl),
                                  kl=lp["kl"] / lc["kl"])
         print(f"\nllmpress / llm-compressor: wall {results['ratios']['wall']:.2f}x, "

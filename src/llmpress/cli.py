@@ -13,7 +13,7 @@ def _compress(a: argparse.Namespace) -> int:
     overrides = dict(
         scheme=a.scheme, group_size=a.group_size, num_samples=a.num_samples, max_seq_len=a.max_seq_len,
         dataset=a.dataset, dampening_frac=a.dampening_frac, seed=a.seed, device=a.device,
-        observer=a.observer, smoothing_strength=a.smoothing_strength,
+        observer=a.observer, smoothing_strength=a.smoothing_strength, dtype=a.dtype,
     )
     if a.ignore is not None:
         overrides["ignore"] = tuple(x for x in a.ignore.split(",") if x)
@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--ignore", help="comma-separated module names / re: patterns left unquantized")
     c.add_argument("--seed", type=int)
     c.add_argument("--device", help="auto | cpu | cuda")
+    c.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], help="calibration forward dtype (auto: measured)")
     c.add_argument("--recipe", help="YAML file of recipe fields (flags override it)")
     c.add_argument("--output", required=True)
     c.add_argument("--overwrite", action="store_true")

@@ -43,7 +43,6 @@ class LazyCheckpoint:
                 with safe_open(f, "pt") as h:
                     weight_map.update({k: f.name for k in h.keys()})
         self.weight_map: dict[str, str] = weight_map
-        self._handles: dict[str, object] = {}
 
     def keys(self) -> list[str]:
         return list(self.weight_map)
@@ -52,10 +51,10 @@ class LazyCheckpoint:
         return name in self.weight_map
 
     def get(self, name: str) -> torch.Tensor:
-        file = self.weight_map[name]
-        if file not in self._handles:
-            self._handles[file] = safe_open(self.folder / file, "pt")
-        return self._handles[file].get_tensor(name)
+        # A handle per read: the file mapping is dropped as soon as the tensor is copied
+        # out, so pages of layers already processed do not stay resident.
+        with safe_open(self.folder / self.weight_map[name], "pt") as h:
+            return h.get_tensor(name)
 
     def nbytes(self) -> int:
         return sum((self.folder / f).stat().st_size for f in set(self.weight_map.values()))
@@ -65,7 +64,7 @@ class ShardWriter:
     """Buffers tensors and flushes a safetensors shard whenever `max_shard_bytes` is
     reached, so peak memory is one shard, not the model."""
 
-    def __init__(self, folder: Path, max_shard_bytes: int = 2 << 30, metadata: dict | None = None):
+    def __init__(self, folder: Path, max_shard_bytes: int = 1 << 30, metadata: dict | None = None):
         self.folder = Path(folder)
         self.max = max_shard_bytes
         self.metadata = {"format": "pt", **(metadata or {})}

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .observers import dequantize, observe, quantize
+from .observers import expand, observe, quantize
 from .schemes import QuantArgs
 
 BLOCK_SIZE = 128
@@ -53,16 +53,38 @@ class HessianAccumulator:
         self.cols = cols
 
     def add(self, x: torch.Tensor) -> None:
-        x = x.reshape(-1, x.shape[-1]).float()  # [tokens, cols]
+        x = x.reshape(-1, x.shape[-1])  # [tokens, cols]
+        if x.dtype != torch.bfloat16:
+            x = x.float()
         self.n += x.shape[0]
+        # bf16 activations (CPUs with bf16 dot products, GPUs): multiply in bf16, 512 rows at
+        # a time, and sum in float32. The bf16 rounding of each product entry is relative to
+        # the entry, so the rows/columns of "massive activation" channels (Sun et al. 2024)
+        # carry large absolute errors that can outweigh the dampening and break Cholesky:
+        # those few columns are recomputed exactly in float32.
+        for chunk in x.split(512) if x.dtype == torch.bfloat16 else (x,):
+            self.sum += self._upper_product(chunk)
+
+    OUTLIER_FACTOR = 8.0  # a channel whose max |x| is 8x the median channel's is recomputed exactly
+
+    def _upper_product(self, x: torch.Tensor) -> torch.Tensor:
         if self.cols < 512:
-            self.sum.addmm_(x.T, x)
-            return
-        b = -(-self.cols // self.BLOCKS)
-        for i in range(0, self.cols, b):
-            xi = x[:, i : i + b].T
-            for j in range(i, self.cols, b):
-                self.sum[i : i + b, j : j + b].addmm_(xi, x[:, j : j + b])
+            P = (x.T @ x).float()
+        else:
+            P = torch.zeros(self.cols, self.cols, device=x.device)
+            b = -(-self.cols // self.BLOCKS)
+            for i in range(0, self.cols, b):
+                xi = x[:, i : i + b].T
+                for j in range(i, self.cols, b):
+                    P[i : i + b, j : j + b] = xi @ x[:, j : j + b]
+        if x.dtype == torch.bfloat16:
+            amax = x.abs().amax(0).float()
+            big = torch.nonzero(amax > self.OUTLIER_FACTOR * amax.median()).flatten()[:64]
+            if big.numel():
+                exact = x.float().T @ x[:, big].float()  # [cols, k]
+                P[:, big] = exact
+                P[big, :] = exact.T
+        return P
 
     def hessian(self) -> torch.Tensor:
         H = self.sum
@@ -114,61 +136,64 @@ def gptq_quantize(
     W[:, dead] = 0.0
     importance = torch.diag(H).clone()
 
-    perm = None
     static = args.actorder is not None or not group
     if static:  # scales from the original weight, fixed before any update
         scale, zp = observe(W, args, scale_dtype, importance)
-    else:
-        n_groups = cols // group
-        scale = torch.empty(rows, n_groups, dtype=scale_dtype)
-        zp = None if args.symmetric else torch.empty(rows, n_groups, dtype=torch.int8)
-    if args.actorder is not None:
-        perm = torch.argsort(torch.diag(H), descending=True)
+    else:  # filled group by group as GPTQ reaches each group
+        scale = torch.empty(rows, cols // group, dtype=scale_dtype)
+        zp = None if args.symmetric else torch.empty(rows, cols // group, dtype=torch.int8)
+    perm = torch.argsort(torch.diag(H), descending=True) if args.actorder is not None else None
+    if perm is not None:
         W, H = W[:, perm], H[perm][:, perm]
-    col_group = (perm if perm is not None else torch.arange(cols)) // group if group else None
-
     U, used_frac = inverse_cholesky(H, dampening_frac, warn)
-    Q = torch.zeros(rows, cols, dtype=torch.float32)  # dequantized values, permuted order
-    qint = torch.zeros(rows, cols, dtype=torch.int8 if args.type == "int" else torch.float32)
-    loss = torch.zeros(rows)
+
+    # per-column scale / zero-point in the (permuted) column order
+    S = torch.empty(rows, cols)
+    Z = torch.zeros(rows, cols)
+    if static:
+        S.copy_(expand(scale.float(), cols))
+        if zp is not None:
+            Z.copy_(expand(zp.float(), cols))
+        if perm is not None:
+            S, Z = S[:, perm], Z[:, perm]
+    qmin, qmax, is_float = args.qmin, args.qmax, args.type == "float"
+    round_scale = scale_dtype != torch.float32
+    Q = torch.empty(rows, cols)  # integer (or fp8) codes, as float
+    losses = torch.zeros(())
 
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
         W1 = W[:, i1:i2].clone()
-        Err1 = torch.zeros_like(W1)
+        Err1 = torch.empty_like(W1)
         U1 = U[i1:i2, i1:i2]
         for i in range(i2 - i1):
             c = i1 + i
             if not static and c % group == 0:  # error-compensated group scale
-                g = c // group
                 s, z = observe(W1[:, i : i + group], _one_group(args), scale_dtype, importance[c : c + group])
-                scale[:, g : g + 1] = s
+                scale[:, c // group] = s[:, 0]
+                S[:, c : c + group] = s.float()
                 if zp is not None:
-                    zp[:, g : g + 1] = z
-            if group:
-                g = int(col_group[c])
-                s_col = scale[:, g : g + 1]
-                z_col = None if zp is None else zp[:, g : g + 1]
+                    zp[:, c // group] = z[:, 0]
+                    Z[:, c : c + group] = z.float()
+            w, s, z = W1[:, i], S[:, c], Z[:, c]
+            if is_float:
+                q = (w / s).clamp_(qmin, qmax).to(torch.float8_e4m3fn).float()
             else:
-                s_col, z_col = scale, zp
-            w = W1[:, i : i + 1]
-            qi = quantize(w, s_col, z_col, args)
-            dq = dequantize(qi, s_col, z_col).float()
-            Q[:, c : c + 1] = dq
-            qint[:, c : c + 1] = qi if args.type == "int" else qi.float()
-            d = U1[i, i]
-            err = (w - dq) / d  # [rows, 1]
-            loss += (err.squeeze(1) ** 2) / 2
-            W1[:, i:] -= err @ U1[i : i + 1, i:]
-            Err1[:, i : i + 1] = err
-        W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+                q = torch.round(w / s + z).clamp_(qmin, qmax)
+            dq = (q - z) * s
+            if round_scale:  # the reader dequantizes in the scale's dtype
+                dq = dq.to(scale_dtype).float()
+            Q[:, c] = q
+            err = (w - dq) / U1[i, i]
+            W1[:, i:].addr_(err, U1[i, i:], alpha=-1.0)
+            Err1[:, i] = err
+        losses += (Err1**2).sum() / 2
+        W[:, i2:].addmm_(Err1, U[i1:i2, i2:], alpha=-1.0)
 
     if perm is not None:
-        inv = torch.argsort(perm)
-        qint = qint[:, inv]
-    if args.type == "float":
-        qint = qint.to(torch.float8_e4m3fn)
-    return GPTQResult(qint, scale, zp, float(loss.sum()), used_frac)
+        Q = Q[:, torch.argsort(perm)]
+    q = Q.to(torch.float8_e4m3fn) if is_float else Q.to(torch.int8)
+    return GPTQResult(q, scale, zp, float(losses), used_frac)
 
 
 def _one_group(args: QuantArgs) -> QuantArgs:

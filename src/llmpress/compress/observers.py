@@ -67,36 +67,43 @@ def mse_qparams(
     importance: torch.Tensor | None = None,
     grid: int = 100,
     maxshrink: float = 0.8,
-    norm: float = 2.4,
+    norm: float = 2.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Shrink the min/max range by p in (1-maxshrink, 1] and keep, per group, the p with
+    """Shrink the min/max range by p in [1-maxshrink, 1] and keep, per group, the p with
     the least sum |x - dq(q(x))|^norm (GPTQ's reference search, Frantar et al. 2022).
 
-    `importance` [cols] weights each column's error; GPTQ passes diag(H), the
-    input energy that column's error is multiplied by at the layer output.
+    Coarse to fine: every 4th grid point first, then the 3 grid points either side of
+    each group's best; 26 evaluations instead of 80, same 1/grid resolution.
+    `importance` [cols] weights each column's error; GPTQ passes diag(H), the input
+    energy that column's error is multiplied by at the layer output.
     """
     g = _grouped(w.float(), args)  # [R, G, S]
     xmin, xmax = g.amin(-1), g.amax(-1)
     imp = None
     if importance is not None and args.strategy != "tensor":
         imp = _grouped(importance.float().expand(w.shape[0], -1), args)
+    lowest = 1.0 - maxshrink
     best_err = torch.full(xmin.shape, float("inf"))
+    best_p = torch.ones(xmin.shape)
     best = qparams_from_range(xmin, xmax, args, scale_dtype)
-    for i in range(int(maxshrink * grid)):
-        p = 1 - i / grid
+
+    def consider(p):
+        nonlocal best_err, best_p, best
         scale, zp = qparams_from_range(p * xmin, p * xmax, args, scale_dtype)
-        dq = _fake_quantize_grouped(g, scale, zp, args)
-        err = (dq - g).abs_().pow_(norm)
+        err = (_fake_quantize_grouped(g, scale, zp, args) - g).abs_().pow_(norm)
         if imp is not None:
             err.mul_(imp)
         err = err.sum(-1)
         better = err < best_err
-        if better.any():
-            best_err = torch.where(better, err, best_err)
-            best = (
-                torch.where(better, scale, best[0]),
-                None if zp is None else torch.where(better, zp, best[1]),
-            )
+        best_err = torch.where(better, err, best_err)
+        best_p = torch.where(better, p if torch.is_tensor(p) else torch.full_like(best_p, p), best_p)
+        best = (torch.where(better, scale, best[0]), None if zp is None else torch.where(better, zp, best[1]))
+
+    for i in range(0, int(maxshrink * grid) + 1, 4):
+        consider(1.0 - i / grid)
+    centre = best_p.clone()
+    for k in (-3, -2, -1, 1, 2, 3):
+        consider((centre + k / grid).clamp(lowest, 1.0))
     return best
 
 

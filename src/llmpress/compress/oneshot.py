@@ -24,9 +24,10 @@ from ..checkpoint.compressed_tensors import compress_linear, quantization_config
 from ..checkpoint.shards import LazyCheckpoint, ShardWriter, atomic_output_dir, copy_side_files
 from ..models import resolve_model
 from . import sequential
-from .calibrate import InputStats, capture_layer_inputs, run_layer
+from .calibrate import InputStats, capture_layer_inputs, fastest_cpu_dtype, run_layer
 from .dataset import calibration_samples
-from .gptq import gptq_quantize, rtn_quantize
+from .fp8 import fp8_quantize_weight
+from .gptq import GPTQResult, gptq_quantize, rtn_quantize
 from .observers import dequantize, dynamic_per_token
 from .recipe import Recipe, RecipeError
 from .smoothquant import fold_into_norm, fold_into_v, move_hessian, smoothing_scales, vo_smoothing_scales
@@ -64,8 +65,7 @@ def compress(
                 f"use a group_size that divides them (e.g. `group_size: 64` / --group-size 64) or add those layers to `ignore`"
             )
     device = torch.device("cuda" if recipe.device == "auto" and torch.cuda.is_available() else ("cpu" if recipe.device == "auto" else recipe.device))
-    # float32 on CPU: ~5x faster than bf16 on CPUs without bf16 matmul units, and exact for the Hessians
-    calib_dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    calib_dtype = _calibration_dtype(recipe.dtype, device)
 
     with atomic_output_dir(output, overwrite) as tmp:
         writer = ShardWriter(tmp, metadata={"producer": "llmpress"})
@@ -119,9 +119,17 @@ def compress(
             source_bytes=ckpt.nbytes(),
             output_bytes=sum(p.stat().st_size for p in tmp.glob("*.safetensors")),
             device=str(device),
+            calibration_dtype=str(calib_dtype).removeprefix("torch."),
         )
         (tmp / "llmpress_compress.json").write_text(json.dumps(stats, indent=2) + "\n")
     return Path(output)
+
+
+def _calibration_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The dtype calibration forwards run in; GPTQ itself always works in float32."""
+    if name != "auto":
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+    return torch.bfloat16 if device.type == "cuda" else fastest_cpu_dtype()
 
 
 def _skeleton(src: Path):
@@ -172,7 +180,7 @@ def _calibration_inputs(src, skeleton, layers, recipe: Recipe, ckpt, device, dty
     inputs = capture_layer_inputs(decoder, layers[0], samples, device)
     embed.to("meta")
     ntok = sum(s.shape[1] for s in samples)
-    _log(f"calibration: {len(samples)} samples, {ntok} tokens from {recipe.dataset}")
+    _log(f"calibration: {len(samples)} samples, {ntok} tokens from {recipe.dataset}, forward in {str(dtype).removeprefix('torch.')}")
     return [(h.to(dtype), kw) for h, kw in inputs]
 
 
@@ -190,7 +198,10 @@ def _quantize_layer(layer: nn.Module, linears: dict[str, nn.Linear], inputs, rec
             lin = linears[name]
             W = lin.weight.data
             scale_dtype = dtypes[f"{name}.weight"]  # scales are stored in the model's own dtype
-            if H is None:
+            if H is None and scheme.weights.type == "float":
+                q, scale = fp8_quantize_weight(W, scale_dtype)
+                res = GPTQResult(q, scale, None, float("nan"), 0.0)
+            elif H is None:
                 res = rtn_quantize(W, scheme.weights, scale_dtype)
             else:
                 res = gptq_quantize(W, H, scheme.weights, recipe.dampening_frac, scale_dtype, warn=_log)

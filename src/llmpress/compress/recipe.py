@@ -30,6 +30,7 @@ class Recipe:
     sequential: bool = True  # Llama-family layers: quantize q/k/v -> o -> gate/up -> down in one staged pass
     smoothing_strength: float = 0.8  # SmoothQuant α for schemes with int8 activations; 0 turns it off
     device: str = "auto"  # "auto" = cuda when present, else cpu
+    dtype: str = "auto"  # calibration forward dtype: "auto" (bf16 on GPU; on CPU the faster, measured) | float32 | bfloat16
 
     def __post_init__(self) -> None:
         try:
@@ -47,6 +48,8 @@ class Recipe:
             raise RecipeError(f"max_seq_len must be an integer >= 8, got {self.max_seq_len!r}")
         if not 0 <= self.dampening_frac < 10:
             raise RecipeError(f"dampening_frac must be in [0, 10), got {self.dampening_frac!r}")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise RecipeError(f"dtype must be 'auto', 'float32' or 'bfloat16', got {self.dtype!r}")
         if self.observer not in (None, "mse", "minmax"):
             raise RecipeError(f"observer must be 'mse' or 'minmax', got {self.observer!r}")
         if not 0 <= self.smoothing_strength <= 1:

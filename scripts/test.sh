@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test suite, on CPU, offline (tiny random Llamas plus the real default model).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+bash scripts/setup.sh
+exec .venv/bin/python -m pytest "$@"
