@@ -45,6 +45,65 @@ def _ppl(a: argparse.Namespace) -> int:
     return 0
 
 
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", default="default", help="HF folder (dense or compressed-tensors), hub id (online), or 'default'")
+    p.add_argument("--dtype", default="auto", help="auto (float32 on CPU) | float32 | bfloat16")
+    p.add_argument("--max-model-len", type=int)
+    p.add_argument("--max-num-seqs", type=int, default=32)
+    p.add_argument("--kv-cache-memory-bytes", type=int)
+    p.add_argument("--device", default="cpu")
+
+
+def _sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--min-p", type=float, default=0.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--stop", action="append", help="stop string (repeatable)")
+
+
+def _llm(a: argparse.Namespace):
+    from .engine import LLM
+
+    return LLM(a.model, dtype=a.dtype, max_model_len=a.max_model_len, max_num_seqs=a.max_num_seqs,
+               kv_cache_memory_bytes=a.kv_cache_memory_bytes, device=a.device)
+
+
+def _params(a: argparse.Namespace):
+    from .engine import SamplingParams
+
+    return SamplingParams(max_tokens=a.max_tokens, temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, min_p=a.min_p,
+                          repetition_penalty=a.repetition_penalty, seed=a.seed, stop=a.stop)
+
+
+def _generate(a: argparse.Namespace) -> int:
+    params = _params(a)
+    out = _llm(a).generate(a.prompt, params, use_tqdm=False)[0].outputs[0]
+    print(out.text)
+    return 0
+
+
+def _chat(a: argparse.Namespace) -> int:
+    params, llm = _params(a), _llm(a)
+    messages = [{"role": "system", "content": a.system}] if a.system else []
+    print("chat with the model; an empty line or Ctrl-D ends", file=sys.stderr)
+    while True:
+        try:
+            user = input("> ").strip()
+        except EOFError:
+            break
+        if not user:
+            break
+        messages.append({"role": "user", "content": user})
+        reply = llm.chat(messages, params, use_tqdm=False)[0].outputs[0].text
+        print(reply)
+        messages.append({"role": "assistant", "content": reply})
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmpress", description="Compress, run, evaluate and benchmark LLMs on your own machine.")
     sub = p.add_subparsers(dest="verb", required=True)
@@ -76,6 +135,18 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--window", type=int, default=512)
     q.add_argument("--max-tokens", type=int, default=16384, help="0 = the whole text")
     q.set_defaults(fn=_ppl)
+
+    g = sub.add_parser("generate", help="complete a prompt with the embedded engine")
+    _engine_args(g)
+    g.add_argument("prompt")
+    _sampling_args(g)
+    g.set_defaults(fn=_generate)
+
+    h = sub.add_parser("chat", help="interactive chat with the embedded engine (the model's chat template)")
+    _engine_args(h)
+    h.add_argument("--system", help="system prompt")
+    _sampling_args(h)
+    h.set_defaults(fn=_chat)
     return p
 
 
@@ -89,9 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     from .eval.perplexity import TextError
     from .models import ModelError
 
+    errors: tuple[type[Exception], ...] = (RecipeError, DatasetError, ModelError, ModelStructureError, CheckpointError, OutputExistsError, TextError)
+    if args.verb in ("generate", "chat"):  # the engine validates its input with ValueError / TypeError
+        errors += (ValueError, TypeError)
     try:
         return args.fn(args)
-    except (RecipeError, DatasetError, ModelError, ModelStructureError, CheckpointError, OutputExistsError, TextError) as e:
+    except errors as e:
         print(f"llmpress {args.verb}: error: {e}", file=sys.stderr)
         return 2
 

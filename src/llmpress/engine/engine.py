@@ -1,0 +1,303 @@
+"""LLMEngine: requests in, RequestOutputs out, one `step()` at a time.
+
+A step schedules (decodes + prefill chunks), runs the model once over the flattened
+batch, samples where a chunk reached a sequence's last token, detokenises and checks
+stop conditions. The server drives `step()` from a loop; `LLM.generate` runs it to
+completion.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import torch
+
+from ..models import resolve_model
+from . import cache as kvcache
+from .loader import load_model
+from .model import AttnSegment, BatchMeta
+from .sampling import SamplingParams, apply_penalties, sample, top_logprobs
+from .scheduler import Scheduled, Scheduler, Sequence, Status
+
+
+@dataclass
+class Logprob:
+    logprob: float
+    rank: int
+    decoded_token: str | None = None
+
+
+@dataclass
+class CompletionOutput:
+    index: int
+    text: str
+    token_ids: list[int]
+    cumulative_logprob: float | None
+    logprobs: list[dict[int, Logprob]] | None
+    finish_reason: str | None = None  # "stop" | "length" | "abort"
+    stop_reason: int | str | None = None
+
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    prompt_logprobs: list[dict[int, Logprob] | None] | None
+    outputs: list[CompletionOutput]
+    finished: bool
+    metrics: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model: str = "default"
+    dtype: str = "auto"  # auto: float32 on CPU (fastest here), bfloat16 on CUDA
+    max_model_len: int | None = None
+    max_num_seqs: int = 32
+    max_num_batched_tokens: int = 512
+    kv_cache_memory_bytes: int | None = None  # None: min(2 GiB, 1/4 of available RAM)
+    block_size: int = 16
+    device: str = "cpu"
+    seed: int = 0
+
+
+DTYPES = {"float32": torch.float32, "float": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "half": torch.float16}
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig):
+        from transformers import AutoTokenizer
+
+        self.config = c = config
+        if c.device != "cpu" and not torch.cuda.is_available():
+            raise ValueError(f"device={c.device!r} but no CUDA GPU is visible; use device='cpu'")
+        if c.dtype != "auto" and c.dtype not in DTYPES:
+            raise ValueError(f"dtype={c.dtype!r}: choose auto, {', '.join(DTYPES)}")
+        self.dtype = DTYPES.get(c.dtype) or (torch.float32 if c.device == "cpu" else torch.bfloat16)
+        self.path = resolve_model(c.model)
+        self.model = load_model(self.path, self.dtype)
+        self.cfg = self.model.cfg
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        budget = c.kv_cache_memory_bytes or min(2 << 30, psutil.virtual_memory().available // 4)
+        self.kv, self.blocks = kvcache.allocate(self.cfg, budget, c.block_size, self.dtype, c.device)
+        capacity = self.blocks.num_blocks * c.block_size
+        limit = c.max_model_len or self.cfg.max_position_embeddings
+        if c.max_model_len and c.max_model_len > capacity:
+            raise ValueError(
+                f"max_model_len={c.max_model_len} needs more KV cache than the budget holds "
+                f"({capacity} tokens); raise kv_cache_memory_bytes or lower max_model_len"
+            )
+        self.max_model_len = min(limit, capacity)
+        self.scheduler = Scheduler(self.blocks, c.max_num_seqs, max(c.max_num_batched_tokens, 1))
+        self.eos_ids = self._eos_ids()
+        self.requests: dict[str, list[Sequence]] = {}
+        self.prompts: dict[str, str | None] = {}
+        self.stats = {"prompt_tokens": 0, "generation_tokens": 0, "steps": 0, "preemptions": 0}
+
+    def _eos_ids(self) -> set[int]:
+        ids = set(self.cfg.eos_token_ids)
+        gen = self.path / "generation_config.json"
+        if gen.is_file():
+            e = json.loads(gen.read_text()).get("eos_token_id")
+            ids |= set(e if isinstance(e, list) else [] if e is None else [e])
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return ids
+
+    # -- requests -------------------------------------------------------------------
+    def tokenize(self, prompt: str | list[int] | dict) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, dict):
+            if "prompt_token_ids" in prompt:
+                return prompt.get("prompt"), list(prompt["prompt_token_ids"])
+            prompt = prompt.get("prompt")
+        if isinstance(prompt, str):
+            return prompt, self.tokenizer(prompt).input_ids
+        if isinstance(prompt, (list, tuple)) and all(isinstance(t, int) for t in prompt):
+            return None, list(prompt)
+        raise TypeError(f"prompt must be a string, a list of token ids or {{'prompt_token_ids': [...]}}, got {type(prompt).__name__}")
+
+    def add_request(self, request_id: str, prompt: str | list[int] | dict, params: SamplingParams | None = None) -> None:
+        params = params or SamplingParams()
+        text, ids = self.tokenize(prompt)
+        if request_id in self.requests:
+            raise ValueError(f"request id {request_id!r} is already running")
+        if not ids:
+            raise ValueError("prompt is empty: give at least one token")
+        if bad := [t for t in ids if not 0 <= t < self.cfg.vocab_size]:
+            raise ValueError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {self.cfg.vocab_size})")
+        if len(ids) >= self.max_model_len:
+            raise ValueError(
+                f"prompt is {len(ids)} tokens but max_model_len is {self.max_model_len}: "
+                "shorten the prompt or raise max_model_len"
+            )
+        now = time.time()
+        seqs = []
+        for i in range(params.n):
+            gen = None
+            if params.seed is not None:
+                gen = torch.Generator().manual_seed(params.seed + i)
+            seq = Sequence(request_id, i, ids, params, now, generator=gen)
+            if params.logprobs is not None:
+                seq.logprobs = []
+            seqs.append(seq)
+            self.scheduler.add(seq)
+        self.requests[request_id] = seqs
+        self.prompts[request_id] = text
+
+    def abort_request(self, request_id: str) -> None:
+        for seq in self.requests.pop(request_id, []):
+            if not seq.finished:
+                self.scheduler.finish(seq, "abort")
+        self.prompts.pop(request_id, None)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.requests)
+
+    # -- one step ---------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        batch = self.scheduler.schedule()
+        if not batch:
+            if self.scheduler.waiting and not self.scheduler.running:
+                seq = self.scheduler.waiting[0]  # cannot fit even alone: fail it, don't spin
+                self.scheduler.finish(seq, "length")
+                return self._outputs({seq.request_id})
+            return []
+        self.stats["steps"] += 1
+        ids, positions, slots, segments = [], [], [], []
+        bs = self.config.block_size
+        for s in batch:
+            seq, start = s.seq, len(ids)
+            for p in range(seq.num_computed, seq.num_computed + s.n):
+                ids.append(seq.token(p))
+                positions.append(p)
+                slots.append(seq.block_table[p // bs] * bs + p % bs)
+            segments.append(AttnSegment(start, s.n, seq.num_computed + s.n, seq.block_table))
+        meta = BatchMeta.build(positions, slots, segments)
+        hidden = self.model.forward(torch.tensor(ids), meta, self.kv)
+        rows: list[int] = []  # hidden rows whose logits are needed
+        spans = []  # per scheduled chunk: (first logits row, number of rows, wants prompt logprobs)
+        for s, seg in zip(batch, segments):
+            seq = s.seq
+            want_prompt = seq.params.prompt_logprobs is not None and seq.num_computed < len(seq.prompt_ids)
+            if want_prompt:  # every row predicts the next prompt token
+                spans.append((len(rows), s.n, True))
+                rows.extend(range(seg.start, seg.start + s.n))
+            elif s.samples:
+                spans.append((len(rows), 1, False))
+                rows.append(seg.start + s.n - 1)
+            else:
+                spans.append((len(rows), 0, False))
+        logits = self.model.logits(hidden[torch.tensor(rows)]) if rows else None
+        touched: set[str] = set()
+        for s, (r, k, want_prompt) in zip(batch, spans):
+            seq, samples = s.seq, s.samples  # read before num_computed moves
+            if want_prompt:
+                self._prompt_logprobs(seq, logits[r : r + k], seq.num_computed)
+            seq.num_computed += s.n
+            if samples:
+                self._append(seq, logits[r + k - 1])
+                touched.add(seq.request_id)
+        return self._outputs(touched)
+
+    def _prompt_logprobs(self, seq: Sequence, logits: torch.Tensor, first: int) -> None:
+        """Row j predicts token first+j+1; record logprobs for the prompt positions."""
+        if seq.prompt_logprobs is None:
+            seq.prompt_logprobs = [None]
+        lp = torch.log_softmax(logits.float(), -1)
+        p = len(seq.prompt_ids)
+        for j in range(logits.shape[0]):
+            pos = first + j + 1
+            if pos < p and len(seq.prompt_logprobs) == pos:
+                seq.prompt_logprobs.append(self._logprob_dict(lp[j], seq.prompt_ids[pos], seq.params.prompt_logprobs))
+
+    def _logprob_dict(self, lp: torch.Tensor, token: int, k: int) -> dict[int, Logprob]:
+        return {t: Logprob(v, rank, self.tokenizer.decode([t])) for t, (v, rank) in top_logprobs(lp, token, k).items()}
+
+    def _append(self, seq: Sequence, logits: torch.Tensor) -> None:
+        p = seq.params
+        raw = logits.float()
+        x = apply_penalties(raw.clone(), p, seq.prompt_ids, seq.output_ids)
+        if len(seq.output_ids) < p.min_tokens:
+            ban = list((self.eos_ids if not p.ignore_eos else set()) | set(p.stop_token_ids))
+            if ban:
+                x[torch.tensor(ban)] = float("-inf")
+        token = sample(x, p, seq.generator)
+        if seq.first_token_time is None:
+            seq.first_token_time = time.time()
+        seq.output_ids.append(token)
+        self.stats["generation_tokens"] += 1
+        if seq.logprobs is not None or p.logprobs is not None:
+            lp = torch.log_softmax(raw, -1)
+            seq.cumulative_logprob += float(lp[token])
+            if seq.logprobs is not None:
+                seq.logprobs.append(self._logprob_dict(lp, token, p.logprobs))
+        self._check_stop(seq, token)
+
+    def _check_stop(self, seq: Sequence, token: int) -> None:
+        p = seq.params
+        n_out = len(seq.output_ids)
+        prev = len(seq.text)
+        stopped_by_token = (token in self.eos_ids and not p.ignore_eos) or token in p.stop_token_ids
+        ids = seq.output_ids[:-1] if stopped_by_token else seq.output_ids
+        seq.text = self.tokenizer.decode(ids, skip_special_tokens=p.skip_special_tokens)
+        if n_out >= p.min_tokens and stopped_by_token:
+            reason = None if token in self.eos_ids and token not in p.stop_token_ids else token
+            return self.scheduler.finish(seq, "stop", reason)
+        if p.stop_strings and n_out >= p.min_tokens:
+            longest = max(map(len, p.stop_strings))
+            lo = max(0, prev - longest)
+            hits = [(seq.text.find(s, lo), s) for s in p.stop_strings]
+            hits = [(i, s) for i, s in hits if i >= 0]
+            if hits:
+                i, s = min(hits)
+                seq.text = seq.text[: i + len(s)] if p.include_stop_str_in_output else seq.text[:i]
+                return self.scheduler.finish(seq, "stop", s)
+        if (p.max_tokens is not None and n_out >= p.max_tokens) or seq.num_tokens >= self.max_model_len:
+            self.scheduler.finish(seq, "length")
+
+    # -- outputs ----------------------------------------------------------------------
+    def _visible_text(self, seq: Sequence) -> str:
+        """Text safe to stream: no half-decoded UTF-8 character, no possible stop-string prefix."""
+        t = seq.text
+        if seq.finished:
+            return t
+        while t.endswith("\ufffd"):
+            t = t[:-1]
+        if seq.params.stop_strings and not seq.params.include_stop_str_in_output:
+            hold = max(map(len, seq.params.stop_strings)) - 1
+            for k in range(min(hold, len(t)), 0, -1):
+                if any(s.startswith(t[-k:]) for s in seq.params.stop_strings):
+                    return t[:-k]
+        return t
+
+    def _outputs(self, request_ids: set[str]) -> list[RequestOutput]:
+        outs = []
+        for rid in request_ids:
+            seqs = self.requests.get(rid)
+            if not seqs:
+                continue
+            finished = all(s.finished for s in seqs)
+            first = seqs[0]
+            comps = [
+                CompletionOutput(s.index, self._visible_text(s), list(s.output_ids),
+                                 s.cumulative_logprob if s.logprobs is not None else None,
+                                 s.logprobs, s.finish_reason, s.stop_reason)
+                for s in seqs
+            ]
+            metrics = {"arrival_time": first.arrival, "first_token_time": first.first_token_time,
+                       "finished_time": time.time() if finished else None,
+                       "preemptions": sum(s.num_preemptions for s in seqs)}
+            outs.append(RequestOutput(rid, self.prompts.get(rid), first.prompt_ids, first.prompt_logprobs, comps, finished, metrics))
+            if finished:
+                self.stats["prompt_tokens"] += len(first.prompt_ids)
+                self.requests.pop(rid)
+                self.prompts.pop(rid, None)
+        return outs

@@ -1,0 +1,172 @@
+"""Load a Hugging Face folder (dense or compressed-tensors) into the engine's Model.
+
+Tensors are read one at a time from memory-mapped safetensors (`LazyCheckpoint`), and
+each quantized Linear goes straight into its kernel's compressed layout: no dense copy
+of a quantized weight is ever made for the whole model. q/k/v and gate/up are fused
+into one weight each when they share a format, so each step runs two fewer GEMMs per
+layer and the threads split one larger output dimension.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from ..checkpoint.compressed_tensors import pack_int, unpack_int
+from ..checkpoint.shards import LazyCheckpoint
+from . import kernels
+from .model import Layer, Model, ModelConfig
+
+QUANT_SUFFIXES = ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point", "weight_g_idx", "weight")
+
+
+class UnsupportedCheckpoint(ValueError):
+    """A checkpoint the embedded engine cannot run; the message names the way out."""
+
+
+class QuantConfig:
+    """The parts of config.json["quantization_config"] the loader needs."""
+
+    def __init__(self, qc: dict | None):
+        self.groups: list[dict] = []
+        self.ignore: list[str] = []
+        if not qc:
+            return
+        method = qc.get("quant_method")
+        if method != "compressed-tensors":
+            raise UnsupportedCheckpoint(
+                f"quantization method {method!r} is not supported; the embedded engine reads "
+                "compressed-tensors checkpoints (llmpress or llm-compressor output)"
+            )
+        fmt = qc.get("format")
+        if fmt not in ("pack-quantized", "int-quantized", "float-quantized", "naive-quantized", "dense", "mixed-precision", None):
+            raise UnsupportedCheckpoint(f"compressed-tensors format {fmt!r} is not supported (2:4 sparse / marlin layouts need vLLM)")
+        if qc.get("sparsity_config"):
+            raise UnsupportedCheckpoint("sparse checkpoints (sparsity_config) are not supported by the embedded engine; use --engine vllm")
+        if qc.get("kv_cache_scheme"):
+            raise UnsupportedCheckpoint("quantized KV cache (kv_cache_scheme) is not supported by the embedded engine")
+        if qc.get("transform_config"):
+            raise UnsupportedCheckpoint("transformed checkpoints (transform_config, e.g. QuIP/SpinQuant) are not supported")
+        self.groups = list((qc.get("config_groups") or {}).values())
+        self.ignore = list(qc.get("ignore") or [])
+
+    def scheme_for(self, name: str) -> dict | None:
+        """The config group whose targets match module `name` (None: not quantized)."""
+        if any(_matches(name, pat) for pat in self.ignore):
+            return None
+        for g in self.groups:
+            if any(_matches(name, t) or t == "Linear" for t in g.get("targets", [])):
+                return g
+        return None
+
+
+def _matches(name: str, pattern: str) -> bool:
+    if pattern.startswith("re:"):
+        return re.match(pattern[3:], name) is not None
+    return name == pattern or name.endswith("." + pattern)
+
+
+def _tensors(ckpt: LazyCheckpoint, prefix: str) -> dict[str, torch.Tensor]:
+    return {s: ckpt.get(f"{prefix}.{s}") for s in QUANT_SUFFIXES if f"{prefix}.{s}" in ckpt}
+
+
+def _fuse(parts: list[dict[str, torch.Tensor]], group: dict | None) -> dict[str, torch.Tensor] | None:
+    """Concatenate several Linears' stored tensors along the output dim (rows), so they
+    run as one weight. None when they cannot be fused (mixed schemes)."""
+    keys = set(parts[0])
+    if any(set(p) != keys for p in parts):
+        return None
+    out: dict[str, torch.Tensor] = {}
+    for k in keys:
+        if k == "weight_shape":
+            shapes = [p[k].tolist() for p in parts]
+            if len({s[1] for s in shapes}) != 1:
+                return None
+            out[k] = torch.tensor([sum(s[0] for s in shapes), shapes[0][1]], dtype=torch.int64)
+        elif k == "weight_zero_point" and "weight_packed" in keys:
+            bits = group["weights"]["num_bits"]
+            rows = [int(p["weight_shape"][0]) for p in parts]
+            zps = [unpack_int(p[k], bits, n, dim=0) for p, n in zip(parts, rows)]
+            out[k] = pack_int(torch.cat(zps), bits, dim=0)
+        elif k == "weight_g_idx":
+            return None
+        else:
+            out[k] = torch.cat([p[k] for p in parts])
+    return out
+
+
+class Concat:
+    """Several weights applied to the same input, outputs concatenated (unfusable case)."""
+
+    def __init__(self, parts: list):
+        self.parts = parts
+        self.nbytes = sum(p.nbytes for p in parts)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([p(x) for p in self.parts], dim=-1)
+
+
+def _weight(tensors: dict[str, torch.Tensor], group: dict | None, name: str, dtype: torch.dtype):
+    if group is None or "weight_scale" not in tensors:
+        if "weight" not in tensors:
+            raise UnsupportedCheckpoint(f"{name}: no 'weight' tensor in the checkpoint")
+        return kernels.DenseWeight(tensors["weight"].to(dtype))
+    try:
+        return kernels.make_weight(tensors, group["weights"], group.get("input_activations"))
+    except ValueError as e:
+        raise UnsupportedCheckpoint(f"{name}: {e}") from None
+
+
+def _linear(ckpt: LazyCheckpoint, qc: QuantConfig, names: list[str], dtype: torch.dtype):
+    groups = [qc.scheme_for(n) for n in names]
+    parts = [_tensors(ckpt, n) for n in names]
+    for n, p in zip(names, parts):
+        if not p:
+            raise UnsupportedCheckpoint(f"checkpoint has no weights for {n}")
+    if len(names) == 1:
+        return _weight(parts[0], groups[0], names[0], dtype)
+    if all(g == groups[0] for g in groups):
+        fused = _fuse(parts, groups[0])
+        if fused is not None:
+            return _weight(fused, groups[0], "+".join(names), dtype)
+    return Concat([_weight(p, g, n, dtype) for p, g, n in zip(parts, groups, names)])
+
+
+def load_model(folder: str | Path, dtype: torch.dtype = torch.float32) -> Model:
+    """Build the engine Model from a local folder (config.json + safetensors)."""
+    folder = Path(folder)
+    hf = json.loads((folder / "config.json").read_text())
+    cfg = ModelConfig.from_hf(hf)
+    qc = QuantConfig(hf.get("quantization_config"))
+    ckpt = LazyCheckpoint(folder)
+    pre = "model"
+
+    def dense(name: str) -> torch.Tensor:
+        if name not in ckpt:
+            raise UnsupportedCheckpoint(f"checkpoint is missing tensor {name!r}")
+        return ckpt.get(name).to(dtype)
+
+    layers = []
+    for i in range(cfg.num_layers):
+        p = f"{pre}.layers.{i}"
+        a, m = f"{p}.self_attn", f"{p}.mlp"
+        w = {
+            "input_layernorm": dense(f"{p}.input_layernorm.weight"),
+            "post_attention_layernorm": dense(f"{p}.post_attention_layernorm.weight"),
+            "qkv": _linear(ckpt, qc, [f"{a}.q_proj", f"{a}.k_proj", f"{a}.v_proj"], dtype),
+            "o_proj": _linear(ckpt, qc, [f"{a}.o_proj"], dtype),
+            "gate_up": _linear(ckpt, qc, [f"{m}.gate_proj", f"{m}.up_proj"], dtype),
+            "down_proj": _linear(ckpt, qc, [f"{m}.down_proj"], dtype),
+        }
+        if f"{a}.q_proj.bias" in ckpt:
+            w["qkv_bias"] = torch.cat([dense(f"{a}.{x}_proj.bias") for x in "qkv"])
+        layers.append(Layer(cfg, w))
+    embed = dense(f"{pre}.embed_tokens.weight")
+    if cfg.tie_word_embeddings or "lm_head.weight" not in ckpt and "lm_head.weight_scale" not in ckpt:
+        lm_head = kernels.DenseWeight(embed)
+        lm_head.shares_embedding = True
+    else:
+        lm_head = _linear(ckpt, qc, ["lm_head"], dtype)
+    return Model(cfg, embed, layers, dense(f"{pre}.norm.weight"), lm_head, dtype)

@@ -1,0 +1,277 @@
+"""A compact Llama-family decoder (Llama, Mistral, Qwen2) for serving.
+
+RMSNorm, rotary embeddings with the config's scaling, grouped-query attention over a
+paged KV cache, SwiGLU MLP, tied or untied embeddings, optional q/k/v bias. Linear
+layers are `kernels.QuantizedWeight`s, so int4 / int8 / fp8 stay compressed in memory.
+
+The forward pass takes a *flattened* batch, as nano-vllm and vLLM do: the new tokens
+of every scheduled sequence are concatenated into one [T] vector, so each Linear runs
+once per step over all T rows (decode rows of many sequences plus prefill chunks)
+and reads its weights once. Attention is the only per-sequence part: decode rows go
+to one paged decode kernel, prefill chunks attend to their own cached context.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from . import kernels
+
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_scaling: dict | None
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    qkv_bias: bool
+    sliding_window: int | None
+    bos_token_id: int | None
+    eos_token_ids: tuple[int, ...]
+
+    @classmethod
+    def from_hf(cls, cfg: dict) -> "ModelConfig":
+        """From a Hugging Face config.json dict (transformers 4.x and 5.x spellings)."""
+        arch = (cfg.get("architectures") or ["?"])[0]
+        if arch not in SUPPORTED_ARCHITECTURES:
+            raise ValueError(
+                f"architecture {arch!r} is not supported by the embedded engine "
+                f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)}); use --engine vllm for others"
+            )
+        if cfg.get("hidden_act", "silu") != "silu":
+            raise ValueError(f"hidden_act {cfg['hidden_act']!r} is not supported (SwiGLU with silu only)")
+        rope = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
+        theta = float(cfg.get("rope_theta") or rope.get("rope_theta") or 10000.0)
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        scaling = None if rope_type in (None, "default") else {**rope, "rope_type": rope_type}
+        heads = cfg["num_attention_heads"]
+        eos = cfg.get("eos_token_id")
+        eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
+        # Mistral-style sliding window only matters past the window; Qwen2 disables it by default.
+        window = cfg.get("sliding_window") if cfg.get("use_sliding_window", arch == "MistralForCausalLM") else None
+        return cls(
+            architecture=arch,
+            vocab_size=cfg["vocab_size"],
+            hidden_size=cfg["hidden_size"],
+            intermediate_size=cfg["intermediate_size"],
+            num_layers=cfg["num_hidden_layers"],
+            num_heads=heads,
+            num_kv_heads=cfg.get("num_key_value_heads") or heads,
+            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
+            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+            rope_theta=theta,
+            rope_scaling=scaling,
+            max_position_embeddings=cfg.get("max_position_embeddings", 4096),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            qkv_bias=bool(cfg.get("attention_bias", arch == "Qwen2ForCausalLM")),
+            sliding_window=window,
+            bos_token_id=cfg.get("bos_token_id"),
+            eos_token_ids=eos_ids,
+        )
+
+
+def rope_inv_freq(cfg: ModelConfig) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies [head_dim/2] and the attention-logit factor for the config's
+    rope scaling: default, linear (positions / factor), llama3 (Meta's wavelength-banded
+    scaling, Llama 3.1) and yarn (Peng et al. 2023, NTK-by-parts + mscale)."""
+    d = cfg.head_dim
+    inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    s = cfg.rope_scaling
+    if s is None:
+        return inv.float(), 1.0
+    kind, factor = s["rope_type"], float(s.get("factor", 1.0))
+    if kind == "linear":
+        return (inv / factor).float(), 1.0
+    if kind == "llama3":
+        lo, hi = float(s.get("low_freq_factor", 1.0)), float(s.get("high_freq_factor", 4.0))
+        old = float(s.get("original_max_position_embeddings", 8192))
+        wavelen = 2 * math.pi / inv
+        smooth = ((old / wavelen) - lo) / (hi - lo)
+        scaled = torch.where(wavelen > old / lo, inv / factor, inv)
+        mid = (wavelen <= old / lo) & (wavelen >= old / hi)
+        return torch.where(mid, (1 - smooth) * inv / factor + smooth * inv, scaled).float(), 1.0
+    if kind == "yarn":
+        old = float(s.get("original_max_position_embeddings", cfg.max_position_embeddings))
+        beta_fast, beta_slow = float(s.get("beta_fast", 32)), float(s.get("beta_slow", 1))
+
+        def dim_of(rot: float) -> float:  # the dimension whose wavelength makes `rot` turns in `old`
+            return (d * math.log(old / (rot * 2 * math.pi))) / (2 * math.log(cfg.rope_theta))
+
+        low, high = max(math.floor(dim_of(beta_fast)), 0), min(math.ceil(dim_of(beta_slow)), d - 1)
+        ramp = ((torch.arange(d // 2, dtype=torch.float64) - low) / max(high - low, 1e-3)).clamp(0, 1)
+        extrapolate = 1 - ramp
+        inv = inv / factor * (1 - extrapolate) + inv * extrapolate
+        mscale = float(s.get("attention_factor") or (0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0))
+        return inv.float(), mscale
+    raise ValueError(f"rope scaling {kind!r} is not supported (default, linear, llama3, yarn)")
+
+
+@dataclass
+class AttnSegment:
+    """One sequence's slice of the flattened batch: rows [start, start+n) are its new
+    tokens at positions [ctx_len-n, ctx_len); its KV lives in `block_table`."""
+
+    start: int
+    n: int
+    ctx_len: int
+    block_table: list[int]
+
+
+@dataclass
+class BatchMeta:
+    positions: torch.Tensor  # [T] int64
+    slot_mapping: torch.Tensor  # [T] int64: flat cache slot of each new token
+    segments: list[AttnSegment]
+    decode_rows: torch.Tensor | None = None  # [B] rows that are single-token decodes
+    decode_tables: torch.Tensor | None = None  # [B, max_blocks] int32
+    decode_lens: torch.Tensor | None = None  # [B] int32
+    prefill: list[AttnSegment] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, positions: list[int], slots: list[int], segments: list[AttnSegment]) -> "BatchMeta":
+        meta = cls(torch.tensor(positions), torch.tensor(slots), segments)
+        dec = [s for s in segments if s.n == 1]
+        meta.prefill = [s for s in segments if s.n > 1]
+        if dec:
+            width = max(len(s.block_table) for s in dec)
+            meta.decode_rows = torch.tensor([s.start for s in dec])
+            meta.decode_tables = torch.tensor([s.block_table + [0] * (width - len(s.block_table)) for s in dec], dtype=torch.int32)
+            meta.decode_lens = torch.tensor([s.ctx_len for s in dec], dtype=torch.int32)
+        return meta
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # Normalise in float32 whatever the activation dtype, as transformers' LlamaRMSNorm does.
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [T, heads, D], cos/sin [T, 1, D/2]: the rotate-half convention of HF Llama."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+class Layer:
+    """One decoder layer; q/k/v and gate/up are fused into single weights at load time."""
+
+    def __init__(self, cfg: ModelConfig, w: dict):
+        self.cfg = cfg
+        self.input_norm, self.post_norm = w["input_layernorm"], w["post_attention_layernorm"]
+        self.qkv, self.o = w["qkv"], w["o_proj"]
+        self.qkv_bias = w.get("qkv_bias")  # [(H + 2 KVH) D] or None
+        self.gate_up, self.down = w["gate_up"], w["down_proj"]
+
+    def forward(self, x: torch.Tensor, meta: BatchMeta, cache: "KVLayer", cos: torch.Tensor, sin: torch.Tensor, scale: float) -> torch.Tensor:
+        c = self.cfg
+        T = x.shape[0]
+        h = rms_norm(x, self.input_norm, c.rms_norm_eps)
+        qkv = self.qkv(h)  # [T, (H + 2 KVH) D]
+        if self.qkv_bias is not None:
+            qkv = qkv + self.qkv_bias
+        q, k, v = qkv.split([c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.num_kv_heads * c.head_dim], -1)
+        q = apply_rope(q.view(T, c.num_heads, c.head_dim), cos, sin)
+        k = apply_rope(k.view(T, c.num_kv_heads, c.head_dim), cos, sin)
+        cache.write(k, v.view(T, c.num_kv_heads, c.head_dim), meta.slot_mapping)
+        attn = torch.empty_like(q)  # [T, H, D]
+        if meta.decode_rows is not None:
+            attn[meta.decode_rows] = kernels.decode_attention(
+                q[meta.decode_rows], cache.k, cache.v, meta.decode_tables, meta.decode_lens, scale
+            )
+        for s in meta.prefill:
+            attn[s.start : s.start + s.n] = prefill_attention(q[s.start : s.start + s.n], cache, s, scale, c.sliding_window)
+        x = x + self.o(attn.view(T, -1))
+        h = rms_norm(x, self.post_norm, c.rms_norm_eps)
+        gate, up = self.gate_up(h).chunk(2, dim=-1)
+        return x + self.down(F.silu(gate) * up)
+
+
+def prefill_attention(q: torch.Tensor, cache: "KVLayer", s: AttnSegment, scale: float, window: int | None) -> torch.Tensor:
+    """q [n, H, D] for positions [ctx-n, ctx) against the sequence's cached keys [0, ctx)."""
+    k, v = cache.gather(s.block_table, s.ctx_len)  # [ctx, KVH, D]
+    n, ctx = q.shape[0], s.ctx_len
+    qpos = torch.arange(ctx - n, ctx).unsqueeze(1)
+    kpos = torch.arange(ctx).unsqueeze(0)
+    mask = kpos <= qpos  # [n, ctx] causal, offset by the cached prefix
+    if window is not None:
+        mask &= kpos > qpos - window
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=mask, scale=scale,
+        enable_gqa=q.shape[1] != k.shape[1],
+    )  # [H, n, D]
+    return out.transpose(0, 1)
+
+
+class KVLayer:
+    """One layer's paged cache: k, v [num_blocks, block_size, KVH, D]."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor):
+        self.k, self.v = k, v
+        self.block_size = k.shape[1]
+
+    def write(self, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
+        self.k.view(-1, *k.shape[1:])[slots] = k.to(self.k.dtype)
+        self.v.view(-1, *v.shape[1:])[slots] = v.to(self.v.dtype)
+
+    def gather(self, table: list[int], n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first n cached tokens of a sequence, [n, KVH, D] each."""
+        idx = torch.tensor(table[: -(-n // self.block_size)])
+        k = self.k[idx].flatten(0, 1)[:n]
+        v = self.v[idx].flatten(0, 1)[:n]
+        return k, v
+
+
+class Model:
+    def __init__(self, cfg: ModelConfig, embed: torch.Tensor, layers: list[Layer], norm: torch.Tensor, lm_head, dtype: torch.dtype):
+        self.cfg, self.embed, self.layers, self.norm, self.lm_head = cfg, embed, layers, norm, lm_head
+        self.dtype = dtype
+        inv_freq, self.mscale = rope_inv_freq(cfg)
+        self.inv_freq = inv_freq
+        self.scale = 1.0 / math.sqrt(cfg.head_dim)
+        self._rope_len = 0
+        self._cos = self._sin = torch.empty(0)
+
+    def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        need = int(positions.max()) + 1
+        if need > self._rope_len:  # grow the table in powers of two
+            n = max(1 << (need - 1).bit_length(), 256)
+            ang = torch.outer(torch.arange(n, dtype=torch.float32), self.inv_freq)
+            self._cos, self._sin = (ang.cos() * self.mscale).to(self.dtype), (ang.sin() * self.mscale).to(self.dtype)
+            self._rope_len = n
+        return self._cos[positions].unsqueeze(1), self._sin[positions].unsqueeze(1)
+
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor, meta: BatchMeta, cache: list[KVLayer]) -> torch.Tensor:
+        """input_ids [T] -> final hidden states [T, hidden] (normalised)."""
+        x = F.embedding(input_ids, self.embed).to(self.dtype)
+        cos, sin = self._rope(meta.positions)
+        for layer, kv in zip(self.layers, cache):
+            x = layer.forward(x, meta, kv, cos, sin, self.scale)
+        return rms_norm(x, self.norm, self.cfg.rms_norm_eps)
+
+    @torch.inference_mode()
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [R, hidden] -> float32 logits [R, vocab]."""
+        return self.lm_head(hidden).float()
+
+    def weight_bytes(self) -> dict[str, int]:
+        """Resident bytes: decoder-layer linears, and embeddings + lm_head apart."""
+        linears = sum(w.nbytes for layer in self.layers for w in (layer.qkv, layer.o, layer.gate_up, layer.down))
+        norms = sum(t.numel() * t.element_size() for layer in self.layers for t in (layer.input_norm, layer.post_norm))
+        embed = self.embed.numel() * self.embed.element_size()
+        head = 0 if self.cfg.tie_word_embeddings and getattr(self.lm_head, "shares_embedding", False) else self.lm_head.nbytes
+        return {"linears": linears, "norms": norms, "embedding": embed, "lm_head": head}
