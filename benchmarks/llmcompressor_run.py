@@ -48,11 +48,11 @@ from llmcompressor.modifiers.quantization import (  # noqa: E402
 from llmcompressor.modifiers.transform import SmoothQuantModifier  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-SCHEMES = ("W4A16", "W8A8", "FP8_DYNAMIC")
+SCHEMES = ("W4A16", "W4A16_ASYM", "W8A8", "FP8_DYNAMIC")
 
 
-def build_recipe(scheme: str, group_size: int, dampening: float, smoothing: float):
-    if scheme == "W4A16":
+def build_recipe(scheme: str, group_size: int, dampening: float, smoothing: float, actorder: str | None = None):
+    if scheme in ("W4A16", "W4A16_ASYM"):
         # Preset "W4A16" is hard-wired to group_size=128, which does not divide
         # SmolLM2-135M's hidden size (576), so spell the scheme out explicitly.
         weights = QuantizationArgs(
@@ -60,8 +60,9 @@ def build_recipe(scheme: str, group_size: int, dampening: float, smoothing: floa
             type=QuantizationType.INT,
             strategy=QuantizationStrategy.GROUP,
             group_size=group_size,
-            symmetric=True,
+            symmetric=scheme == "W4A16",
             dynamic=False,
+            actorder=actorder,
         )
         groups = {"group_0": QuantizationScheme(targets=["Linear"], weights=weights)}
         return GPTQModifier(
@@ -105,12 +106,13 @@ def main() -> None:
     p.add_argument("--group-size", type=int, default=64)
     p.add_argument("--dampening", type=float, default=0.1)
     p.add_argument("--smoothing", type=float, default=0.8)
+    p.add_argument("--actorder", choices=["static", "group", "weight"], help="GPTQ act-order for W4A16 (default: its own)")
     p.add_argument("--output", required=True)
     a = p.parse_args()
 
     model = AutoModelForCausalLM.from_pretrained(a.model, torch_dtype="auto")
     tokenizer = AutoTokenizer.from_pretrained(a.model)
-    recipe = build_recipe(a.scheme, a.group_size, a.dampening, a.smoothing)
+    recipe = build_recipe(a.scheme, a.group_size, a.dampening, a.smoothing, a.actorder)
 
     if a.scheme == "FP8_DYNAMIC":  # data-free, like the model cards
         oneshot(model=model, recipe=recipe)

@@ -104,6 +104,17 @@ def _chat(a: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(a: argparse.Namespace) -> int:
+    from .serve import ServeOptions, run
+
+    opts = ServeOptions(**{k: v for k, v in vars(a).items() if k in ServeOptions.__dataclass_fields__})
+    try:
+        return run(opts)
+    except (ValueError, TypeError) as e:  # engine config errors (dtype, max_model_len vs the KV budget, ...)
+        print(f"llmpress serve: error: {e}", file=sys.stderr)
+        return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmpress", description="Compress, run, evaluate and benchmark LLMs on your own machine.")
     sub = p.add_subparsers(dest="verb", required=True)
@@ -147,6 +158,20 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--system", help="system prompt")
     _sampling_args(h)
     h.set_defaults(fn=_chat)
+
+    v = sub.add_parser("serve", help="OpenAI-compatible HTTP server on the embedded engine (or exec vLLM's)")
+    v.add_argument("model", nargs="?", default="default", help="HF folder (dense or compressed-tensors), hub id (online), or 'default'")
+    v.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--api-key", help="require `Authorization: Bearer KEY` on /v1 routes")
+    v.add_argument("--max-model-len", type=int)
+    v.add_argument("--max-num-seqs", type=int, default=32)
+    v.add_argument("--kv-cache-memory-bytes", type=int)
+    v.add_argument("--dtype", default="auto", help="auto (float32 on CPU) | float32 | bfloat16")
+    v.add_argument("--engine", choices=["embedded", "vllm"], default="embedded", help="vllm: exec vLLM's server with these flags")
+    v.add_argument("--served-model-name", help="model id clients use (default: the model folder's name)")
+    v.add_argument("--max-queue", type=int, default=256, help="requests waiting beyond --max-num-seqs before new ones get 503")
+    v.set_defaults(fn=_serve)
     return p
 
 

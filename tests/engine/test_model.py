@@ -6,51 +6,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmpress.compress import Recipe, compress
 from llmpress.engine import LLM, SamplingParams
 from llmpress.engine.engine import EngineConfig, LLMEngine
 from llmpress.engine.model import AttnSegment, BatchMeta
-from llmpress.eval.perplexity import held_text, load_model, token_windows
+from llmpress.eval.perplexity import load_model
 
 
-def engine_logits(engine: LLMEngine, ids: torch.Tensor) -> torch.Tensor:
-    """Logits at every position of one sequence, prefilled in one chunk: [T, V]."""
-    n = ids.numel()
-    blocks = engine.blocks
-    table: list[int] = []
-    blocks.grow(table, n)
-    bs = blocks.block_size
-    try:
-        meta = BatchMeta.build(list(range(n)), [table[p // bs] * bs + p % bs for p in range(n)], [AttnSegment(0, n, n, table)])
-        hidden = engine.model.forward(ids, meta, engine.kv)
-        return engine.model.logits(hidden)
-    finally:
-        blocks.release(table)
-
-
-def compare(folder, windows, **engine_kwargs) -> tuple[float, float]:
-    """(top-1 agreement, max |Δlogit|) of the engine vs transformers over the windows."""
-    engine = LLMEngine(EngineConfig(model=str(folder), kv_cache_memory_bytes=256 << 20, **engine_kwargs))
-    hf = load_model(folder)
-    agree = total = 0
-    worst = 0.0
-    with torch.no_grad():
-        for w in windows:
-            ref = hf(w).logits[0].float()
-            ours = engine_logits(engine, w[0])
-            agree += (ref.argmax(-1) == ours.argmax(-1)).sum().item()
-            total += ref.shape[0]
-            worst = max(worst, (ref - ours).abs().max().item())
-    return agree / total, worst
-
-
-def test_tiny_dense_logits_match_transformers(tiny_llama):
+def test_tiny_dense_logits_match_transformers(tiny_llama, compare):
     ids = torch.randint(0, 49152, (1, 100), generator=torch.Generator().manual_seed(0))
     top1, worst = compare(tiny_llama, [ids])
     assert top1 == 1.0 and worst < 1e-4, (top1, worst)
 
 
-def test_chunked_prefill_and_decode_equal_one_shot_prefill(tiny_llama):
+def test_chunked_prefill_and_decode_equal_one_shot_prefill(tiny_llama, engine_logits):
     """Feeding a sequence in chunks (and then token by token) through the paged cache
     gives the same logits as one prefill: KV writes and attention offsets are right."""
     engine = LLMEngine(EngineConfig(model=str(tiny_llama), kv_cache_memory_bytes=64 << 20, block_size=4))
@@ -84,24 +52,6 @@ def test_default_model_greedy_equals_transformers(default_model):
     assert outs[0].outputs[0].text.startswith(" Paris")
 
 
-@pytest.fixture(scope="session")
-def lee_windows(default_model):
-    from transformers import AutoTokenizer
-
-    text, _ = held_text()
-    return token_windows(AutoTokenizer.from_pretrained(default_model), text, 512, 2048 + 1)
-
-
-@pytest.fixture(scope="session")
-def default_checkpoints(tmp_path_factory, default_model, calib_file):
-    root = tmp_path_factory.mktemp("engine-ckpt")
-    out = {}
-    for scheme, group in [("W4A16", 64), ("W4A16_ASYM", 64), ("W8A8", None), ("FP8_DYNAMIC", None)]:
-        recipe = Recipe(scheme=scheme, group_size=group, num_samples=16, max_seq_len=256, dataset=str(calib_file))
-        out[scheme] = compress(default_model, recipe, root / scheme, progress=False)
-    return out
-
-
 # Tolerances on max |Δlogit| (logits of this model span about ±30): both sides run
 # float32 with identical dequantized weights, so only summation order differs
 # (MKL vs our kernels). W8A8 and FP8 also quantize activations per token: a value
@@ -112,7 +62,7 @@ TOLERANCE = {"dense": 2e-3, "W4A16": 5e-3, "W4A16_ASYM": 5e-3, "W8A8": 0.5, "FP8
 
 @pytest.mark.slow
 @pytest.mark.parametrize("scheme", ["dense", "W4A16", "W4A16_ASYM", "W8A8", "FP8_DYNAMIC"])
-def test_default_model_logits_agree_with_transformers(scheme, default_model, default_checkpoints, lee_windows):
+def test_default_model_logits_agree_with_transformers(scheme, default_model, default_checkpoints, lee_windows, compare):
     folder = default_model if scheme == "dense" else default_checkpoints[scheme]
     top1, worst = compare(folder, lee_windows)
     print(f"{scheme}: top-1 {100 * top1:.2f}% over {sum(w.shape[1] for w in lee_windows)} positions, max|Δlogit| {worst:.2e}")

@@ -133,6 +133,8 @@ class LLMEngine:
             raise ValueError("prompt is empty: give at least one token")
         if bad := [t for t in ids if not 0 <= t < self.cfg.vocab_size]:
             raise ValueError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {self.cfg.vocab_size})")
+        if bad := [t for t in params.stop_token_ids if t >= self.cfg.vocab_size]:
+            raise ValueError(f"stop_token_ids {bad[:5]} are outside the vocabulary [0, {self.cfg.vocab_size})")
         if len(ids) >= self.max_model_len:
             raise ValueError(
                 f"prompt is {len(ids)} tokens but max_model_len is {self.max_model_len}: "

@@ -140,6 +140,7 @@ class BatchMeta:
     decode_tables: torch.Tensor | None = None  # [B, max_blocks] int32
     decode_lens: torch.Tensor | None = None  # [B] int32
     prefill: list[AttnSegment] = field(default_factory=list)
+    all_decode: bool = False  # every row is a single-token decode, rows in segment order
 
     @classmethod
     def build(cls, positions: list[int], slots: list[int], segments: list[AttnSegment]) -> "BatchMeta":
@@ -151,11 +152,14 @@ class BatchMeta:
             meta.decode_rows = torch.tensor([s.start for s in dec])
             meta.decode_tables = torch.tensor([s.block_table + [0] * (width - len(s.block_table)) for s in dec], dtype=torch.int32)
             meta.decode_lens = torch.tensor([s.ctx_len for s in dec], dtype=torch.int32)
+            meta.all_decode = len(dec) == len(positions)
         return meta
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    # Normalise in float32 whatever the activation dtype, as transformers' LlamaRMSNorm does.
+    """transformers' LlamaRMSNorm: normalise in float32, scale in the activation dtype."""
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, weight.shape, weight, eps)  # one fused op: decode is dispatch-bound
     xf = x.float()
     return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight
 
@@ -183,18 +187,21 @@ class Layer:
         qkv = self.qkv(h)  # [T, (H + 2 KVH) D]
         if self.qkv_bias is not None:
             qkv = qkv + self.qkv_bias
-        q, k, v = qkv.split([c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.num_kv_heads * c.head_dim], -1)
-        q = apply_rope(q.view(T, c.num_heads, c.head_dim), cos, sin)
-        k = apply_rope(k.view(T, c.num_kv_heads, c.head_dim), cos, sin)
-        cache.write(k, v.view(T, c.num_kv_heads, c.head_dim), meta.slot_mapping)
-        attn = torch.empty_like(q)  # [T, H, D]
-        if meta.decode_rows is not None:
+        qk, v = qkv.view(T, -1, c.head_dim).split([c.num_heads + c.num_kv_heads, c.num_kv_heads], 1)
+        qk = apply_rope(qk, cos, sin)  # q and k heads are adjacent: one rotation for both
+        q, k = qk.split([c.num_heads, c.num_kv_heads], 1)
+        cache.write(k, v, meta.slot_mapping)
+        if meta.all_decode:  # the common steady state: skip the scatter/gather of rows
+            attn = kernels.decode_attention(q, cache.k, cache.v, meta.decode_tables, meta.decode_lens, scale)
+        else:
+            attn = q.new_empty(q.shape)  # [T, H, D]
+        if meta.decode_rows is not None and not meta.all_decode:
             attn[meta.decode_rows] = kernels.decode_attention(
                 q[meta.decode_rows], cache.k, cache.v, meta.decode_tables, meta.decode_lens, scale
             )
         for s in meta.prefill:
             attn[s.start : s.start + s.n] = prefill_attention(q[s.start : s.start + s.n], cache, s, scale, c.sliding_window)
-        x = x + self.o(attn.view(T, -1))
+        x = x + self.o(attn.reshape(T, -1))
         h = rms_norm(x, self.post_norm, c.rms_norm_eps)
         gate, up = self.gate_up(h).chunk(2, dim=-1)
         return x + self.down(F.silu(gate) * up)

@@ -7,6 +7,7 @@ Logprobs are reported from the raw model distribution (vLLM's default).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -42,6 +43,10 @@ class SamplingParams:
         def bad(name: str, why: str) -> SamplingError:
             return SamplingError(f"{name}={getattr(self, name)!r}: {why}")
 
+        for name in ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise bad(name, "must be a finite number")
         if not isinstance(self.n, int) or self.n < 1:
             raise bad("n", "must be an integer >= 1")
         if self.temperature < 0:

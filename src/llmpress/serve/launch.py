@@ -1,0 +1,118 @@
+"""`llmpress serve`: uvicorn over the embedded engine, or vLLM's own OpenAI server.
+
+`--engine vllm` replaces this process with `python -m vllm.entrypoints.openai.api_server`
+(same flags, mapped), so signals, exit codes and logs are vLLM's own.
+"""
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("llmpress.serve")
+
+GRACEFUL_SHUTDOWN_S = 30  # in-flight requests get this long to finish before they are cancelled
+
+
+@dataclass
+class ServeOptions:
+    model: str = "default"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    max_model_len: int | None = None
+    max_num_seqs: int = 32
+    kv_cache_memory_bytes: int | None = None
+    dtype: str = "auto"
+    engine: str = "embedded"
+    served_model_name: str | None = None
+    max_queue: int = 256
+
+
+def served_names(model_arg: str, path: Path, served: str | None) -> list[str]:
+    """The id /v1/models lists (the folder name unless --served-model-name) first; the
+    model argument as given is accepted as an alias, as vLLM accepts its --model."""
+    names = [served or path.name]
+    if model_arg not in names:
+        names.append(model_arg)
+    return names
+
+
+def vllm_argv(o: ServeOptions, model_path: Path) -> list[str]:
+    """Our flags in vLLM's spelling. --max-queue has no vLLM counterpart (vLLM queues
+    without a bound), so it is dropped with a warning by the caller."""
+    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_path),
+            "--host", o.host, "--port", str(o.port), "--dtype", o.dtype, "--max-num-seqs", str(o.max_num_seqs)]
+    if o.api_key:
+        argv += ["--api-key", o.api_key]
+    if o.max_model_len:
+        argv += ["--max-model-len", str(o.max_model_len)]
+    if o.kv_cache_memory_bytes:
+        argv += ["--kv-cache-memory-bytes", str(o.kv_cache_memory_bytes)]
+    return argv + ["--served-model-name", *served_names(o.model, model_path, o.served_model_name)]  # nargs="+": last
+
+
+def run(o: ServeOptions) -> int:
+    from ..models import resolve_model
+
+    if o.max_queue < 0:
+        raise ValueError(f"--max-queue={o.max_queue}: must be >= 0")
+    path = resolve_model(o.model)
+    if o.engine == "vllm":
+        return _exec_vllm(o, path)
+    if o.engine != "embedded":
+        raise ValueError(f"--engine={o.engine!r}: choose embedded or vllm")
+    return _run_embedded(o, path)
+
+
+def _exec_vllm(o: ServeOptions, path: Path) -> int:
+    if importlib.util.find_spec("vllm") is None:
+        print("llmpress serve: error: --engine vllm needs vLLM, which is not installed here "
+              "(pip install vllm, on a machine with a supported GPU); or use --engine embedded", file=sys.stderr)
+        return 2
+    if o.max_queue != ServeOptions.max_queue:
+        print("llmpress serve: warning: vLLM has no queue bound; --max-queue is ignored", file=sys.stderr)
+    argv = vllm_argv(o, path)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(argv[0], argv)  # does not return
+    return 0
+
+
+def _run_embedded(o: ServeOptions, path: Path) -> int:
+    import uvicorn
+
+    from ..engine import EngineConfig, LLMEngine
+    from .app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    engine = LLMEngine(EngineConfig(model=str(path), max_model_len=o.max_model_len, max_num_seqs=o.max_num_seqs,
+                                    kv_cache_memory_bytes=o.kv_cache_memory_bytes, dtype=o.dtype))
+    names = served_names(o.model, path, o.served_model_name)
+    if not o.api_key and not _is_loopback(o.host):
+        log.warning("listening on %s without --api-key: anyone who can reach it can use it", o.host)
+    log.info("serving %s as %r on http://%s:%d (max_model_len %d, %d KV blocks of %d tokens, max_num_seqs %d)",
+             path, names[0], o.host, o.port, engine.max_model_len, engine.blocks.num_blocks,
+             engine.config.block_size, o.max_num_seqs)
+    app = create_app(engine, names, api_key=o.api_key, max_queue=o.max_queue)
+    config = uvicorn.Config(app, host=o.host, port=o.port, log_level="info",
+                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown; uvicorn.run() hides it too
+        pass
+    return 0 if server.started else 1  # e.g. the port is taken (uvicorn logged why)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,76 @@
+"""Engine test helpers: logits of the engine vs transformers on the same checkpoint,
+the Lee-corpus windows they are compared on, and quantized default-model checkpoints."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llmpress.compress import Recipe, compress
+from llmpress.engine.engine import EngineConfig, LLMEngine
+from llmpress.engine.model import AttnSegment, BatchMeta
+from llmpress.eval.perplexity import held_text, load_model, token_windows
+
+
+def _engine_logits(engine: LLMEngine, ids: torch.Tensor) -> torch.Tensor:
+    """Logits at every position of one sequence, prefilled in one chunk: [T, V]."""
+    n = ids.numel()
+    blocks = engine.blocks
+    table: list[int] = []
+    blocks.grow(table, n)
+    bs = blocks.block_size
+    try:
+        meta = BatchMeta.build(list(range(n)), [table[p // bs] * bs + p % bs for p in range(n)], [AttnSegment(0, n, n, table)])
+        hidden = engine.model.forward(ids, meta, engine.kv)
+        return engine.model.logits(hidden)
+    finally:
+        blocks.release(table)
+
+
+def _compare(folder, windows, **engine_kwargs) -> tuple[float, float]:
+    """(top-1 agreement, max |Δlogit|) of the engine vs transformers over the windows."""
+    engine = LLMEngine(EngineConfig(model=str(folder), kv_cache_memory_bytes=256 << 20, **engine_kwargs))
+    hf = load_model(folder)
+    agree = total = 0
+    worst = 0.0
+    with torch.no_grad():
+        for w in windows:
+            ref = hf(w).logits[0].float()
+            ours = _engine_logits(engine, w[0])
+            agree += (ref.argmax(-1) == ours.argmax(-1)).sum().item()
+            total += ref.shape[0]
+            worst = max(worst, (ref - ours).abs().max().item())
+    return agree / total, worst
+
+
+
+@pytest.fixture(scope="session")
+def engine_logits():
+    return _engine_logits
+
+
+@pytest.fixture(scope="session")
+def compare():
+    return _compare
+
+
+@pytest.fixture(scope="session")
+def lee_windows(default_model):
+    from transformers import AutoTokenizer
+
+    text, _ = held_text()
+    return token_windows(AutoTokenizer.from_pretrained(default_model), text, 512, 2048 + 1)
+
+
+@pytest.fixture(scope="session")
+def default_checkpoints(tmp_path_factory, default_model, calib_file):
+    root = tmp_path_factory.mktemp("engine-ckpt")
+    out = {}
+    for scheme, group in [("W4A16", 64), ("W4A16_ASYM", 64), ("W8A8", None), ("FP8_DYNAMIC", None)]:
+        # The engine must reproduce whatever the checkpoint holds, so a cheap calibration does:
+        # 8 short samples and min-max ranges keep this fixture to seconds.
+        recipe = Recipe(scheme=scheme, group_size=group, num_samples=8, max_seq_len=128, dataset=str(calib_file),
+                        observer="minmax", dtype="float32")
+        out[scheme] = compress(default_model, recipe, root / scheme, progress=False)
+    return out
+
+
