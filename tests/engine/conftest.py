@@ -26,10 +26,25 @@ def _engine_logits(engine: LLMEngine, ids: torch.Tensor) -> torch.Tensor:
         blocks.release(table)
 
 
+def _transformers_model(folder):
+    """transformers + compressed-tensors reading the folder: its compressed-execution path
+    (float32 math on the stored codes) where it loads; for asymmetric int4 that path
+    refuses packed zero points (llm-compressor's too), so decompress to dense instead,
+    which rounds each dequantized weight to the scale's dtype (bf16)."""
+    from transformers import AutoModelForCausalLM, CompressedTensorsConfig
+
+    try:
+        return load_model(folder), False
+    except RuntimeError:
+        return AutoModelForCausalLM.from_pretrained(
+            folder, dtype=torch.float32, quantization_config=CompressedTensorsConfig(run_compressed=False)
+        ).eval(), True
+
+
 def _compare(folder, windows, **engine_kwargs) -> tuple[float, float]:
     """(top-1 agreement, max |Δlogit|) of the engine vs transformers over the windows."""
     engine = LLMEngine(EngineConfig(model=str(folder), kv_cache_memory_bytes=256 << 20, **engine_kwargs))
-    hf = load_model(folder)
+    hf, _ = _transformers_model(folder)
     agree = total = 0
     worst = 0.0
     with torch.no_grad():

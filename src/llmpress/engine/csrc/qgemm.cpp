@@ -1,0 +1,607 @@
+// Fused dequantize + GEMM for small M (decode) on AVX2 + FMA + F16C CPUs, and paged decode attention.
+//
+// Every GEMM computes y[M, N] = x[M, K] @ W[N, K]^T with float32 x and y. The weight is read in its
+// compressed form and decoded in registers, a step of 64 k values (8 AVX2 vectors) at a time; each
+// decoded vector is reused across a tile of up to 4 activation rows, so M = 16 decodes the weight
+// 4 times, not 16. Work is split over output rows n with at::parallel_for.
+//
+// Weight layouts (k zero-padded to Kp, a multiple of 64):
+//   int4  int32  [N, Kp/8]  "blocked": 8 words hold 64 k values, nibble t of word j holds k = 8t + j
+//                           (unsigned q + 8), so one 256-bit load holds 8 consecutive k per nibble.
+//   int8  int8   [N, Kp]    W8A16 and W8A8
+//   fp8   uint8  [N, Kp]    float8_e4m3fn bits
+//   bf16  int16  [N, Kp]    bfloat16 bits, unscaled
+// Scales are float32 [N, Gp], one per group of `group_size` k: 32 or a multiple of 64, channel-wise
+// as one group of Kp; Gp = ceil(Kp / group_size), zero past the real groups. Padded k columns meet
+// zero-padded activations, so they add nothing whatever the weight holds there.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <c10/util/Float8_e4m3fn.h>
+#include <immintrin.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <cmath>
+#include <utility>
+#include <vector>
+
+namespace {
+
+constexpr int kStep = 64;    // k values per decode step: 8 chunks of 8
+constexpr int kMaxTile = 4;  // activation rows per register tile
+
+template <class F, int... I>
+inline void unroll_impl(F&& f, std::integer_sequence<int, I...>) {
+  (f(std::integral_constant<int, I>{}), ...);
+}
+// f(integral_constant<0>), ..., f(integral_constant<N-1>): a loop unrolled with a compile-time index.
+template <int N, class F>
+inline void unroll(F&& f) {
+  unroll_impl(f, std::make_integer_sequence<int, N>{});
+}
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoders: block(n, s) fetches step s of row n; chunk<c>(block) decodes its k = 64s + 8c .. + 7
+// to floats, before the group scale.
+
+// int4: masking nibble c in place yields q·16^c, exact in float and one op cheaper than shift + mask.
+// The 16^-c is folded into the activations once per call (kInt4Gain). The top nibble is shifted
+// down instead, as q·16^7 would overflow int32.
+constexpr float kInt4Gain[8] = {1.0f, 0x1p-4f, 0x1p-8f, 0x1p-12f, 0x1p-16f, 0x1p-20f, 0x1p-24f, 1.0f};
+struct Int4Decoder {
+  const int32_t* w;
+  int64_t ld;  // int32 words per row (Kp / 8)
+  __m256i block(int64_t n, int64_t s) const {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + n * ld + s * 8));
+  }
+  template <int c>
+  static __m256 chunk(__m256i v) {
+    if constexpr (c == 7) return _mm256_cvtepi32_ps(_mm256_srli_epi32(v, 28));
+    return _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(0xF << (4 * c))));
+  }
+};
+
+struct Int8Decoder {
+  const int8_t* w;
+  int64_t ld;  // Kp
+  const int8_t* block(int64_t n, int64_t s) const { return w + n * ld + s * kStep; }
+  template <int c>
+  static __m256 chunk(const int8_t* p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * c))));
+  }
+};
+
+// e4m3fn -> fp16 by moving bits: sign to bit 15, exponent and mantissa to bits 7..13. Exponent bias
+// 15 vs 7 makes the fp16 value exactly fp8 · 2^-8, subnormals included, so one F16C convert decodes
+// 8 weights exactly (and VCVTPH2PS ignores MXCSR.DAZ); the 2^8 goes into the activations.
+// (0x7F, NaN in e4m3fn, decodes to 480; compressed weights hold no NaN.)
+struct Fp8Decoder {
+  const uint8_t* w;
+  int64_t ld;  // Kp
+  const uint8_t* block(int64_t n, int64_t s) const { return w + n * ld + s * kStep; }
+  template <int c>
+  static __m256 chunk(const uint8_t* p) {
+    const __m128i b = _mm_cvtepi8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * c)));  // bits 7..15: sign
+    return _mm256_cvtph_ps(_mm_and_si128(_mm_slli_epi16(b, 7), _mm_set1_epi16(static_cast<short>(0xBFFF))));
+  }
+};
+
+// bf16 -> fp32 is a 16-bit shift.
+struct Bf16Decoder {
+  const uint16_t* w;
+  int64_t ld;  // Kp
+  const uint16_t* block(int64_t n, int64_t s) const { return w + n * ld + s * kStep; }
+  template <int c>
+  static __m256 chunk(const uint16_t* p) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8 * c));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// The tiles: MB activation rows · one weight row n. Within a group, A independent accumulators
+// per row (so 4 to 8 FMA chains hide the FMA latency); at the group's end
+//   acc[m] += scale[g] · Σ_a part[m][a].
+// Groups end every `steps_per_group` steps, or twice a step when kHalf (group size 32).
+template <int MB, bool kHalf, class Decoder>
+inline void float_tile(const Decoder& dec, int64_t n, const float* x, int64_t ldx, int64_t steps,
+                       int64_t steps_per_group, const float* scale, float out[MB]) {
+  constexpr int A = MB == 1 ? 4 : 2;
+  __m256 acc[MB], part[MB][A];
+  for (int m = 0; m < MB; ++m) {
+    acc[m] = _mm256_setzero_ps();
+    for (int a = 0; a < A; ++a) part[m][a] = _mm256_setzero_ps();
+  }
+  auto flush = [&](float s) {
+    const __m256 sv = _mm256_set1_ps(s);
+    for (int m = 0; m < MB; ++m) {
+      __m256 p = part[m][0];
+      for (int a = 1; a < A; ++a) p = _mm256_add_ps(p, part[m][a]);
+      acc[m] = _mm256_fmadd_ps(p, sv, acc[m]);
+      for (int a = 0; a < A; ++a) part[m][a] = _mm256_setzero_ps();
+    }
+  };
+  for (int64_t s = 0, left = steps_per_group; s < steps; ++s) {
+    const auto block = dec.block(n, s);
+    const float* xs = x + s * kStep;
+    unroll<8>([&](auto c) {
+      const __m256 w = Decoder::template chunk<c>(block);
+      for (int m = 0; m < MB; ++m)
+        part[m][c % A] = _mm256_fmadd_ps(_mm256_loadu_ps(xs + m * ldx + 8 * c), w, part[m][c % A]);
+      if constexpr (kHalf && c == 3) flush(*scale++);
+    });
+    if (kHalf || --left == 0 || s + 1 == steps) {
+      flush(scale ? *scale++ : 1.0f);
+      left = steps_per_group;
+    }
+  }
+  for (int m = 0; m < MB; ++m) out[m] = hsum(acc[m]);
+}
+
+// W8A8: int16 activations · sign-extended int16 weights with vpmaddwd, exact int32 sums inside a group
+// (|sum| < K · 2^14: no overflow below K = 131072), converted and scaled at the group's end.
+template <int MB, bool kHalf>
+inline void int8_tile(const int8_t* w, const int16_t* x, int64_t ldx, int64_t steps, int64_t steps_per_group,
+                      const float* scale, float out[MB]) {
+  __m256 acc[MB];
+  __m256i part[MB];
+  for (int m = 0; m < MB; ++m) acc[m] = _mm256_setzero_ps(), part[m] = _mm256_setzero_si256();
+  auto flush = [&](float s) {
+    const __m256 sv = _mm256_set1_ps(s);
+    for (int m = 0; m < MB; ++m) {
+      acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(part[m]), sv, acc[m]);
+      part[m] = _mm256_setzero_si256();
+    }
+  };
+  for (int64_t s = 0, left = steps_per_group; s < steps; ++s) {
+    unroll<4>([&](auto c) {  // 16 k at a time
+      const int64_t k = s * kStep + 16 * c;
+      const __m256i wv = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + k)));
+      for (int m = 0; m < MB; ++m)
+        part[m] = _mm256_add_epi32(
+            part[m], _mm256_madd_epi16(wv, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + m * ldx + k))));
+      if constexpr (kHalf && c == 1) flush(*scale++);
+    });
+    if (kHalf || --left == 0 || s + 1 == steps) {
+      flush(*scale++);
+      left = steps_per_group;
+    }
+  }
+  for (int m = 0; m < MB; ++m) out[m] = hsum(acc[m]);
+}
+
+// Calls tile(integral_constant<int, MB>, n, m0) for every output row n and every tile of up to 4
+// activation rows, in parallel over n. Rows n go in blocks of ~128 KiB of weights, which stay in L2
+// while each row tile of x, kept in L1, passes over the block: a weight row is fetched from memory
+// once and decoded once per row tile.
+template <class Tile>
+void for_each_tile(int64_t M, int64_t N, int64_t row_bytes, const Tile& tile) {
+  row_bytes = std::max<int64_t>(1, row_bytes);
+  const int64_t grain = std::max<int64_t>(1, (int64_t{32} << 10) / row_bytes);  // under 32 KiB a thread, fork/join costs more
+  const int64_t block = std::max<int64_t>(1, (int64_t{128} << 10) / row_bytes);
+  at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
+    for (int64_t b0 = n0; b0 < n1; b0 += block) {
+      const int64_t b1 = std::min(n1, b0 + block);
+      auto rows = [&](auto mb, int64_t m) {
+        for (int64_t n = b0; n < b1; ++n) tile(mb, n, m);
+      };
+      int64_t m = 0;
+      for (; m + kMaxTile <= M; m += kMaxTile) rows(std::integral_constant<int, kMaxTile>{}, m);
+      switch (M - m) {
+        case 3: rows(std::integral_constant<int, 3>{}, m); break;
+        case 2: rows(std::integral_constant<int, 2>{}, m); break;
+        case 1: rows(std::integral_constant<int, 1>{}, m); break;
+        default: break;
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Argument checks and activation preparation.
+
+void check_x(const at::Tensor& x, int64_t Kp) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x must be contiguous float32 [M, K]");
+  TORCH_CHECK(x.size(1) <= Kp, "x has ", x.size(1), " columns, the weight ", Kp);
+}
+
+template <class T>
+const T* check_weight(const at::Tensor& w, at::ScalarType dtype, int64_t per_row, const char* what) {
+  TORCH_CHECK(w.scalar_type() == dtype && w.dim() == 2 && w.is_contiguous() && w.size(1) % per_row == 0,
+              "weight must be contiguous ", what, " with a multiple of ", per_row, " columns");
+  return reinterpret_cast<const T*>(w.data_ptr());
+}
+
+// -> steps per group (0 when group_size is 32: two groups a step)
+int64_t check_scale(const at::Tensor& scale, int64_t N, int64_t Kp, int64_t group_size) {
+  TORCH_CHECK(group_size == 32 || (group_size > 0 && group_size % kStep == 0), "group_size must be 32 or a multiple of 64");
+  TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.is_contiguous() && scale.dim() == 2 && scale.size(0) == N &&
+                  scale.size(1) == (Kp + group_size - 1) / group_size,
+              "scale must be contiguous float32 [N, ceil(Kp / group_size)]");
+  return group_size / kStep;
+}
+
+const int8_t* check_zero_point(const c10::optional<at::Tensor>& zp, const at::Tensor& scale) {
+  if (!zp) return nullptr;
+  TORCH_CHECK(zp->scalar_type() == at::kChar && zp->is_contiguous() && zp->sizes() == scale.sizes(),
+              "zero_point must be contiguous int8 shaped like scale");
+  return zp->data_ptr<int8_t>();
+}
+
+// x [M, K] -> float32 [M, Kp], zero-padded, times gain[(k / 8) % 8] (powers of two: exact).
+at::Tensor prepare_x(const at::Tensor& x, int64_t Kp, const float* gain = nullptr) {
+  const int64_t M = x.size(0), K = x.size(1);
+  at::Tensor out = at::zeros({M, Kp}, x.options());
+  const float* src = x.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t k = 0; k < K; ++k) dst[m * Kp + k] = gain ? src[m * K + k] * gain[(k >> 3) & 7] : src[m * K + k];
+  return out;
+}
+
+// The zero-point term of w = (q - c) · s with c = base + zp[n, g] (int4: base 8, the unsigned
+// offset): the tiles sum s · Σ x q, and  y[m, n] -= Σ_g s[n, g] · c[n, g] · Σ_{k in g} x[m, k].
+void subtract_offsets(at::Tensor& y, const at::Tensor& x, const at::Tensor& scale, const int8_t* zp, float base,
+                      int64_t group_size) {
+  if (base == 0.0f && zp == nullptr) return;
+  const int64_t M = x.size(0), K = x.size(1), N = y.size(1), G = scale.size(1);
+  std::vector<float> sums(M * G, 0.0f);  // Σ x per (row, group)
+  const float* xd = x.data_ptr<float>();
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t k = 0; k < K; ++k) sums[m * G + k / group_size] += xd[m * K + k];
+  const float* sc = scale.data_ptr<float>();
+  float* yd = y.data_ptr<float>();
+  at::parallel_for(0, N, 256, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n)
+      for (int64_t m = 0; m < M; ++m) {
+        __m256 acc = _mm256_setzero_ps();
+        int64_t g = 0;
+        for (; g + 8 <= G; g += 8) {
+          __m256 c = _mm256_set1_ps(base);
+          if (zp) c = _mm256_add_ps(c, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+                                           _mm_loadl_epi64(reinterpret_cast<const __m128i*>(zp + n * G + g)))));
+          acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_loadu_ps(sc + n * G + g), c), _mm256_loadu_ps(&sums[m * G + g]), acc);
+        }
+        float total = hsum(acc);
+        for (; g < G; ++g) total += sc[n * G + g] * (base + (zp ? zp[n * G + g] : 0)) * sums[m * G + g];
+        yd[m * N + n] -= total;
+      }
+  });
+}
+
+// The float-decoded formats' driver: y [M, N] from prepared activations xp [M, Kp].
+template <class Decoder>
+at::Tensor float_gemm(const Decoder& dec, const at::Tensor& xp, int64_t N, int64_t row_bytes, const float* scale,
+                      int64_t G, int64_t group_size) {
+  const int64_t M = xp.size(0), Kp = xp.size(1), spg = group_size / kStep;
+  at::Tensor y = at::empty({M, N}, xp.options());
+  const float* xs = xp.data_ptr<float>();
+  float* yd = y.data_ptr<float>();
+  for_each_tile(M, N, row_bytes, [&](auto mb, int64_t n, int64_t m0) {
+    constexpr int MB = decltype(mb)::value;
+    float out[MB];
+    const float* sn = scale ? scale + n * G : nullptr;
+    if (group_size == 32)
+      float_tile<MB, true>(dec, n, xs + m0 * Kp, Kp, Kp / kStep, 1, sn, out);
+    else
+      float_tile<MB, false>(dec, n, xs + m0 * Kp, Kp, Kp / kStep, spg, sn, out);
+    for (int m = 0; m < MB; ++m) yd[(m0 + m) * N + n] = out[m];
+  });
+  return y;
+}
+
+// Per-token dynamic fp8 e4m3 fake-quantization, as observers.dynamic_per_token computes it:
+// s = max(amax / 448, 1e-12), x_q = float(e4m3(clamp(x / s, ±448))) · s.
+void fp8_fake_quant_rows(float* x, int64_t M, int64_t K, int64_t ld) {
+  for (int64_t m = 0; m < M; ++m) {
+    float* r = x + m * ld;
+    float amax = 0.0f;
+    for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(r[k]));
+    const float s = std::max(amax / 448.0f, 1e-12f);
+    for (int64_t k = 0; k < K; ++k) r[k] = static_cast<float>(c10::Float8_e4m3fn(std::clamp(r[k] / s, -448.0f, 448.0f))) * s;
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// GEMMs (x [M, K] float32 -> y [M, N] float32)
+
+// int4: w = (q_u - 8 - zp) · s, q_u the stored unsigned nibble.
+at::Tensor int4_gemm(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scale,
+                     const c10::optional<at::Tensor>& zero_point, int64_t group_size) {
+  const int32_t* w = check_weight<int32_t>(qweight, at::kInt, 8, "int32 blocked int4 [N, Kp / 8]");
+  const int64_t N = qweight.size(0), Kp = qweight.size(1) * 8;
+  check_x(x, Kp);
+  check_scale(scale, N, Kp, group_size);
+  const int8_t* zp = check_zero_point(zero_point, scale);
+  at::Tensor y = float_gemm(Int4Decoder{w, Kp / 8}, prepare_x(x, Kp, kInt4Gain), N, Kp / 2, scale.data_ptr<float>(),
+                            scale.size(1), group_size);
+  subtract_offsets(y, x, scale, zp, 8.0f, group_size);
+  return y;
+}
+
+// int8 weight-only (W8A16): w = (q - zp) · s.
+at::Tensor int8_gemm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
+                     const c10::optional<at::Tensor>& zero_point, int64_t group_size) {
+  const int8_t* w = check_weight<int8_t>(weight, at::kChar, kStep, "int8 [N, Kp]");
+  const int64_t N = weight.size(0), Kp = weight.size(1);
+  check_x(x, Kp);
+  check_scale(scale, N, Kp, group_size);
+  const int8_t* zp = check_zero_point(zero_point, scale);
+  const at::Tensor xp = x.size(1) == Kp ? x : prepare_x(x, Kp);
+  at::Tensor y = float_gemm(Int8Decoder{w, Kp}, xp, N, Kp, scale.data_ptr<float>(), scale.size(1), group_size);
+  subtract_offsets(y, x, scale, zp, 0.0f, group_size);
+  return y;
+}
+
+// fp8 e4m3 weights (uint8 view), float32 math; dynamic_act fake-quantizes each activation row to fp8 first.
+at::Tensor fp8_gemm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale, int64_t group_size,
+                    bool dynamic_act) {
+  const uint8_t* w = check_weight<uint8_t>(weight, at::kByte, kStep, "uint8 (float8_e4m3fn bits) [N, Kp]");
+  const int64_t N = weight.size(0), Kp = weight.size(1);
+  check_x(x, Kp);
+  check_scale(scale, N, Kp, group_size);
+  at::Tensor xp = prepare_x(x, Kp);
+  if (dynamic_act) fp8_fake_quant_rows(xp.data_ptr<float>(), x.size(0), x.size(1), Kp);
+  xp.mul_(256.0f);  // undoes the decoder's 2^-8 (exact)
+  return float_gemm(Fp8Decoder{w, Kp}, xp, N, Kp, scale.data_ptr<float>(), scale.size(1), group_size);
+}
+
+// bf16 weights (int16 view), unscaled.
+at::Tensor bf16_gemm(const at::Tensor& x, const at::Tensor& weight) {
+  const uint16_t* w = check_weight<uint16_t>(weight, at::kShort, kStep, "int16 (bfloat16 bits) [N, Kp]");
+  const int64_t N = weight.size(0), Kp = weight.size(1);
+  check_x(x, Kp);
+  const at::Tensor xp = x.size(1) == Kp ? x : prepare_x(x, Kp);
+  return float_gemm(Bf16Decoder{w, Kp}, xp, N, 2 * Kp, nullptr, 1, Kp);
+}
+
+// Per-token dynamic int8 quantization (vLLM's, and observers.dynamic_per_token's):
+// s = max(amax / 127, 1e-12), q = clamp(round_half_even(x / s), -128, 127). -> (q [M, K] int8, s [M]).
+std::tuple<at::Tensor, at::Tensor> quantize_act_int8(const at::Tensor& x) {
+  check_x(x, x.size(1));
+  const int64_t M = x.size(0), K = x.size(1);
+  at::Tensor q = at::empty({M, K}, x.options().dtype(at::kChar));
+  at::Tensor s = at::empty({M}, x.options());
+  const float* xd = x.data_ptr<float>();
+  int8_t* qd = q.data_ptr<int8_t>();
+  float* sd = s.data_ptr<float>();
+  for (int64_t m = 0; m < M; ++m) {
+    const float* r = xd + m * K;
+    float amax = 0.0f;
+    for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(r[k]));
+    sd[m] = std::max(amax / 127.0f, 1e-12f);
+    for (int64_t k = 0; k < K; ++k) qd[m * K + k] = static_cast<int8_t>(std::clamp(std::nearbyint(r[k] / sd[m]), -128.0f, 127.0f));
+  }
+  return {q, s};
+}
+
+// W8A8: y = s_a[m] · Σ_g s_w[n, g] · Σ_{k in g} q_a[m, k] q_w[n, k], integer inside each group.
+at::Tensor w8a8_gemm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale, int64_t group_size) {
+  const int8_t* w = check_weight<int8_t>(weight, at::kChar, kStep, "int8 [N, Kp]");
+  const int64_t N = weight.size(0), Kp = weight.size(1), M = x.size(0), K = x.size(1);
+  check_x(x, Kp);
+  const int64_t spg = check_scale(scale, N, Kp, group_size), G = scale.size(1);
+  auto [q, sa] = quantize_act_int8(x);
+  at::Tensor xq = at::zeros({M, Kp}, x.options().dtype(at::kShort));  // int16, zero-padded
+  xq.narrow(1, 0, K).copy_(q);
+  at::Tensor y = at::empty({M, N}, x.options());
+  const int16_t* xs = xq.data_ptr<int16_t>();
+  const float *sc = scale.data_ptr<float>(), *sad = sa.data_ptr<float>();
+  float* yd = y.data_ptr<float>();
+  for_each_tile(M, N, Kp, [&](auto mb, int64_t n, int64_t m0) {
+    constexpr int MB = decltype(mb)::value;
+    float out[MB];
+    if (group_size == 32)
+      int8_tile<MB, true>(w + n * Kp, xs + m0 * Kp, Kp, Kp / kStep, 1, sc + n * G, out);
+    else
+      int8_tile<MB, false>(w + n * Kp, xs + m0 * Kp, Kp, Kp / kStep, spg, sc + n * G, out);
+    for (int m = 0; m < MB; ++m) yd[(m0 + m) * N + n] = out[m] * sad[m0 + m];
+  });
+  return y;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dequantize rows [n0, n1) to float32 [n1 - n0, K] for prefill, where the GEMM is compute-bound and
+// MKL's sgemm wins. Bit-exact with the project's dequantize, (q - zp) · s in float32: every decoded
+// q, and q - zp, is exact, so the multiply by s is the one rounding, as there.
+namespace {
+// finish(n, k, c, q) -> the 8 weights k .. k + 7 of row n from chunk c of their step.
+template <class Decoder, class Finish>
+at::Tensor dequant_rows(const Decoder& dec, int64_t N, int64_t K, int64_t Kp, int64_t n0, int64_t n1, const Finish& finish) {
+  TORCH_CHECK(0 <= n0 && n0 <= n1 && n1 <= N && K <= Kp, "bad row range or K");
+  at::Tensor out = at::empty({n1 - n0, K}, at::TensorOptions().dtype(at::kFloat));
+  float* od = out.data_ptr<float>();
+  at::parallel_for(n0, n1, 16, [&](int64_t a, int64_t b) {
+    alignas(32) float buf[kStep];
+    for (int64_t n = a; n < b; ++n) {
+      float* row = od + (n - n0) * K;
+      for (int64_t k0 = 0; k0 < K; k0 += kStep) {
+        const auto block = dec.block(n, k0 / kStep);
+        const bool whole = k0 + kStep <= K;  // else the row's tail: through a buffer
+        float* dst = whole ? row + k0 : buf;
+        unroll<8>([&](auto c) { _mm256_storeu_ps(dst + 8 * c, finish(n, k0 + 8 * c, c, Decoder::template chunk<c>(block))); });
+        if (!whole) std::copy(buf, buf + (K - k0), row + k0);
+      }
+    }
+  });
+  return out;
+}
+}  // namespace
+
+at::Tensor int4_dequant(const at::Tensor& qweight, const at::Tensor& scale, const c10::optional<at::Tensor>& zero_point,
+                        int64_t group_size, int64_t K, int64_t n0, int64_t n1) {
+  const int32_t* w = check_weight<int32_t>(qweight, at::kInt, 8, "int32 blocked int4 [N, Kp / 8]");
+  const int64_t N = qweight.size(0), Kp = qweight.size(1) * 8, G = scale.size(1);
+  check_scale(scale, N, Kp, group_size);
+  const float* sc = scale.data_ptr<float>();
+  const int8_t* zp = check_zero_point(zero_point, scale);
+  return dequant_rows(Int4Decoder{w, Kp / 8}, N, K, Kp, n0, n1, [&](int64_t n, int64_t k, int c, __m256 q) {
+    const int64_t g = n * G + k / group_size;
+    const __m256 c_g = _mm256_set1_ps(8.0f + (zp ? zp[g] : 0));  // q_u·16^c·16^-c - c_g: exact
+    return _mm256_mul_ps(_mm256_fmsub_ps(q, _mm256_set1_ps(kInt4Gain[c]), c_g), _mm256_set1_ps(sc[g]));
+  });
+}
+
+at::Tensor int8_dequant(const at::Tensor& weight, const at::Tensor& scale, const c10::optional<at::Tensor>& zero_point,
+                        int64_t group_size, int64_t K, int64_t n0, int64_t n1) {
+  const int8_t* w = check_weight<int8_t>(weight, at::kChar, kStep, "int8 [N, Kp]");
+  const int64_t N = weight.size(0), Kp = weight.size(1), G = scale.size(1);
+  check_scale(scale, N, Kp, group_size);
+  const float* sc = scale.data_ptr<float>();
+  const int8_t* zp = check_zero_point(zero_point, scale);
+  return dequant_rows(Int8Decoder{w, Kp}, N, K, Kp, n0, n1, [&](int64_t n, int64_t k, int, __m256 q) {
+    const int64_t g = n * G + k / group_size;
+    return _mm256_mul_ps(_mm256_sub_ps(q, _mm256_set1_ps(zp ? zp[g] : 0)), _mm256_set1_ps(sc[g]));
+  });
+}
+
+at::Tensor fp8_dequant(const at::Tensor& weight, const at::Tensor& scale, int64_t group_size, int64_t K, int64_t n0, int64_t n1) {
+  const uint8_t* w = check_weight<uint8_t>(weight, at::kByte, kStep, "uint8 (float8_e4m3fn bits) [N, Kp]");
+  const int64_t N = weight.size(0), Kp = weight.size(1), G = scale.size(1);
+  check_scale(scale, N, Kp, group_size);
+  const float* sc = scale.data_ptr<float>();
+  return dequant_rows(Fp8Decoder{w, Kp}, N, K, Kp, n0, n1, [&](int64_t n, int64_t k, int, __m256 v) {  // v = fp8 · 2^-8
+    return _mm256_mul_ps(_mm256_mul_ps(v, _mm256_set1_ps(256.0f)), _mm256_set1_ps(sc[n * G + k / group_size]));
+  });
+}
+
+at::Tensor bf16_dequant(const at::Tensor& weight, int64_t K, int64_t n0, int64_t n1) {
+  const uint16_t* w = check_weight<uint16_t>(weight, at::kShort, kStep, "int16 (bfloat16 bits) [N, Kp]");
+  return dequant_rows(Bf16Decoder{w, weight.size(1)}, weight.size(0), K, weight.size(1), n0, n1,
+                      [](int64_t, int64_t, int, __m256 v) { return v; });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Paged decode attention: one query token per sequence against its cached keys/values.
+//   q [B, H, D], k_cache / v_cache [num_blocks, block_size, KVH, D], block_tables int32 [B, max_blocks],
+//   context_lens int32 [B] -> out [B, H, D]. Query heads h = kvh · (H / KVH) + j share kv head kvh (GQA).
+// Parallel over (b, kvh): the group's queries read each cached key and value row once. Two passes:
+// scores into a buffer, then softmax weights times V.
+namespace {
+// exp(x) for x <= 0 (Cephes expf: 2^n · e^r, |r| <= ln2/2, degree-6 polynomial; rel. error ~2e-7).
+inline __m256 exp_neg(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));  // keeps 2^n normal; e^-87 is 0 next to the max term's 1
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+inline float dot(const float* a, const float* b, int64_t D) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+  int64_t d = 0;
+  for (; d + 16 <= D; d += 16) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d + 8), _mm256_loadu_ps(b + d + 8), s1);
+  }
+  if (d < D) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), s0);
+  return hsum(_mm256_add_ps(s0, s1));
+}
+}  // namespace
+
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                            const at::Tensor& block_tables, const at::Tensor& context_lens, double scale) {
+  TORCH_CHECK(q.dim() == 3 && q.scalar_type() == at::kFloat && q.is_contiguous(), "q must be contiguous float32 [B, H, D]");
+  TORCH_CHECK(k_cache.dim() == 4 && k_cache.scalar_type() == at::kFloat && k_cache.is_contiguous() &&
+                  v_cache.sizes() == k_cache.sizes() && v_cache.scalar_type() == at::kFloat && v_cache.is_contiguous(),
+              "k_cache / v_cache must be contiguous float32 [num_blocks, block_size, KVH, D]");
+  TORCH_CHECK(block_tables.scalar_type() == at::kInt && block_tables.dim() == 2 && block_tables.is_contiguous());
+  TORCH_CHECK(context_lens.scalar_type() == at::kInt && context_lens.dim() == 1 && context_lens.is_contiguous());
+  const int64_t B = q.size(0), H = q.size(1), D = q.size(2);
+  const int64_t NB = k_cache.size(0), BS = k_cache.size(1), KVH = k_cache.size(2), MAXB = block_tables.size(1);
+  TORCH_CHECK(k_cache.size(3) == D && D % 8 == 0, "head_dim must match and be a multiple of 8");
+  TORCH_CHECK(KVH > 0 && H % KVH == 0, "num_heads must be a multiple of num_kv_heads");
+  TORCH_CHECK(block_tables.size(0) == B && context_lens.size(0) == B);
+  const int32_t* lens = context_lens.data_ptr<int32_t>();
+  const int32_t* tables = block_tables.data_ptr<int32_t>();
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK(lens[b] >= 0 && lens[b] <= MAXB * BS, "context_lens[", b, "] = ", lens[b], " exceeds the block table");
+    for (int64_t i = 0; i < (lens[b] + BS - 1) / BS; ++i)
+      TORCH_CHECK(tables[b * MAXB + i] >= 0 && tables[b * MAXB + i] < NB, "block_tables[", b, ", ", i, "] out of range");
+  }
+  at::Tensor out = at::zeros_like(q);
+  const float *qd = q.data_ptr<float>(), *kd = k_cache.data_ptr<float>(), *vd = v_cache.data_ptr<float>();
+  float* od = out.data_ptr<float>();
+  const int64_t G = H / KVH, row = KVH * D;  // floats per cached token
+  const float sc = static_cast<float>(scale);
+  at::parallel_for(0, B * KVH, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> scores;
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t b = i / KVH, kvh = i % KVH, L = lens[b];
+      if (L == 0) continue;
+      const int64_t Lp = (L + 7) / 8 * 8;  // pad so the exp pass is whole vectors
+      scores.assign(G * Lp, -INFINITY);
+      const float* qh = qd + (b * H + kvh * G) * D;  // the G query heads of this kv head, contiguous
+      const int32_t* table = tables + b * MAXB;
+      for (int64_t t = 0; t < L; ++t) {
+        const float* kt = kd + (table[t / BS] * BS + t % BS) * row + kvh * D;
+        for (int64_t j = 0; j < G; ++j) scores[j * Lp + t] = dot(qh + j * D, kt, D) * sc;
+      }
+      std::vector<float> inv_sum(G);
+      for (int64_t j = 0; j < G; ++j) {
+        float* s = scores.data() + j * Lp;
+        const float mx = *std::max_element(s, s + L);
+        __m256 sum = _mm256_setzero_ps();
+        for (int64_t t = 0; t < Lp; t += 8) {  // padding is -inf - mx -> clamped -> ~0; masked below
+          __m256 e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(s + t), _mm256_set1_ps(mx)));
+          if (t + 8 > L) {
+            alignas(32) float tmp[8];
+            _mm256_store_ps(tmp, e);
+            for (int64_t u = L - t; u < 8; ++u) tmp[u] = 0.0f;
+            e = _mm256_load_ps(tmp);
+          }
+          _mm256_storeu_ps(s + t, e);
+          sum = _mm256_add_ps(sum, e);
+        }
+        inv_sum[j] = 1.0f / hsum(sum);
+      }
+      float* oh = od + (b * H + kvh * G) * D;
+      for (int64_t t = 0; t < L; ++t) {
+        const float* vt = vd + (table[t / BS] * BS + t % BS) * row + kvh * D;
+        for (int64_t j = 0; j < G; ++j) {
+          const __m256 p = _mm256_set1_ps(scores[j * Lp + t]);
+          float* o = oh + j * D;
+          for (int64_t d = 0; d < D; d += 8)
+            _mm256_storeu_ps(o + d, _mm256_fmadd_ps(p, _mm256_loadu_ps(vt + d), _mm256_loadu_ps(o + d)));
+        }
+      }
+      for (int64_t j = 0; j < G; ++j) {
+        const __m256 r = _mm256_set1_ps(inv_sum[j]);
+        for (int64_t d = 0; d < D; d += 8) _mm256_storeu_ps(oh + j * D + d, _mm256_mul_ps(r, _mm256_loadu_ps(oh + j * D + d)));
+      }
+    }
+  });
+  return out;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("int4_gemm", &int4_gemm, "y = x @ W^T, int4 blocked weights");
+  m.def("int8_gemm", &int8_gemm, "y = x @ W^T, int8 weights, float activations");
+  m.def("w8a8_gemm", &w8a8_gemm, "y = x @ W^T, int8 weights, dynamic int8 activations");
+  m.def("fp8_gemm", &fp8_gemm, "y = x @ W^T, fp8 e4m3 weights (uint8 view)");
+  m.def("bf16_gemm", &bf16_gemm, "y = x @ W^T, bf16 weights (int16 view)");
+  m.def("quantize_act_int8", &quantize_act_int8, "per-token dynamic int8 activations");
+  m.def("int4_dequant", &int4_dequant);
+  m.def("int8_dequant", &int8_dequant);
+  m.def("fp8_dequant", &fp8_dequant);
+  m.def("bf16_dequant", &bf16_dequant);
+  m.def("decode_attention", &decode_attention, "paged decode attention");
+}

@@ -1,0 +1,457 @@
+"""Quantized Linear weights for CPU inference: containers, dispatch, reference paths, C++ build.
+
+A weight W [N=out_features, K=in_features] stays at its compressed size (int4 packed, int8, fp8,
+bf16) and `w(x)` computes y = x @ W^T for float32 x [..., K]:
+
+  M = rows of x <= w.small_m_max (decode)   fused dequantize + GEMM in csrc/qgemm.cpp (AVX2/FMA):
+                                             reads each weight once, decodes it in registers and
+                                             reuses it over tiles of 4 rows (memory-bound).
+  larger M (prefill)                         dequantize N-tiles to transient float32 and run
+                                             torch's sgemm (compute-bound; MKL is faster there).
+  no extension, LLMPRESS_KERNELS=reference,  the reference path: the project's own dequantize
+  CUDA tensors, or group sizes the kernels   (observers.dequantize, i.e. compressed-tensors'
+  do not tile (not 32 or a multiple of 64)   (q - zp) * s in float32) and x @ W^T in torch.
+
+LLMPRESS_KERNELS is read when a weight is built.
+The extension is compiled on first use (or by `build()`) with torch.utils.cpp_extension into
+~/.cache/llmpress/torch_extensions/ ($LLMPRESS_CACHE overrides the root). If the CPU lacks
+AVX2/FMA/F16C or the build fails, we warn once and use the reference path.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import os
+import platform
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..checkpoint.compressed_tensors import unpack_int
+from ..compress.observers import FP8_DTYPE, dequantize, dynamic_per_token
+from ..compress.schemes import QuantArgs
+
+_SOURCE = Path(__file__).with_name("csrc") / "qgemm.cpp"
+_INT8_TOKEN = QuantArgs(8, "int", True, "token", dynamic=True, observer=None)
+_FP8_TOKEN = QuantArgs(8, "float", True, "token", dynamic=True, observer=None)
+# Prefill dequantizes W in tiles of at most this many weights (4 MiB of float32): small enough for
+# malloc to reuse the buffer (a fresh 64 MiB one costs more in page faults than the sgemm) and to
+# still be in cache when the sgemm reads it.
+_PREFILL_TILE_FLOATS = 1 << 20
+
+
+# ------------------------------------------------------------------------------------- the extension
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+@functools.cache
+def _extension():
+    """The compiled module, or None (warned once) when this CPU or toolchain cannot have it."""
+    flags = _cpu_flags()
+    if platform.machine().lower() not in ("x86_64", "amd64") or not {"avx2", "fma", "f16c"} <= flags:
+        warnings.warn("llmpress kernels: this CPU lacks AVX2/FMA/F16C; using the slow reference path", stacklevel=3)
+        return None
+    from torch.utils.cpp_extension import load
+
+    from ..models import cache_dir
+
+    # -march=native code is only valid on this CPU model, so the build folder is keyed by it too.
+    cpu = hashlib.sha1(" ".join(sorted(flags)).encode()).hexdigest()[:8]
+    tag = f"torch{torch.__version__.split('+')[0]}-py{sys.version_info.major}{sys.version_info.minor}-{cpu}"
+    build_dir = cache_dir() / "torch_extensions" / tag
+    build_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return load(
+            name="llmpress_qgemm",
+            sources=[str(_SOURCE)],
+            extra_cflags=["-O3", "-march=native", "-mavx2", "-mfma", "-mf16c", "-fopenmp"],
+            extra_ldflags=["-fopenmp"],  # at::parallel_for is OpenMP, inlined into our code
+            build_directory=str(build_dir),
+            verbose=False,
+        )
+    except Exception as e:  # no compiler, no ninja, compile error: run, slowly, rather than crash
+        warnings.warn(f"llmpress kernels: building the C++ extension failed, using the reference path ({e})", stacklevel=3)
+        return None
+
+
+def build() -> bool:
+    """Compile (or load the cached) extension now; True when the fast kernels can run."""
+    return _extension() is not None
+
+
+def available() -> bool:
+    """True when weights built now take the fast path: the extension is built and
+    LLMPRESS_KERNELS is not "reference"."""
+    return os.environ.get("LLMPRESS_KERNELS", "").lower() != "reference" and _extension() is not None
+
+
+# ------------------------------------------------------------------------------------- layout helpers
+def _round_up(n: int, m: int) -> int:
+    return (n + m - 1) // m * m
+
+
+def _pad_cols(w: torch.Tensor, cols: int) -> torch.Tensor:
+    """w [N, K] -> contiguous [N, cols], zero-padded; w itself (no copy) when nothing to pad."""
+    w = w.contiguous()
+    return w if w.shape[1] == cols else F.pad(w, (0, cols - w.shape[1]))
+
+
+def _scale_table(scale: torch.Tensor, n: int, k: int, kp: int) -> tuple[torch.Tensor, int, int]:
+    """Stored scale [N, G] (or one per tensor) -> (float32 [N, ceil(Kp / gs)] zero-padded, gs, G).
+
+    Channel-wise scales become one group of size Kp, so the kernels see a single layout."""
+    scale = scale.float()
+    if scale.numel() == 1:
+        scale = scale.reshape(1, 1).expand(n, 1)
+    if scale.dim() != 2 or scale.shape[0] != n:
+        raise ValueError(f"weight_scale has shape {tuple(scale.shape)}, expected [{n}, groups]")
+    groups = scale.shape[1]
+    if groups == 1:
+        return scale.contiguous(), kp, 1
+    if k % groups:
+        raise ValueError(f"in_features {k} is not a whole number of {groups} groups")
+    gs = k // groups
+    return _pad_cols(scale, math.ceil(kp / gs)), gs, groups
+
+
+def _kernel_group_ok(group_size: int) -> bool:
+    """The kernels step 64 k at a time: groups of 32 (two a step) or whole steps."""
+    return group_size == 32 or group_size % 64 == 0
+
+
+_SHIFTS = torch.arange(0, 32, 4, dtype=torch.int32)  # nibble t sits at bits [4t, 4t + 4)
+
+
+def _to_int32(x: torch.Tensor) -> torch.Tensor:
+    """int64 holding 32 unsigned bits -> int32 with the same bits."""
+    return torch.where(x >= 1 << 31, x - (1 << 32), x).to(torch.int32)
+
+
+def _block_int4(packed: torch.Tensor, k: int) -> torch.Tensor:
+    """compressed-tensors int4 [N, ceil(K/8)] (nibble i of word j = k 8j + i) -> blocked [N, Kp/8].
+
+    Blocked: in each group of 8 words (64 k values), nibble t of word j holds k = 8t + j, so one
+    256-bit load and a mask give 8 consecutive k (an 8x8 nibble transpose per block). Kp = K
+    rounded up to 64; padding nibbles are 0 and meet zero activations. Done in row chunks to keep
+    the int64 temporaries small for big matrices."""
+    n, kp = packed.shape[0], _round_up(k, 64)
+    out = torch.empty(n, kp // 8, dtype=torch.int32, device=packed.device)
+    rows = max(1, (1 << 22) // kp)
+    shifts = _SHIFTS.to(packed.device)
+    for r in range(0, n, rows):
+        nib = (packed[r : r + rows].unsqueeze(-1) >> shifts) & 15  # [R, W, 8]: k order
+        nib = F.pad(nib.flatten(1)[:, :k], (0, kp - k))
+        nib = nib.view(nib.shape[0], kp // 64, 8, 8).transpose(2, 3).to(torch.int64)  # [R, block, j, t]
+        out[r : r + rows] = _to_int32((nib << shifts.to(torch.int64)).sum(-1)).flatten(1)
+    return out
+
+
+def _unblock_int4(blocked: torch.Tensor, k: int) -> torch.Tensor:
+    """Blocked [N, Kp/8] -> the signed int4 values int8 [N, K] (q = nibble - 8)."""
+    n, kp = blocked.shape[0], blocked.shape[1] * 8
+    nib = (blocked.unsqueeze(-1) >> _SHIFTS.to(blocked.device)) & 15  # [N, Kp/8, 8]: (word j, nibble t)
+    nib = nib.view(n, kp // 64, 8, 8).transpose(2, 3).reshape(n, kp)  # k = 64 block + 8t + j
+    return (nib[:, :k] - 8).to(torch.int8)
+
+
+# ------------------------------------------------------------------------------------- the containers
+class QuantizedWeight:
+    """y = x @ W^T for one Linear weight W [out_features, in_features], kept compressed.
+
+    `w(x)`: x [..., in_features] -> [..., out_features] in x's dtype, computed in float32.
+    `dequantize()`: W as float32 [N, K]. `reference(x)`: the torch-only path (float32), for checks.
+    `nbytes`: resident bytes. Subclasses provide `_fused(x)` (the decode kernel), `_dequant_fast`
+    (C++ rows of W) and `_dequant_torch` (the project's dequantize), and call `_bind()`."""
+
+    out_features: int
+    in_features: int
+    small_m_max = 16  # up to this many rows the fused kernel beats dequantize + sgemm (benchmarks/engine_kernels.py)
+    _ext = None  # the extension when this weight takes the fast path
+
+    def _bind(self, kernels_fit: bool = True) -> None:
+        """Take the fast path if the layout suits the kernels, the weight is on the CPU, the extension
+        is built, and LLMPRESS_KERNELS (read now, once per weight) is not "reference"."""
+        self._ext = _extension() if kernels_fit and self.device.type == "cpu" and available() else None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        ext = self._ext
+        if ext is not None and x.dim() == 2 and x.dtype == torch.float32 and x.is_cpu:  # the engine's case: no copies
+            if not x.is_contiguous():
+                x = x.contiguous()
+            return self._fused(x) if x.shape[0] <= self.small_m_max else self._prefill(x)
+        if ext is None or not x.is_cpu:  # also CUDA: dequantize + matmul in torch; no GPU kernels here
+            return self.reference(x).to(x.dtype)
+        y = self(x.reshape(-1, self.in_features).float())
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in vars(self).values() if isinstance(t, torch.Tensor))
+
+    @property
+    def device(self) -> torch.device:
+        return next(t for t in vars(self).values() if isinstance(t, torch.Tensor)).device
+
+    def dequantize(self) -> torch.Tensor:
+        """W as float32 [N, K], bit-exact with compressed-tensors' (q - zp) * scale in float32."""
+        return self._dequant_fast(0, self.out_features) if self._ext is not None else self._dequant_torch()
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The torch path: activation fake-quant (W8A8 / FP8-dynamic), dequantize, x @ W^T in float32."""
+        return F.linear(self._quant_act_torch(x.float()), self._dequant_torch().to(x.device))
+
+    def _prefill(self, x: torch.Tensor) -> torch.Tensor:
+        """Many rows: sgemm against float32 tiles of W, at most _PREFILL_TILE_FLOATS at a time."""
+        x = self._quant_act_torch(x)
+        n = self.out_features
+        rows = max(64, _PREFILL_TILE_FLOATS // self.in_features)
+        if rows >= n:
+            return F.linear(x, self._dequant_fast(0, n))
+        y = torch.empty(x.shape[0], n)
+        for n0 in range(0, n, rows):
+            y[:, n0 : n0 + rows] = F.linear(x, self._dequant_fast(n0, min(n, n0 + rows)))
+        return y
+
+    def _quant_act_torch(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(out_features={self.out_features}, in_features={self.in_features}, nbytes={self.nbytes})"
+
+
+class DenseWeight(QuantizedWeight):
+    """An unquantized weight [N, K]. float32: torch's sgemm at every M (the fastest dense path on
+    this CPU). bf16 (half the bytes, e.g. a tied lm_head): our bf16 GEMV for small M, float32
+    tiles + sgemm for prefill. Other dtypes: the reference path."""
+
+    def __init__(self, weight: torch.Tensor):
+        self.out_features, self.in_features = weight.shape
+        if weight.dtype == torch.bfloat16:
+            padded = _pad_cols(weight, _round_up(self.in_features, 64))
+            self._bits = padded.view(torch.int16)  # what the kernel reads
+            self.weight = padded[:, : self.in_features]  # a view of it, no second copy
+            self._bind()
+        else:
+            self.weight = weight
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight.dtype == torch.float32 and x.dtype == torch.float32 and x.device == self.weight.device:
+            return F.linear(x, self.weight)
+        return super().__call__(x)
+
+    @property
+    def nbytes(self) -> int:
+        return self._bits.nbytes if self.weight.dtype == torch.bfloat16 else self.weight.nbytes
+
+    def _fused(self, x):
+        return self._ext.bf16_gemm(x, self._bits)
+
+    def _dequant_fast(self, n0, n1):
+        return self._ext.bf16_dequant(self._bits, self.in_features, n0, n1)
+
+    def _dequant_torch(self):
+        return self.weight.float()
+
+
+class Int4Weight(QuantizedWeight):
+    """int4 weights (W4A16, pack-quantized), symmetric or asymmetric, group-wise or channel-wise.
+
+    qweight int32 [N, Kp/8] in the blocked layout (`_block_int4`, Kp = K rounded up to 64),
+    scale [N, G] (any float dtype), zero_point int8 [N, G] or None. Kept: qweight, scale as
+    float32 [N, Gp] and zero_point as int8 [N, Gp], Gp = ceil(Kp / group_size), zero-padded."""
+
+    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, in_features: int):
+        self.out_features, self.in_features = qweight.shape[0], in_features
+        self.qweight = qweight
+        self.scale, self.group_size, self.groups = _scale_table(scale, self.out_features, in_features, qweight.shape[1] * 8)
+        self.zero_point = None if zero_point is None else _pad_cols(zero_point.to(torch.int8), self.scale.shape[1])
+        self._bind(_kernel_group_ok(self.group_size))
+
+    @classmethod
+    def from_compressed(cls, tensors: dict[str, torch.Tensor]) -> "Int4Weight":
+        """From weight_packed [N, ceil(K/8)], weight_scale [N, G], weight_shape [2] and, when
+        asymmetric, weight_zero_point [ceil(N/8), G] (packed along dim 0)."""
+        n, k = (int(v) for v in tensors["weight_shape"])
+        packed = tensors["weight_packed"]
+        if packed.shape != (n, math.ceil(k / 8)):
+            raise ValueError(f"weight_packed has shape {tuple(packed.shape)}, expected [{n}, {math.ceil(k / 8)}] for int4")
+        zp = tensors.get("weight_zero_point")
+        if zp is not None:
+            zp = unpack_int(zp, 4, n, dim=0)
+        return cls(_block_int4(packed, k), tensors["weight_scale"], zp, k)
+
+    def _fused(self, x):
+        return self._ext.int4_gemm(x, self.qweight, self.scale, self.zero_point, self.group_size)
+
+    def _dequant_fast(self, n0, n1):
+        return self._ext.int4_dequant(self.qweight, self.scale, self.zero_point, self.group_size, self.in_features, n0, n1)
+
+    def _dequant_torch(self):
+        zp = None if self.zero_point is None else self.zero_point[:, : self.groups]
+        return dequantize(_unblock_int4(self.qweight, self.in_features), self.scale[:, : self.groups], zp)
+
+
+class _ByteWeight(QuantizedWeight):
+    """The one-byte formats: weight [N, K], scale [N, G], zero_point int8 [N, G] or None. Kept:
+    qweight [N, Kp] (the stored tensor itself when K % 64 == 0), scale float32 [N, Gp], zero_point."""
+
+    def __init__(self, weight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None = None):
+        self.out_features, self.in_features = weight.shape
+        kp = _round_up(self.in_features, 64)
+        self.qweight = _pad_cols(weight, kp)
+        self.scale, self.group_size, self.groups = _scale_table(scale, self.out_features, self.in_features, kp)
+        self.zero_point = None if zero_point is None else _pad_cols(zero_point.to(torch.int8), self.scale.shape[1])
+        self._bind(_kernel_group_ok(self.group_size))
+
+    @classmethod
+    def from_compressed(cls, tensors: dict[str, torch.Tensor], **kwargs):
+        """From weight [N, K], weight_scale [N, G] and, where allowed, weight_zero_point [N, G]."""
+        return cls(tensors["weight"], tensors["weight_scale"], tensors.get("weight_zero_point"), **kwargs)
+
+    def _q(self) -> torch.Tensor:
+        return self.qweight[:, : self.in_features]
+
+    def _dequant_torch(self):
+        zp = None if self.zero_point is None else self.zero_point[:, : self.groups]
+        return dequantize(self._q(), self.scale[:, : self.groups], zp)
+
+
+class Int8Weight(_ByteWeight):
+    """int8 weights, float activations (W8A16); channel or group scales, optional zero point."""
+
+    def _fused(self, x):
+        return self._ext.int8_gemm(x, self.qweight, self.scale, self.zero_point, self.group_size)
+
+    def _dequant_fast(self, n0, n1):
+        return self._ext.int8_dequant(self.qweight, self.scale, self.zero_point, self.group_size, self.in_features, n0, n1)
+
+
+class W8A8Weight(Int8Weight):
+    """int8 weights and dynamic per-token symmetric int8 activations: int8 x int8 with int32 sums."""
+
+    def __init__(self, weight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None = None):
+        if zero_point is not None:
+            raise ValueError("W8A8 needs symmetric int8 weights (no weight_zero_point)")
+        super().__init__(weight, scale)
+
+    def _fused(self, x):
+        return self._ext.w8a8_gemm(x, self.qweight, self.scale, self.group_size)
+
+    def _quant_act_torch(self, x):
+        return dynamic_per_token(x, _INT8_TOKEN)
+
+
+class FP8Weight(_ByteWeight):
+    """float8_e4m3fn weights; `dynamic_act` also fake-quantizes activations per token to fp8
+    (FP8_DYNAMIC). No fp8 arithmetic on CPU: weights are decoded in registers, math is float32."""
+
+    def __init__(self, weight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None = None, dynamic_act: bool = True):
+        if weight.dtype != FP8_DTYPE:
+            raise ValueError(f"FP8 weights must be float8_e4m3fn, got {weight.dtype}")
+        if zero_point is not None:
+            raise ValueError("FP8 weights are symmetric (no weight_zero_point)")
+        super().__init__(weight.view(torch.uint8), scale)
+        self.dynamic_act = dynamic_act
+
+    def _q(self):
+        return self.qweight[:, : self.in_features].view(FP8_DTYPE)
+
+    def _fused(self, x):
+        return self._ext.fp8_gemm(x, self.qweight, self.scale, self.group_size, self.dynamic_act)
+
+    def _dequant_fast(self, n0, n1):
+        return self._ext.fp8_dequant(self.qweight, self.scale, self.group_size, self.in_features, n0, n1)
+
+    def _quant_act_torch(self, x):
+        return dynamic_per_token(x, _FP8_TOKEN) if self.dynamic_act else x
+
+
+def make_weight(tensors: dict[str, torch.Tensor], weights_args: dict, input_activations_args: dict | None = None) -> QuantizedWeight:
+    """The container for one Linear's compressed-tensors tensors (suffix keys: "weight_packed",
+    "weight_scale", ...) given its config group's QuantizationArgs dicts. ValueError, naming the
+    reason, for what the kernels do not run."""
+    w, a = weights_args, input_activations_args
+    bits, kind = w.get("num_bits"), w.get("type", "int")
+    strategy = w.get("strategy")
+    if "weight_g_idx" in tensors or w.get("actorder") == "group":
+        raise ValueError("activation-order groups (actorder='group', weight_g_idx) are not supported; "
+                         "requantize with actorder='weight' or none")
+    if strategy not in ("tensor", "channel", "group") or w.get("block_structure"):
+        raise ValueError(f"weight strategy {strategy!r} is not supported (tensor, channel or group only)")
+    if strategy == "group" and not w.get("group_size"):
+        raise ValueError("group strategy without a group_size")
+    if w.get("dynamic"):
+        raise ValueError("dynamic weight quantization is not supported")
+    if a is not None:
+        if not a.get("dynamic") or a.get("dynamic") == "local":
+            raise ValueError("static activation quantization is not supported (only dynamic per-token)")
+        if a.get("strategy") != "token" or not a.get("symmetric", True):
+            raise ValueError(f"activation quantization must be symmetric per token, got strategy {a.get('strategy')!r}")
+        if a.get("num_bits") != 8 or a.get("type") != kind:
+            raise ValueError(f"activations {a.get('type')}{a.get('num_bits')} with weights {kind}{bits} are not supported "
+                             "(W8A8 int8/int8 or FP8 fp8/fp8 only)")
+    if kind == "int" and bits == 4:
+        if a is not None:
+            raise ValueError("int4 weights with quantized activations (W4A8) are not supported")
+        if "weight_packed" in tensors:
+            return Int4Weight.from_compressed(tensors)
+        if "weight" not in tensors:
+            raise ValueError("int4 weights need a 'weight_packed' (or int8 'weight') tensor")
+        return Int8Weight.from_compressed(tensors)  # int-quantized int4: int8 storage, same math
+    if kind == "int" and bits == 8:
+        if a is not None:
+            return W8A8Weight.from_compressed(tensors)
+        return Int8Weight.from_compressed(tensors)
+    if kind == "float" and bits == 8:
+        return FP8Weight.from_compressed(tensors, dynamic_act=a is not None)
+    raise ValueError(f"{kind} weights with num_bits={bits} are not supported (int4, int8 or fp8 e4m3 only)")
+
+
+# ------------------------------------------------------------------------------------- attention
+def decode_attention(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+    block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float,
+) -> torch.Tensor:
+    """One new token per sequence against its paged KV cache.
+
+    q [B, H, D] float32; k_cache, v_cache [num_blocks, block_size, KVH, D] float32; block_tables
+    int [B, max_blocks]; context_lens int [B] (tokens to attend, the new one included); H a
+    multiple of KVH (head h reads kv head h // (H / KVH)). -> out [B, H, D] = softmax(q K^T scale) V."""
+    fast = (
+        q.device.type == "cpu" and available() and q.dtype == k_cache.dtype == v_cache.dtype == torch.float32
+        and k_cache.is_contiguous() and v_cache.is_contiguous() and q.shape[-1] % 8 == 0
+    )
+    if not fast:
+        return decode_attention_reference(q, k_cache, v_cache, block_tables, context_lens, scale)
+    return _extension().decode_attention(
+        q.contiguous(), k_cache, v_cache, block_tables.to(torch.int32).contiguous(),
+        context_lens.to(torch.int32).contiguous(), float(scale),
+    )
+
+
+def decode_attention_reference(q, k_cache, v_cache, block_tables, context_lens, scale) -> torch.Tensor:
+    """decode_attention in torch: gather each sequence's blocks, softmax(q K^T scale) V."""
+    B, H, D = q.shape
+    block_size, kvh = k_cache.shape[1], k_cache.shape[2]
+    out = torch.zeros(B, H, D, dtype=torch.float32, device=q.device)
+    for b in range(B):
+        n = int(context_lens[b])
+        if n == 0:
+            continue
+        blocks = block_tables[b, : math.ceil(n / block_size)].long()
+        k = k_cache[blocks].reshape(-1, kvh, D)[:n].float().repeat_interleave(H // kvh, dim=1)  # [n, H, D]
+        v = v_cache[blocks].reshape(-1, kvh, D)[:n].float().repeat_interleave(H // kvh, dim=1)
+        p = torch.einsum("hd,nhd->hn", q[b].float(), k).mul(scale).softmax(-1)
+        out[b] = torch.einsum("hn,nhd->hd", p, v)
+    return out.to(q.dtype)

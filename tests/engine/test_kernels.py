@@ -1,0 +1,324 @@
+"""The quantized CPU kernels against the project's own compressed-tensors reader.
+
+Every container is checked on random weights written by the project's writer (`quantize` +
+`compress_linear`, i.e. `pack_int`) against "truth": the checkpoint decompressed by
+`decompress_linear` with float32 scales, times x, in float64. Runs the same in both modes:
+with the extension, `w(x)` takes the fused kernel (small M) or dequantize + sgemm (large M),
+and both are forced at every M as well; with LLMPRESS_KERNELS=reference it takes the torch path.
+
+Tolerance is SQNR (signal-to-error power, dB) against the float64 truth. Every path computes in
+float32 with exact dequantized weights, so the error is summation rounding, ~sqrt(K) * 2^-24
+relative (about 110 dB at K = 1536). The int4 kernel folds the zero point into a per-group
+sum of x, cancelling terms up to 16x the result (-24 dB), so we ask >= 80 dB of every path:
+a single wrong weight, group scale or rounding of an activation costs far more than that.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from llmpress.checkpoint.compressed_tensors import compress_linear, decompress_linear, pack_int, unpack_int
+from llmpress.compress.observers import dynamic_per_token, minmax_qparams, quantize
+from llmpress.compress.schemes import QuantArgs, Scheme, get_scheme
+from llmpress.engine import kernels
+
+MIN_SQNR_DB = 80.0
+MS = (1, 3, 16, 40, 300)
+FAST = kernels.available()  # False under LLMPRESS_KERNELS=reference
+
+
+def sqnr_db(y: torch.Tensor, truth: torch.Tensor) -> float:
+    err = (y.double() - truth.double()).pow(2).sum().item()
+    return math.inf if err == 0 else 10 * math.log10(truth.double().pow(2).sum().item() / err)
+
+
+def _args(fmt: str, group: int | None, sym: bool) -> tuple[QuantArgs, QuantArgs | None]:
+    strategy = "group" if group else "channel"
+    if fmt == "int4":
+        return QuantArgs(4, "int", sym, strategy, group), None
+    if fmt in ("int8", "w8a8"):
+        act = QuantArgs(8, "int", True, "token", dynamic=True, observer=None) if fmt == "w8a8" else None
+        return QuantArgs(8, "int", sym, strategy, group), act
+    act = QuantArgs(8, "float", True, "token", dynamic=True, observer=None) if fmt == "fp8" else None
+    return QuantArgs(8, "float", True, strategy, group), act  # "fp8" dynamic, "fp8w" weight-only
+
+
+def make_checkpoint(fmt: str, n: int, k: int, group: int | None, sym: bool = True, seed: int = 0, scale_dtype=torch.bfloat16):
+    """Random weights with a few outlier columns, quantized and written as the project writes them."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g) * 0.05
+    w[:, torch.randint(0, k, (3,), generator=g)] *= 8
+    args, act = _args(fmt, group, sym)
+    scheme = Scheme("test", args, act)
+    scale, zp = minmax_qparams(w, args, scale_dtype)
+    tensors = compress_linear(quantize(w, scale, zp, args), scale, zp, scheme)
+    return tensors, scheme
+
+
+def truth(x: torch.Tensor, tensors: dict, scheme: Scheme) -> torch.Tensor:
+    w = decompress_linear({**tensors, "weight_scale": tensors["weight_scale"].float()}, scheme)  # float32, exact
+    if scheme.input_activations is not None:
+        x = dynamic_per_token(x, scheme.input_activations)
+    return x.double() @ w.double().T
+
+
+def weight_for(tensors: dict, scheme: Scheme) -> kernels.QuantizedWeight:
+    act = scheme.input_activations.to_ct() if scheme.input_activations else None
+    return kernels.make_weight(tensors, scheme.weights.to_ct(), act)
+
+
+def check_all_paths(w: kernels.QuantizedWeight, tensors: dict, scheme: Scheme, monkeypatch, ms=MS, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    for m in ms:
+        x = torch.randn(m, w.in_features, generator=g)
+        ref = truth(x, tensors, scheme)
+        paths = {"call": w, "reference": w.reference}
+        for name, fn in paths.items():
+            assert sqnr_db(fn(x), ref) >= MIN_SQNR_DB, (name, m)
+        if FAST:  # force each fast path at every M
+            for name, limit in (("fused", 10**9), ("prefill", 0)):
+                monkeypatch.setattr(w, "small_m_max", limit)
+                y = w(x)
+                assert y.shape == (m, w.out_features) and y.dtype == torch.float32
+                assert sqnr_db(y, ref) >= MIN_SQNR_DB, (name, m, sqnr_db(y, ref))
+            monkeypatch.undo()
+
+
+# (N, K, group sizes that divide K): SmolLM2's shapes and odd ones that exercise every tail and padding.
+SHAPES = [
+    (192, 576, (32, 64, None)),
+    (1536, 576, (64, None)),
+    (576, 1536, (32, 64, 128, None)),
+    (67, 160, (32, None)),  # K padded to 192: a half-filled last step; odd N
+    (67, 200, (None,)),     # K % 64 = 8
+    (33, 100, (None,)),     # K % 8 = 4: a partial packed int4 word
+]
+CASES = [(n, k, gs) for n, k, groups in SHAPES for gs in groups]
+
+
+@pytest.mark.parametrize("sym", [True, False], ids=["sym", "asym"])
+@pytest.mark.parametrize("n,k,group", CASES)
+def test_int4(n, k, group, sym, monkeypatch):
+    tensors, scheme = make_checkpoint("int4", n, k, group, sym)
+    w = weight_for(tensors, scheme)
+    assert isinstance(w, kernels.Int4Weight) and (w.out_features, w.in_features) == (n, k)
+    check_all_paths(w, tensors, scheme, monkeypatch)
+
+
+@pytest.mark.parametrize("fmt,sym", [("int8", True), ("int8", False), ("w8a8", True), ("fp8", True), ("fp8w", True)])
+@pytest.mark.parametrize("n,k,group", CASES)
+def test_byte_formats(fmt, sym, n, k, group, monkeypatch):
+    tensors, scheme = make_checkpoint(fmt, n, k, group, sym)
+    w = weight_for(tensors, scheme)
+    expected = {"int8": kernels.Int8Weight, "w8a8": kernels.W8A8Weight, "fp8": kernels.FP8Weight, "fp8w": kernels.FP8Weight}
+    assert type(w) is expected[fmt]
+    if fmt.startswith("fp8"):
+        assert w.dynamic_act == (fmt == "fp8")
+    check_all_paths(w, tensors, scheme, monkeypatch)
+
+
+@pytest.mark.parametrize("n,k", [(192, 576), (67, 200), (33, 100)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dense(n, k, dtype, monkeypatch):
+    w32 = torch.randn(n, k)
+    w = kernels.DenseWeight(w32.to(dtype))
+    assert w.nbytes == n * k * dtype.itemsize + (n * (-k % 64) * 2 if dtype == torch.bfloat16 else 0)
+    g = torch.Generator().manual_seed(0)
+    for m in MS:
+        x = torch.randn(m, k, generator=g)
+        ref = x.double() @ w32.to(dtype).double().T
+        assert sqnr_db(w(x), ref) >= MIN_SQNR_DB
+        assert sqnr_db(w.reference(x), ref) >= MIN_SQNR_DB
+        if FAST and dtype == torch.bfloat16:
+            for limit in (10**9, 0):
+                monkeypatch.setattr(w, "small_m_max", limit)
+                assert sqnr_db(w(x), ref) >= MIN_SQNR_DB
+            monkeypatch.undo()
+
+
+@pytest.mark.parametrize("fmt,sym,group", [("int4", True, 64), ("int4", False, 32), ("int4", True, None),
+                                           ("int8", True, None), ("int8", False, 64), ("w8a8", True, None),
+                                           ("fp8", True, None), ("fp8w", True, 32)])
+@pytest.mark.parametrize("reference", [False, True], ids=["auto", "reference"])
+def test_dequantize_is_exact(fmt, sym, group, reference, monkeypatch):
+    """dequantize() is decompress_linear computed in float32, bit for bit (on either path); rounded
+    to bf16 it is decompress_linear of the bf16-scaled checkpoint, bit for bit (the float32 product
+    of a small integer and a bf16 scale is exact, so rounding once to bf16 is the same)."""
+    if reference:
+        monkeypatch.setenv("LLMPRESS_KERNELS", "reference")
+    tensors, scheme = make_checkpoint(fmt, 136, 320, group, sym)
+    w = weight_for(tensors, scheme)
+    dq = w.dequantize()
+    assert dq.dtype == torch.float32 and dq.shape == (136, 320)
+    exact = decompress_linear({**tensors, "weight_scale": tensors["weight_scale"].float()}, scheme)
+    torch.testing.assert_close(dq, exact, rtol=0, atol=0)
+    torch.testing.assert_close(dq.to(torch.bfloat16), decompress_linear(tensors, scheme), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("group", [64, 128, None])
+def test_int4_stays_4_bit(group):
+    tensors, scheme = make_checkpoint("int4", 576, 1536, group, sym=False)
+    w = weight_for(tensors, scheme)
+    dense_bf16 = 576 * 1536 * 2
+    assert w.nbytes <= 0.35 * dense_bf16, w.nbytes / dense_bf16
+    assert w.qweight.nbytes == 576 * 1536 // 2  # 4 bits a weight, K already a multiple of 64
+
+
+def test_int4_blocked_layout():
+    """Nibble t of word j in block b holds k = 64b + 8t + j (what one 256-bit load + mask reads)."""
+    q = torch.randint(-8, 8, (5, 200), dtype=torch.int8)
+    blocked = kernels._block_int4(pack_int(q, 4), 200)
+    assert blocked.shape == (5, 256 // 8)
+    b, t, j = 2, 5, 3
+    word = int(blocked[4, b * 8 + j]) & 0xFFFFFFFF
+    assert (word >> (4 * t)) & 15 == int(q[4, 64 * b + 8 * t + j]) + 8
+    torch.testing.assert_close(kernels._unblock_int4(blocked, 200), unpack_int(pack_int(q, 4), 4, 200), rtol=0, atol=0)
+
+
+def test_fp8_every_code():
+    """All 254 finite e4m3fn codes, subnormals and both zeros included, decode exactly."""
+    codes = torch.arange(256, dtype=torch.uint8)
+    codes[(codes & 0x7F) == 0x7F] = 0  # the two NaNs
+    q = codes.repeat(3, 1).view(torch.float8_e4m3fn)  # [3, 256]
+    scale = torch.tensor([[1.0], [0.5], [2.0**-10]])
+    w = kernels.FP8Weight(q, scale, dynamic_act=False)
+    exact = q.float() * scale
+    torch.testing.assert_close(w.dequantize(), exact, rtol=0, atol=0)
+    x = torch.zeros(1, 256)
+    for i in range(0, 256, 37):  # one-hot rows pick single weights out through the GEMM
+        x.zero_()
+        x[0, i] = 1.0
+        torch.testing.assert_close(w(x), exact[:, i][None], rtol=0, atol=0)
+
+
+def test_w8a8_activation_quantization_matches_torch():
+    """The C++ per-token int8 quantizer is observers.dynamic_per_token, bit for bit (round half even)."""
+    assert kernels.build(), "the extension must build on this machine"
+    x = torch.randn(7, 333) * torch.logspace(-3, 3, 7)[:, None]
+    x[2, :6] = torch.tensor([127.0, 2.5, 3.5, -0.5, -1.5, 126.5])  # amax 127: scale 1, exact ties
+    x[2, 6:] = x[2, 6:].clamp(-100, 100)
+    x[3] = 0.0  # an all-zero row: the scale clamps at 1e-12
+    q, s = kernels._extension().quantize_act_int8(x)
+    args = QuantArgs(8, "int", True, "token", dynamic=True, observer=None)
+    torch.testing.assert_close(q.float() * s[:, None], dynamic_per_token(x, args), rtol=0, atol=0)
+
+
+def test_leading_dims_and_dtype():
+    tensors, scheme = make_checkpoint("int4", 64, 128, 32)
+    w = weight_for(tensors, scheme)
+    x = torch.randn(2, 3, 128)
+    y = w(x)
+    assert y.shape == (2, 3, 64)
+    torch.testing.assert_close(y, w(x.reshape(6, 128)).reshape(2, 3, 64))
+    assert w(x.to(torch.bfloat16)).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("group", [16, 96])
+def test_group_size_the_kernels_cannot_tile_still_runs(group):
+    """Groups that do not tile the kernels' 64-value steps (not 32, not a multiple of 64): the
+    weight says so and runs in torch."""
+    tensors, scheme = make_checkpoint("int4", 40, 192, group)
+    w = weight_for(tensors, scheme)
+    assert w._ext is None  # the reference path, whatever the mode
+    x = torch.randn(3, 192)
+    assert sqnr_db(w(x), truth(x, tensors, scheme)) >= MIN_SQNR_DB
+
+
+# ------------------------------------------------------------------------------------- make_weight
+@pytest.mark.parametrize("name,cls", [("W4A16", kernels.Int4Weight), ("W4A16_ASYM", kernels.Int4Weight),
+                                      ("W8A16", kernels.Int8Weight), ("W8A8", kernels.W8A8Weight),
+                                      ("FP8_DYNAMIC", kernels.FP8Weight)])
+def test_make_weight_picks_the_scheme(name, cls):
+    s = get_scheme(name).with_group_size(64)
+    tensors, _ = make_checkpoint({"W4A16": "int4", "W4A16_ASYM": "int4", "W8A16": "int8", "W8A8": "w8a8",
+                                  "FP8_DYNAMIC": "fp8"}[name], 32, 128, s.weights.group_size, s.weights.symmetric)
+    act = s.input_activations.to_ct() if s.input_activations else None
+    assert type(kernels.make_weight(tensors, s.weights.to_ct(), act)) is cls
+
+
+def _unsupported():
+    t4, s4 = make_checkpoint("int4", 32, 128, 64)
+    t8, s8 = make_checkpoint("int8", 32, 128, None)
+    w4, w8 = s4.weights.to_ct(), s8.weights.to_ct()
+    int8_token = QuantArgs(8, "int", True, "token", dynamic=True, observer=None).to_ct()
+    return [
+        ("activation-order", {**t4, "weight_g_idx": torch.zeros(128, dtype=torch.int32)}, {**w4, "actorder": "group"}, None),
+        ("activation-order", t4, {**w4, "actorder": "group"}, None),
+        ("num_bits=2", t4, {**w4, "num_bits": 2}, None),
+        ("num_bits=16", t8, {**w8, "num_bits": 16}, None),
+        ("static activation", t8, w8, {**int8_token, "dynamic": False, "strategy": "tensor"}),
+        ("symmetric per token", t8, w8, {**int8_token, "strategy": "tensor"}),
+        ("W4A8", t4, w4, int8_token),
+        ("strategy 'block'", t8, {**w8, "strategy": "block"}, None),
+        ("W8A8 int8/int8 or FP8", t8, w8, QuantArgs(8, "float", True, "token", dynamic=True).to_ct()),
+    ]
+
+
+@pytest.mark.parametrize("case", range(9))
+def test_make_weight_rejects_unsupported(case):
+    match, tensors, wargs, aargs = _unsupported()[case]
+    with pytest.raises(ValueError, match=match):
+        kernels.make_weight(tensors, wargs, aargs)
+
+
+# ------------------------------------------------------------------------------------- attention
+def _paged(lens: list[int], kvh: int, d: int, block_size: int, seed: int):
+    """Per-sequence K/V [L, KVH, D] scattered into a shuffled paged cache; returns both views."""
+    g = torch.Generator().manual_seed(seed)
+    need = [math.ceil(n / block_size) for n in lens]
+    num_blocks = sum(need) + 3
+    perm = torch.randperm(num_blocks, generator=g)
+    k_cache = torch.randn(num_blocks, block_size, kvh, d, generator=g)  # garbage outside the sequences
+    v_cache = torch.randn(num_blocks, block_size, kvh, d, generator=g)
+    tables = torch.full((len(lens), max(need) + 1), -1, dtype=torch.int32)
+    seqs, used = [], 0
+    for b, n in enumerate(lens):
+        k, v = torch.randn(n, kvh, d, generator=g), torch.randn(n, kvh, d, generator=g)
+        blocks = perm[used : used + need[b]]
+        used += need[b]
+        tables[b, : need[b]] = blocks.to(torch.int32)
+        for t in range(n):
+            k_cache[blocks[t // block_size], t % block_size] = k[t]
+            v_cache[blocks[t // block_size], t % block_size] = v[t]
+        seqs.append((k, v))
+    return k_cache, v_cache, tables, seqs
+
+
+@pytest.mark.parametrize("h,kvh,d,block_size", [(9, 3, 64, 16), (4, 4, 8, 4), (8, 2, 128, 32), (6, 1, 24, 8)])
+def test_decode_attention(h, kvh, d, block_size):
+    lens = [1, block_size, block_size + 1, 3 * block_size - 1, 150, 0]
+    k_cache, v_cache, tables, seqs = _paged(lens, kvh, d, block_size, seed=h * d)
+    q = torch.randn(len(lens), h, d)
+    scale = d**-0.5
+    out = kernels.decode_attention(q, k_cache, v_cache, tables, torch.tensor(lens, dtype=torch.int32), scale)
+    ref = kernels.decode_attention_reference(q, k_cache, v_cache, tables, torch.tensor(lens), scale)
+    assert out.shape == (len(lens), h, d)
+    for b, (k, v) in enumerate(seqs):
+        if lens[b] == 0:
+            assert out[b].abs().max() == 0 and ref[b].abs().max() == 0
+            continue
+        expect = torch.nn.functional.scaled_dot_product_attention(  # independent: SDPA on the contiguous K/V
+            q[b][:, None].double(), k.transpose(0, 1).repeat_interleave(h // kvh, 0).double(),
+            v.transpose(0, 1).repeat_interleave(h // kvh, 0).double(), scale=scale,
+        )[:, 0]
+        assert sqnr_db(out[b], expect) >= MIN_SQNR_DB, b
+        assert sqnr_db(ref[b], expect) >= MIN_SQNR_DB, b
+
+
+def test_modes():
+    """available() follows LLMPRESS_KERNELS; build() reports the extension itself."""
+    import os
+
+    assert kernels.available() == (kernels.build() and os.environ.get("LLMPRESS_KERNELS", "").lower() != "reference")
+
+
+def test_failed_build_warns_and_falls_back(tmp_path, monkeypatch):
+    """A toolchain that cannot build the extension costs speed, never a crash."""
+    broken = tmp_path / "qgemm.cpp"
+    broken.write_text("#error this toolchain cannot build the kernels\n")
+    monkeypatch.setattr(kernels, "_SOURCE", broken)
+    monkeypatch.setenv("LLMPRESS_CACHE", str(tmp_path / "cache"))
+    with pytest.warns(UserWarning, match="reference path"):
+        assert kernels._extension.__wrapped__() is None
