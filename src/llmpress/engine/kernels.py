@@ -71,6 +71,11 @@ def _extension():
     tag = f"torch{torch.__version__.split('+')[0]}-py{sys.version_info.major}{sys.version_info.minor}-{cpu}"
     build_dir = cache_dir() / "torch_extensions" / tag
     build_dir.mkdir(parents=True, exist_ok=True)
+    # torch finds ninja on PATH; a venv's own ninja is beside its interpreter even when the
+    # venv is not activated (.venv/bin/python run directly).
+    bindir = os.path.dirname(sys.executable)
+    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
     try:
         return load(
             name="llmpress_qgemm",
