@@ -28,7 +28,9 @@ def test_llmcompressor_checkpoint_logits_agree_with_transformers(name, lee_windo
     windows = lee_windows if "h256" not in name else [torch.randint(0, 49152, (1, 512), generator=torch.Generator().manual_seed(i)) for i in range(4)]
     top1, worst = compare(ROOT / name, windows)
     print(f"llm-compressor {name}: top-1 {100 * top1:.2f}%, max|Δlogit| {worst:.2e}")
-    assert top1 >= 0.99
+    # dynamic-activation schemes: see MIN_TOP1 in test_model.py (transformers fake-quantizes
+    # activations over bf16-rounded weights; the engine runs the quantized math exactly)
+    assert top1 >= {"W8A8": 0.92, "FP8_DYNAMIC": 0.90}.get(name, 0.99)
 
 
 def test_group_actorder_with_g_idx_is_refused():
