@@ -70,6 +70,7 @@ def weight_for(tensors: dict, scheme: Scheme) -> kernels.QuantizedWeight:
 
 
 def check_all_paths(w: kernels.QuantizedWeight, tensors: dict, scheme: Scheme, monkeypatch, ms=MS, seed=1):
+    assert (w._ext is not None) == FAST  # the mode under test is the one the weight runs
     g = torch.Generator().manual_seed(seed)
     for m in ms:
         x = torch.randn(m, w.in_features, generator=g)
@@ -90,7 +91,7 @@ def check_all_paths(w: kernels.QuantizedWeight, tensors: dict, scheme: Scheme, m
 SHAPES = [
     (192, 576, (32, 64, None)),
     (1536, 576, (64, None)),
-    (576, 1536, (32, 64, 128, None)),
+    (576, 1536, (32, 64, 128, 256, None)),
     (67, 160, (32, None)),  # K padded to 192: a half-filled last step; odd N
     (67, 200, (None,)),     # K % 64 = 8
     (33, 100, (None,)),     # K % 8 = 4: a partial packed int4 word

@@ -181,7 +181,10 @@ class QuantizedWeight:
 
     out_features: int
     in_features: int
-    small_m_max = 16  # up to this many rows the fused kernel beats dequantize + sgemm (benchmarks/engine_kernels.py)
+    # Up to this many rows the fused kernel beats dequantize + sgemm: the crossover measured by
+    # `benchmarks/engine_kernels.py --crossover` (2 threads; 16-24 rows for the float-decoded
+    # formats, ~50-64 for W8A8, whose int8 x int8 math is cheaper), per subclass below.
+    small_m_max = 16
     _ext = None  # the extension when this weight takes the fast path
 
     def _bind(self, kernels_fit: bool = True) -> None:
@@ -276,6 +279,8 @@ class Int4Weight(QuantizedWeight):
     scale [N, G] (any float dtype), zero_point int8 [N, G] or None. Kept: qweight, scale as
     float32 [N, Gp] and zero_point as int8 [N, Gp], Gp = ceil(Kp / group_size), zero-padded."""
 
+    small_m_max = 20
+
     def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, in_features: int):
         self.out_features, self.in_features = qweight.shape[0], in_features
         self.qweight = qweight
@@ -335,6 +340,8 @@ class _ByteWeight(QuantizedWeight):
 class Int8Weight(_ByteWeight):
     """int8 weights, float activations (W8A16); channel or group scales, optional zero point."""
 
+    small_m_max = 24
+
     def _fused(self, x):
         return self._ext.int8_gemm(x, self.qweight, self.scale, self.zero_point, self.group_size)
 
@@ -344,6 +351,8 @@ class Int8Weight(_ByteWeight):
 
 class W8A8Weight(Int8Weight):
     """int8 weights and dynamic per-token symmetric int8 activations: int8 x int8 with int32 sums."""
+
+    small_m_max = 48
 
     def __init__(self, weight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None = None):
         if zero_point is not None:
@@ -360,6 +369,8 @@ class W8A8Weight(Int8Weight):
 class FP8Weight(_ByteWeight):
     """float8_e4m3fn weights; `dynamic_act` also fake-quantizes activations per token to fp8
     (FP8_DYNAMIC). No fp8 arithmetic on CPU: weights are decoded in registers, math is float32."""
+
+    small_m_max = 20
 
     def __init__(self, weight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None = None, dynamic_act: bool = True):
         if weight.dtype != FP8_DTYPE:

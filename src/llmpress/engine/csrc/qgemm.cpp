@@ -106,21 +106,23 @@ struct Bf16Decoder {
 };
 
 // ---------------------------------------------------------------------------------------------
-// The tiles: MB activation rows · one weight row n. Within a group, A independent accumulators
-// per row (so 4 to 8 FMA chains hide the FMA latency); at the group's end
-//   acc[m] += scale[g] · Σ_a part[m][a].
-// Groups end every `steps_per_group` steps, or twice a step when kHalf (group size 32).
-template <int MB, bool kHalf, class Decoder>
+// The tiles: MB activation rows · one weight row n. Within a group, A accumulators per row
+// (part[m][a]); at the group's end  acc[m] += scale[g] · Σ_a part[m][a].  Groups end every
+// `steps_per_group` steps, or twice a step when kHalf (group size 32). A group's part chains do not
+// depend on the last group's, so out-of-order execution overlaps short groups (32, 64) and few
+// chains suffice; long groups and channel-wise scales need 2-4 a row to hide the FMA latency.
+template <int MB, int A, bool kHalf, class Decoder>
 inline void float_tile(const Decoder& dec, int64_t n, const float* x, int64_t ldx, int64_t steps,
                        int64_t steps_per_group, const float* scale, float out[MB]) {
-  constexpr int A = MB == 1 ? 4 : 2;
   __m256 acc[MB], part[MB][A];
+  const float* xr[MB];  // one pointer per row: [reg + constant] addressing in the unrolled body
   for (int m = 0; m < MB; ++m) {
     acc[m] = _mm256_setzero_ps();
     for (int a = 0; a < A; ++a) part[m][a] = _mm256_setzero_ps();
+    xr[m] = x + m * ldx;
   }
-  auto flush = [&](float s) {
-    const __m256 sv = _mm256_set1_ps(s);
+  auto flush = [&]() {
+    const __m256 sv = _mm256_broadcast_ss(scale++);
     for (int m = 0; m < MB; ++m) {
       __m256 p = part[m][0];
       for (int a = 1; a < A; ++a) p = _mm256_add_ps(p, part[m][a]);
@@ -130,15 +132,15 @@ inline void float_tile(const Decoder& dec, int64_t n, const float* x, int64_t ld
   };
   for (int64_t s = 0, left = steps_per_group; s < steps; ++s) {
     const auto block = dec.block(n, s);
-    const float* xs = x + s * kStep;
     unroll<8>([&](auto c) {
       const __m256 w = Decoder::template chunk<c>(block);
       for (int m = 0; m < MB; ++m)
-        part[m][c % A] = _mm256_fmadd_ps(_mm256_loadu_ps(xs + m * ldx + 8 * c), w, part[m][c % A]);
-      if constexpr (kHalf && c == 3) flush(*scale++);
+        part[m][c % A] = _mm256_fmadd_ps(_mm256_loadu_ps(xr[m] + 8 * c), w, part[m][c % A]);
+      if constexpr (kHalf && c == 3) flush();
     });
+    for (int m = 0; m < MB; ++m) xr[m] += kStep;
     if (kHalf || --left == 0 || s + 1 == steps) {
-      flush(scale ? *scale++ : 1.0f);
+      flush();
       left = steps_per_group;
     }
   }
@@ -153,24 +155,26 @@ inline void int8_tile(const int8_t* w, const int16_t* x, int64_t ldx, int64_t st
   __m256 acc[MB];
   __m256i part[MB];
   for (int m = 0; m < MB; ++m) acc[m] = _mm256_setzero_ps(), part[m] = _mm256_setzero_si256();
-  auto flush = [&](float s) {
-    const __m256 sv = _mm256_set1_ps(s);
+  auto flush = [&]() {
+    const __m256 sv = _mm256_broadcast_ss(scale++);
     for (int m = 0; m < MB; ++m) {
       acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(part[m]), sv, acc[m]);
       part[m] = _mm256_setzero_si256();
     }
   };
-  for (int64_t s = 0, left = steps_per_group; s < steps; ++s) {
+  const int16_t* xr[MB];
+  for (int m = 0; m < MB; ++m) xr[m] = x + m * ldx;
+  for (int64_t s = 0, left = steps_per_group; s < steps; ++s, w += kStep) {
     unroll<4>([&](auto c) {  // 16 k at a time
-      const int64_t k = s * kStep + 16 * c;
-      const __m256i wv = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + k)));
+      const __m256i wv = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 16 * c)));
       for (int m = 0; m < MB; ++m)
         part[m] = _mm256_add_epi32(
-            part[m], _mm256_madd_epi16(wv, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + m * ldx + k))));
-      if constexpr (kHalf && c == 1) flush(*scale++);
+            part[m], _mm256_madd_epi16(wv, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr[m] + 16 * c))));
+      if constexpr (kHalf && c == 1) flush();
     });
+    for (int m = 0; m < MB; ++m) xr[m] += kStep;
     if (kHalf || --left == 0 || s + 1 == steps) {
-      flush(*scale++);
+      flush();
       left = steps_per_group;
     }
   }
@@ -184,7 +188,7 @@ inline void int8_tile(const int8_t* w, const int16_t* x, int64_t ldx, int64_t st
 template <class Tile>
 void for_each_tile(int64_t M, int64_t N, int64_t row_bytes, const Tile& tile) {
   row_bytes = std::max<int64_t>(1, row_bytes);
-  const int64_t grain = std::max<int64_t>(1, (int64_t{32} << 10) / row_bytes);  // under 32 KiB a thread, fork/join costs more
+  const int64_t grain = std::max<int64_t>(1, (int64_t{32} << 10) / row_bytes);  // < 32 KiB a thread: not worth a fork
   const int64_t block = std::max<int64_t>(1, (int64_t{128} << 10) / row_bytes);
   at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
     for (int64_t b0 = n0; b0 < n1; b0 += block) {
@@ -287,11 +291,14 @@ at::Tensor float_gemm(const Decoder& dec, const at::Tensor& xp, int64_t N, int64
   for_each_tile(M, N, row_bytes, [&](auto mb, int64_t n, int64_t m0) {
     constexpr int MB = decltype(mb)::value;
     float out[MB];
-    const float* sn = scale ? scale + n * G : nullptr;
+    const float* sn = scale + n * G;
+    const float* xm = xs + m0 * Kp;
     if (group_size == 32)
-      float_tile<MB, true>(dec, n, xs + m0 * Kp, Kp, Kp / kStep, 1, sn, out);
+      float_tile<MB, 1, true>(dec, n, xm, Kp, Kp / kStep, 1, sn, out);
+    else if (spg == 1)
+      float_tile<MB, MB == 1 ? 2 : 1, false>(dec, n, xm, Kp, Kp / kStep, spg, sn, out);
     else
-      float_tile<MB, false>(dec, n, xs + m0 * Kp, Kp, Kp / kStep, spg, sn, out);
+      float_tile<MB, MB == 1 ? 4 : 2, false>(dec, n, xm, Kp, Kp / kStep, spg, sn, out);
     for (int m = 0; m < MB; ++m) yd[(m0 + m) * N + n] = out[m];
   });
   return y;
@@ -361,7 +368,8 @@ at::Tensor bf16_gemm(const at::Tensor& x, const at::Tensor& weight) {
   const int64_t N = weight.size(0), Kp = weight.size(1);
   check_x(x, Kp);
   const at::Tensor xp = x.size(1) == Kp ? x : prepare_x(x, Kp);
-  return float_gemm(Bf16Decoder{w, Kp}, xp, N, 2 * Kp, nullptr, 1, Kp);
+  static const float kOne = 1.0f;  // one group, scale 1, for every row (G = 0)
+  return float_gemm(Bf16Decoder{w, Kp}, xp, N, 2 * Kp, &kOne, 0, Kp);
 }
 
 // Per-token dynamic int8 quantization (vLLM's, and observers.dynamic_per_token's):
