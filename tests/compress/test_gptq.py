@@ -31,6 +31,7 @@ def _out_err_db(W, X, Wq):
     QuantArgs(4, "int", True, "group", 64, observer="mse", actorder="weight"),
     QuantArgs(4, "int", False, "group", 128, observer="mse"),
     QuantArgs(8, "int", True, "channel", observer="mse"),
+    QuantArgs(8, "float", True, "channel", observer="minmax"),  # FP8_DYNAMIC weights with --gptq
 ])
 def test_gptq_beats_round_to_nearest(args):
     W, X, H = _layer()

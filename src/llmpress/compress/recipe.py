@@ -27,6 +27,7 @@ class Recipe:
     dampening_frac: float = 0.1
     actorder: bool = True  # visit columns by decreasing Hessian diagonal (static groups: no g_idx)
     observer: str | None = None  # None: the scheme's own ("mse" for int schemes); or "minmax" / "mse"
+    gptq: bool | None = None  # None: the scheme's own (GPTQ for int schemes, round-to-nearest for FP8_DYNAMIC)
     sequential: bool = True  # Llama-family layers: quantize q/k/v -> o -> gate/up -> down in one staged pass
     smoothing_strength: float = 0.8  # SmoothQuant α for schemes with int8 activations; 0 turns it off
     device: str = "auto"  # "auto" = cuda when present, else cpu
@@ -50,6 +51,8 @@ class Recipe:
             raise RecipeError(f"dampening_frac must be in [0, 10), got {self.dampening_frac!r}")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise RecipeError(f"dtype must be 'auto', 'float32' or 'bfloat16', got {self.dtype!r}")
+        if self.gptq not in (None, True, False):
+            raise RecipeError(f"gptq must be true or false, got {self.gptq!r}")
         if self.observer not in (None, "mse", "minmax"):
             raise RecipeError(f"observer must be 'mse' or 'minmax', got {self.observer!r}")
         if not 0 <= self.smoothing_strength <= 1:
@@ -64,6 +67,8 @@ class Recipe:
     @property
     def quant_scheme(self) -> Scheme:
         s = get_scheme(self.scheme).with_group_size(self.group_size)
+        if self.gptq is not None:
+            s = replace(s, uses_gptq=self.gptq)
         w = s.weights
         if self.observer:
             w = replace(w, observer=self.observer)
