@@ -111,10 +111,54 @@ def _gen_yaml(name: str, data: Path) -> dict:
     }
 
 
+def gsm_documents(num_fewshot: int = 5, seed: int = 1234, size: int = 1000) -> list[dict]:
+    """GSM8K-style problems from reasoning-gym's gsm_symbolic generator (templates of GSM8K
+    test problems with fresh names and numbers; Mirzadeh et al. 2024). Few-shot examples
+    come from a second seed, in lm-eval's gsm8k format ("Question: ...\nAnswer: <chain of
+    thought> #### N")."""
+    try:
+        import reasoning_gym
+    except ImportError:
+        raise TaskDataError("GSM-style tasks need reasoning-gym: pip install reasoning-gym==0.1.25") from None
+
+    def rows(n, s):
+        for x in reasoning_gym.create_dataset("gsm_symbolic", size=n, seed=s):
+            q = x["question"].replace(" Give the result as your final answer. Do not include units.", "").strip()
+            yield q, x["metadata"]["answer_cot"].strip(), str(x["answer"]).strip()
+
+    shots = "".join(f"Question: {q}\nAnswer: {cot}\n\n" for q, cot, _ in rows(num_fewshot, seed + 1)) if num_fewshot else ""
+    return [{"prompt": f"{shots}Question: {q}\nAnswer:", "answer": a} for q, _, a in rows(size, seed)]
+
+
+def _gsm_yaml(name: str, data: Path) -> dict:
+    """lm-eval's gsm8k scoring: strict "#### N" match and a flexible last-number match."""
+    return {
+        "task": name,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(data)}},
+        "test_split": "test",
+        "output_type": "generate_until",
+        "doc_to_text": "{{prompt}}",
+        "doc_to_target": "{{answer}}",
+        "num_fewshot": 0,
+        "generation_kwargs": {"until": ["Question:", "</s>", "<|im_end|>"], "max_gen_toks": 256, "do_sample": False, "temperature": 0.0},
+        "filter_list": [
+            {"name": "strict-match", "filter": [{"function": "regex", "regex_pattern": "#### (\\-?[0-9\\.\\,]+)"}, {"function": "take_first"}]},
+            {"name": "flexible-extract", "filter": [{"function": "regex", "group_select": -1, "regex_pattern": "(-?[$0-9.,]{2,})|(-?[0-9]+)"},
+                                                    {"function": "take_first"}]},
+        ],
+        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True, "ignore_case": True,
+                         "ignore_punctuation": False, "regexes_to_ignore": [",", "\\$", "(?s).*#### ", "\\.$"]}],
+        "metadata": {"version": 1.0, "source": "reasoning-gym gsm_symbolic"},
+    }
+
+
 TASKS = {
-    "mmlu": ("llmpress_mmlu", _mc_yaml),  # loglikelihood over " A".." D"
-    "mmlu_gen": ("llmpress_mmlu_gen", _gen_yaml),  # generate_until, exact match on the letter
+    "mmlu": ("llmpress_mmlu", _mc_yaml, "mmlu"),  # loglikelihood over " A".." D"
+    "mmlu_gen": ("llmpress_mmlu_gen", _gen_yaml, "mmlu"),  # generate_until, exact match on the letter
+    "gsm": ("llmpress_gsm", _gsm_yaml, "gsm"),  # generate_until, 5-shot chain of thought, exact match
 }
+DOCUMENTS = {"mmlu": mmlu_documents, "gsm": gsm_documents}
 
 
 def prepare(names: list[str], cache: Path, num_fewshot: int = 5, seed: int = 1234) -> tuple[Path, list[str]]:
@@ -125,16 +169,16 @@ def prepare(names: list[str], cache: Path, num_fewshot: int = 5, seed: int = 123
         raise ValueError(f"unknown offline task(s) {', '.join(unknown)}; known: {', '.join(TASKS)}")
     folder = Path(cache) / f"tasks-k{num_fewshot}-s{seed}"
     folder.mkdir(parents=True, exist_ok=True)
-    data = folder / f"mmlu-k{num_fewshot}.jsonl"
-    if not data.is_file():
-        tmp = data.with_suffix(".tmp")
-        with tmp.open("w") as f:
-            for d in mmlu_documents(num_fewshot, seed):
-                f.write(json.dumps(d) + "\n")
-        tmp.replace(data)
     task_names = []
     for n in names:
-        task, make = TASKS[n]
+        task, make, source = TASKS[n]
+        data = folder / f"{source}.jsonl"
+        if not data.is_file():
+            tmp = data.with_suffix(".tmp")
+            with tmp.open("w") as f:
+                for d in DOCUMENTS[source](num_fewshot, seed):
+                    f.write(json.dumps(d) + "\n")
+            tmp.replace(data)
         (folder / f"{task}.yaml").write_text(yaml.safe_dump(make(task, data), sort_keys=False))
         task_names.append(task)
     return folder, task_names
