@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 
 def _compress(a: argparse.Namespace) -> int:
@@ -115,6 +116,34 @@ def _serve(a: argparse.Namespace) -> int:
         return 2
 
 
+def _eval(a: argparse.Namespace) -> int:
+    from .eval.run import EvalConfig, EvalError, evaluate
+
+    cfg = EvalConfig(model=a.model, base=a.base, tasks=tuple(a.tasks.split(",")), limit=a.limit, num_fewshot=a.num_fewshot,
+                     backend=a.backend, base_url=a.base_url, base_base_url=a.base_base_url, apply_chat_template=a.apply_chat_template,
+                     fewshot_as_multiturn=a.fewshot_as_multiturn, batch_size=a.batch_size, seed=a.seed,
+                     humaneval_samples=a.humaneval_samples, ppl_tokens=a.ppl_tokens, max_model_len=a.max_model_len)
+    if a.print_commands:
+        from .eval.commands import card_commands, offline_equivalent
+        from .eval.run import task_folder
+
+        from .models import is_default, resolve_model
+
+        shown = str(resolve_model(a.model)) if is_default(a.model) or Path(a.model).is_dir() else a.model
+        print(card_commands(shown))
+        ours = [{"mmlu": "llmpress_mmlu", "gsm": "llmpress_gsm", "bbh": "llmpress_bbh"}[t] for t in cfg.tasks if t in ("mmlu", "gsm", "bbh")]
+        if ours:
+            print("\nThis run's lm-eval tasks, offline (HumanEval and perplexity/KL are scored by llmpress):\n")
+            print(offline_equivalent(shown, ours, str(task_folder(cfg)), cfg.limit, cfg.apply_chat_template))
+        return 0
+    if not a.output:
+        raise EvalError("--output DIR is required (eval.json and eval.md are written there)")
+    res = evaluate(cfg, a.output, overwrite=a.overwrite)
+    print((Path(a.output) / "eval.md").read_text())
+    print(json.dumps({"output": str(Path(a.output).resolve()), "rows": res.rows, "wall_s": res.timing_s.get("total")}, default=str))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmpress", description="Compress, run, evaluate and benchmark LLMs on your own machine.")
     sub = p.add_subparsers(dest="verb", required=True)
@@ -174,6 +203,28 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--served-model-name", help="model id clients use (default: the model folder's name)")
     v.add_argument("--max-queue", type=int, default=256, help="requests waiting beyond --max-num-seqs before new ones get 503")
     v.set_defaults(fn=_serve)
+
+    e = sub.add_parser("eval", help="accuracy and recovery against a base: lm-eval tasks, HumanEval, perplexity / KL")
+    e.add_argument("model", nargs="?", default="default", help="HF folder, hub id (online), 'default', or the served id (--backend openai)")
+    e.add_argument("--base", help="the base model to compute recovery against")
+    e.add_argument("--tasks", default="mmlu,gsm,bbh,humaneval,ppl",
+                   help="comma list of mmlu,gsm,bbh,humaneval,ppl (offline) or any lm-eval task/group name (online)")
+    e.add_argument("--limit", type=int, help="documents per task (HumanEval: problems)")
+    e.add_argument("--num-fewshot", type=int, help="default: each task's own (MMLU 5, GSM 5, BBH 3)")
+    e.add_argument("--backend", choices=["embedded", "vllm", "openai"], default="embedded")
+    e.add_argument("--base-url", help="openai backend: MODEL's endpoint, e.g. http://127.0.0.1:8000/v1")
+    e.add_argument("--base-base-url", help="openai backend: BASE's endpoint")
+    e.add_argument("--apply-chat-template", action="store_true")
+    e.add_argument("--fewshot-as-multiturn", action="store_true")
+    e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--seed", type=int, default=1234)
+    e.add_argument("--humaneval-samples", type=int, default=10, help="samples per problem for pass@10 (0: pass@1 only)")
+    e.add_argument("--ppl-tokens", type=int, default=16384)
+    e.add_argument("--max-model-len", type=int)
+    e.add_argument("--print-commands", action="store_true", help="print the cards' lm_eval commands for MODEL and exit")
+    e.add_argument("--output")
+    e.add_argument("--overwrite", action="store_true")
+    e.set_defaults(fn=_eval)
     return p
 
 
@@ -185,9 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     from .compress.recipe import RecipeError
     from .compress.targets import ModelStructureError
     from .eval.perplexity import TextError
+    from .eval.run import EvalError
+    from .eval.tasks import TaskDataError
     from .models import ModelError
 
-    errors: tuple[type[Exception], ...] = (RecipeError, DatasetError, ModelError, ModelStructureError, CheckpointError, OutputExistsError, TextError)
+    errors: tuple[type[Exception], ...] = (RecipeError, DatasetError, ModelError, ModelStructureError, CheckpointError, OutputExistsError, TextError,
+                                          EvalError, TaskDataError)
     if args.verb in ("generate", "chat"):  # the engine validates its input with ValueError / TypeError
         errors += (ValueError, TypeError)
     try:

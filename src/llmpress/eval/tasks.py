@@ -161,13 +161,14 @@ TASKS = {
 DOCUMENTS = {"mmlu": mmlu_documents, "gsm": gsm_documents}
 
 
-def prepare(names: list[str], cache: Path, num_fewshot: int = 5, seed: int = 1234) -> tuple[Path, list[str]]:
-    """Write the data and YAML of each task under `cache`; return (include_path, lm-eval task names).
-    Idempotent: a folder already prepared for the same settings is reused."""
+def prepare(names: list[str], cache: Path, num_fewshot: int = 5, seed: int = 1234, subfolder: bool = True) -> tuple[Path, list[str]]:
+    """Write the data and YAML of each task under `cache` (in a per-setting subfolder unless
+    `subfolder` is False); return (include_path, lm-eval task names). Data already
+    prepared for the same settings is reused."""
     unknown = [n for n in names if n not in TASKS]
     if unknown:
         raise ValueError(f"unknown offline task(s) {', '.join(unknown)}; known: {', '.join(TASKS)}")
-    folder = Path(cache) / f"tasks-k{num_fewshot}-s{seed}"
+    folder = Path(cache) / f"tasks-k{num_fewshot}-s{seed}" if subfolder else Path(cache)
     folder.mkdir(parents=True, exist_ok=True)
     task_names = []
     for n in names:

@@ -1,0 +1,59 @@
+"""`llmpress eval` end to end on tiny models: the cards' table with recovery, eval.json /
+eval.md / eval.png written atomically, base results reused from the cache, and the
+recovery rules (quantized ÷ base; "—" for a zero base; perplexity inverted)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("lm_eval")
+
+from llmpress.eval.report import markdown, recovery  # noqa: E402
+
+
+def test_recovery_rules():
+    assert recovery(0.5, 0.4) == pytest.approx(1.25)
+    assert recovery(0.0, 0.0) is None and recovery(0.3, 0.0) is None  # the cards print "---"
+    assert recovery(31.0, 30.0, higher_is_better=False) == pytest.approx(30 / 31)
+    md = markdown([dict(category="Math", metric="GSM", model=0.0, base=0.0, score=True)], {"model": "q", "base": "b"}, {}, {})
+    assert "| Math | GSM | 0.00 | 0.00 | — |" in md
+
+
+@pytest.fixture(scope="module")
+def quantized(tiny_llama, tmp_path_factory, calib_file):
+    from llmpress.compress import Recipe, compress
+
+    return compress(str(tiny_llama), Recipe(scheme="W4A16", group_size=64, num_samples=4, max_seq_len=64, dataset=str(calib_file)),
+                    tmp_path_factory.mktemp("q") / "tiny-w4a16", progress=False)
+
+
+def test_eval_table_cache_and_outputs(tiny_llama, quantized, tmp_path, monkeypatch):
+    from llmpress.eval.run import EvalConfig, evaluate
+
+    monkeypatch.setenv("LLMPRESS_CACHE", str(tmp_path / "cache"))
+    cfg = EvalConfig(model=str(quantized), base=str(tiny_llama), tasks=("mmlu", "gsm", "humaneval", "ppl"), limit=3,
+                     num_fewshot=1, humaneval_samples=0, ppl_tokens=256, max_model_len=1024, batch_size=4)
+    res = evaluate(cfg, tmp_path / "out", progress=False)
+    files = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"eval.json", "eval.md", "eval.png"} <= files
+    data = json.loads((tmp_path / "out" / "eval.json").read_text())
+    metrics = [r["metric"] for r in data["rows"]]
+    assert any(m.startswith("MMLU-style") for m in metrics) and any(m.startswith("GSM-style") for m in metrics)
+    assert any(m.startswith("HumanEval") for m in metrics) and any(m.startswith("Perplexity") for m in metrics)
+    for r in data["rows"]:
+        if r["metric"].startswith("MMLU-style"):
+            assert 0 <= r["model"] <= 1 and 0 <= r["base"] <= 1
+            assert r["recovery"] == (None if r["base"] == 0 else pytest.approx(r["model"] / r["base"]))
+        if r["metric"].startswith("Perplexity"):
+            assert r["recovery"] == pytest.approx(r["base"] / r["model"])
+    assert res.details["tasks"]["base"]["mmlu"].get("cached") is None
+    # an existing output is kept without overwrite
+    from llmpress.checkpoint.shards import OutputExistsError
+
+    with pytest.raises(OutputExistsError):
+        evaluate(cfg, tmp_path / "out", progress=False)
+    # the base again (e.g. for another scheme): every base task comes from the cache
+    again = evaluate(cfg, tmp_path / "out2", progress=False)
+    assert all(again.details["tasks"]["base"][t].get("cached") for t in ("mmlu", "gsm", "humaneval"))
+    assert [r["base"] for r in again.rows] == [r["base"] for r in res.rows]
