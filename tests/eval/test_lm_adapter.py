@@ -62,3 +62,17 @@ def test_rolling_and_generation_equal_lm_eval_hf(models):
     gen = [(_text(rng, 20), {"until": ["river", "\n"], "max_gen_toks": 12, "do_sample": False}) for _ in range(6)]
     assert ours.generate_until(_requests("generate_until", gen), disable_tqdm=True) == \
         hf.generate_until(_requests("generate_until", gen), disable_tqdm=True)
+
+
+def test_multiple_choice_shared_context_equals_lm_eval_hf(models):
+    """Four one-token continuations of one context are scored from one prefill."""
+    ours, hf = models
+    rng = random.Random(2)
+    args = []
+    for _ in range(40):
+        ctx = _text(rng, rng.randint(5, 80)) + "\nAnswer:"
+        args += [(ctx, f" {c}") for c in "ABCD"]
+    mine = ours.loglikelihood(_requests("loglikelihood", args), disable_tqdm=True)
+    ref = hf.loglikelihood(_requests("loglikelihood", args), disable_tqdm=True)
+    assert max(abs(a[0] - b[0]) / max(1.0, abs(b[0])) for a, b in zip(mine, ref)) < 1e-4
+    assert [a[1] for a in mine] == [b[1] for b in ref]

@@ -160,6 +160,27 @@ class LLMEngine:
                 self.scheduler.finish(seq, "abort")
         self.prompts.pop(request_id, None)
 
+    @torch.inference_mode()
+    def next_token_logprobs(self, prompt_ids: list[int]) -> torch.Tensor:
+        """Log-probabilities [V] (float32) of the token after `prompt_ids`, from one prefill
+        outside the scheduler: for scoring several one-token continuations of one context
+        (multiple-choice evaluation) with a single pass. Call it between steps, not during."""
+        n = len(prompt_ids)
+        if not 0 < n < self.max_model_len:
+            raise ValueError(f"prompt is {n} tokens; it must be 1..{self.max_model_len - 1}")
+        table: list[int] = []
+        if not self.blocks.can_hold(table, n):
+            raise RuntimeError(f"KV cache has room for {self.blocks.num_free * self.blocks.block_size} tokens, not {n}; "
+                               "score between generate() calls or raise kv_cache_memory_bytes")
+        self.blocks.grow(table, n)
+        bs = self.blocks.block_size
+        try:
+            meta = BatchMeta.build(list(range(n)), [table[p // bs] * bs + p % bs for p in range(n)], [AttnSegment(0, n, n, table)])
+            hidden = self.model.forward(torch.tensor(prompt_ids, dtype=torch.long), meta, self.kv)
+            return torch.log_softmax(self.model.logits(hidden[-1:]).float()[0], -1)
+        finally:
+            self.blocks.release(table)
+
     def has_unfinished(self) -> bool:
         return bool(self.requests)
 

@@ -67,12 +67,37 @@ class EngineLM(TemplateLM):
 
     # -- scoring ---------------------------------------------------------------------------
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
-        """requests: [((context, continuation), context_enc, continuation_enc)] -> [(logprob, is_greedy)]."""
+        """requests: [((context, continuation), context_enc, continuation_enc)] -> [(logprob, is_greedy)].
+
+        Requests that share a context and each continue it by one token (multiple choice:
+        " A".." D") are scored from one prefill of the context; the rest go through the
+        engine's batch with prompt_logprobs."""
+        res: list[tuple[float, bool] | None] = [None] * len(requests)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, (_, ctx, cont) in enumerate(requests):
+            if len(cont) == 1 and ctx:
+                groups.setdefault(tuple(ctx[-self.max_length:]), []).append(i)
+        shared = {i for idx in groups.values() if len(idx) > 1 for i in idx}
+        for ctx, idx in groups.items():
+            if len(idx) > 1:
+                lp = self.llm.engine.next_token_logprobs(list(ctx))
+                best = int(lp.argmax())
+                for i in idx:
+                    tok = requests[i][2][0]
+                    res[i] = (float(lp[tok]), tok == best)
+        rest = [i for i in range(len(requests)) if i not in shared]
+        for i, r in zip(rest, self._batched([requests[i] for i in rest], disable_tqdm)):
+            res[i] = r
+        return res
+
+    def _batched(self, requests, disable_tqdm: bool) -> list[tuple[float, bool]]:
         prompts, spans = [], []
         for _, ctx, cont in requests:
             ids = (ctx + cont)[-(self.max_length + 1):]  # left-truncate as lm-eval's hf model does
             prompts.append({"prompt_token_ids": ids})
             spans.append((len(ids) - len(cont), cont))
+        if not prompts:
+            return []
         params = SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=1)
         outs = self.llm.generate(prompts, params, use_tqdm=not disable_tqdm)
         res = []
