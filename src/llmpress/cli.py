@@ -144,6 +144,22 @@ def _eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(a: argparse.Namespace) -> int:
+    from .bench.run import BenchConfig, run
+    from .bench.workload import WorkloadError
+
+    fields = BenchConfig.__dataclass_fields__
+    cfg = BenchConfig(**{k: v for k, v in vars(a).items() if k in fields and v is not None})
+    if not a.output:
+        raise WorkloadError("--output DIR is required (bench.json and bench.md are written there)")
+    out = run(cfg, a.output, overwrite=a.overwrite)
+    print((Path(a.output) / "bench.md").read_text())
+    print(json.dumps({"output": str(Path(a.output).resolve()), "price_usd_per_hour": out["price_usd_per_hour"],
+                      "headline": {s: {k: {h: v.get(h) for h in ("latency_s", "max_qps", "errors")} for k, v in m["profiles"].items()}
+                                   for s, m in out["models"].items()}}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmpress", description="Compress, run, evaluate and benchmark LLMs on your own machine.")
     sub = p.add_subparsers(dest="verb", required=True)
@@ -225,6 +241,29 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--output")
     e.add_argument("--overwrite", action="store_true")
     e.set_defaults(fn=_eval)
+
+    b = sub.add_parser("bench", help="the cards' performance tables: latency, max QPS and QPD per use-case profile")
+    b.add_argument("--target", help="a running OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
+    b.add_argument("--launch", metavar="MODEL", help="serve MODEL on a free port for the run (embedded engine unless --engine vllm)")
+    b.add_argument("--base", help="base model to launch and benchmark the same way (cost-reduction column)")
+    b.add_argument("--base-target", help="... or the base model's running server")
+    b.add_argument("--engine", choices=["embedded", "vllm"], default="embedded")
+    b.add_argument("--profiles", help="e.g. 256/128,512/256 (default: the cards' eight)")
+    b.add_argument("--scale", type=float, help="multiply the profiles' token counts (e.g. 0.25 on a CPU)")
+    b.add_argument("--mode", choices=["synchronous", "concurrent", "constant", "poisson", "throughput", "sweep"])
+    b.add_argument("--concurrency", type=int, help="concurrent mode, and the saturation level (default 16)")
+    b.add_argument("--rate", type=float, help="req/s for constant / poisson")
+    b.add_argument("--sweep-points", type=int)
+    b.add_argument("--max-seconds", type=float, help="per load setting (default 60)")
+    b.add_argument("--max-requests", type=int, help="per load setting")
+    b.add_argument("--sync-requests", type=int, help="single-stream requests per profile (default 5)")
+    b.add_argument("--gpu", choices=["A6000", "A100", "H100"], help="price from the cards' tables")
+    b.add_argument("--cost-per-hour", type=float, help="$/hour of the machine")
+    b.add_argument("--max-model-len", type=int, help="skip profiles longer than this")
+    b.add_argument("--api-key")
+    b.add_argument("--output")
+    b.add_argument("--overwrite", action="store_true")
+    b.set_defaults(fn=_bench)
     return p
 
 
@@ -238,10 +277,12 @@ def main(argv: list[str] | None = None) -> int:
     from .eval.perplexity import TextError
     from .eval.run import EvalError
     from .eval.tasks import TaskDataError
+    from .bench.load import BenchTargetError
+    from .bench.workload import WorkloadError
     from .models import ModelError
 
     errors: tuple[type[Exception], ...] = (RecipeError, DatasetError, ModelError, ModelStructureError, CheckpointError, OutputExistsError, TextError,
-                                          EvalError, TaskDataError)
+                                          EvalError, TaskDataError, BenchTargetError, WorkloadError)
     if args.verb in ("generate", "chat"):  # the engine validates its input with ValueError / TypeError
         errors += (ValueError, TypeError)
     try:
