@@ -58,6 +58,38 @@ def _compare(folder, windows, **engine_kwargs) -> tuple[float, float]:
 
 
 
+def _noise_floor(folder, windows, rel: float = 1e-6) -> tuple[float, float]:
+    """(top-1 agreement, max |Δlogit|) of transformers with itself when its input embeddings
+    move by `rel` relative noise, float32 rounding's size. Dense and weight-only models stay
+    at 100%; with per-token activation quantization a tiny change flips some rounding
+    decisions and the flips cascade through the layers, so no second implementation can
+    agree with transformers better than transformers agrees with itself."""
+    hf, _ = _transformers_model(folder)
+    emb = hf.get_input_embeddings()
+    g = torch.Generator().manual_seed(0)
+    agree = total = 0
+    worst = 0.0
+    with torch.no_grad():
+        for w in windows:
+            e = emb(w)
+            a = hf(inputs_embeds=e).logits[0]
+            b = hf(inputs_embeds=e * (1 + rel * torch.randn(e.shape, generator=g))).logits[0]
+            agree += (a.argmax(-1) == b.argmax(-1)).sum().item()
+            total += a.shape[0]
+            worst = max(worst, (a - b).abs().max().item())
+    return agree / total, worst
+
+
+@pytest.fixture(scope="session")
+def transformers_model():
+    return _transformers_model
+
+
+@pytest.fixture(scope="session")
+def noise_floor():
+    return _noise_floor
+
+
 @pytest.fixture(scope="session")
 def engine_logits():
     return _engine_logits

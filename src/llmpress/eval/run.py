@@ -34,7 +34,8 @@ class EvalConfig:
     model: str = "default"
     base: str | None = None
     tasks: tuple[str, ...] = DEFAULT_TASKS  # ours (above) or any lm-eval task / group name (online)
-    limit: int | None = None  # documents per task (HumanEval: problems); None = all
+    limit: int | None = None  # documents per task (HumanEval: problems; BBH: per subtask); None = all
+    task_limits: tuple[tuple[str, int], ...] = ()  # per-task overrides of `limit`, e.g. (("mmlu", 500),)
     num_fewshot: int | None = None  # None: each task's own (MMLU 5, GSM 5, BBH 3)
     backend: str = "embedded"
     base_url: str | None = None  # openai backend: the model's endpoint, e.g. http://127.0.0.1:8000/v1
@@ -55,8 +56,15 @@ class EvalConfig:
             raise EvalError(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
         if self.backend == "openai" and not self.base_url:
             raise EvalError("--backend openai needs --base-url http://HOST:PORT/v1 (the server of MODEL)")
-        if self.limit is not None and self.limit <= 0:
-            raise EvalError(f"limit must be a positive integer, got {self.limit!r}")
+        object.__setattr__(self, "task_limits", tuple((str(t), int(n)) for t, n in dict(self.task_limits).items()))
+        for t, n in ((None, self.limit), *self.task_limits):
+            if n is not None and n <= 0:
+                raise EvalError(f"limit{'' if t is None else ' for ' + t} must be a positive integer, got {n!r}")
+        if bad := [t for t, _ in self.task_limits if t not in self.tasks]:
+            raise EvalError(f"--limit names task(s) {', '.join(bad)} that are not in --tasks {','.join(self.tasks)}")
+
+    def limit_for(self, task: str) -> int | None:
+        return dict(self.task_limits).get(task, self.limit)
         if self.num_fewshot is not None and self.num_fewshot < 0:
             raise EvalError(f"num_fewshot must be >= 0, got {self.num_fewshot!r}")
         if self.batch_size <= 0:
@@ -87,8 +95,9 @@ def model_fingerprint(path: Path) -> str:
 
 
 def _settings_key(cfg: EvalConfig, task: str) -> dict:
-    keep = ("limit", "num_fewshot", "apply_chat_template", "fewshot_as_multiturn", "seed", "backend", "max_model_len")
+    keep = ("num_fewshot", "apply_chat_template", "fewshot_as_multiturn", "seed", "backend", "max_model_len")
     d = {k: getattr(cfg, k) for k in keep}
+    d["limit"] = cfg.limit_for(task)
     if task == "humaneval":
         d["humaneval_samples"] = cfg.humaneval_samples
     return d
@@ -160,7 +169,7 @@ def run_lm_eval(cfg: EvalConfig, lm, task: str) -> dict:
     names = _lm_eval_tasks(cfg, task, folder)
     ours = task in ("mmlu", "gsm", "bbh")
     res = simple_evaluate(model=lm, tasks=names, task_manager=TaskManager(include_path=str(folder)) if ours else None,
-                          limit=cfg.limit, num_fewshot=None if ours else cfg.num_fewshot,
+                          limit=cfg.limit_for(task), num_fewshot=None if ours else cfg.num_fewshot,
                           apply_chat_template=cfg.apply_chat_template, fewshot_as_multiturn=cfg.fewshot_as_multiturn,
                           random_seed=cfg.seed, numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed,
                           fewshot_random_seed=cfg.seed, bootstrap_iters=0, log_samples=False)
@@ -183,7 +192,7 @@ def run_lm_eval(cfg: EvalConfig, lm, task: str) -> dict:
 def run_humaneval(cfg: EvalConfig, lm) -> dict:
     from . import humaneval
 
-    problems = humaneval.load_problems()[: cfg.limit]
+    problems = humaneval.load_problems()[: cfg.limit_for("humaneval")]
     r = humaneval.evaluate(lm, problems, samples=cfg.humaneval_samples, seed=cfg.seed)
     rows = [{"task": "humaneval", "category": "Coding", "metric": "HumanEval (pass@1, greedy)", "key": "pass@1", "value": r["pass@1"]}]
     if cfg.humaneval_samples >= 10:
