@@ -131,8 +131,18 @@ def _eval(a: argparse.Namespace) -> int:
         per_task = {t: int(n) for t, n in per_task.items()}
     except ValueError:
         raise EvalError(f"--limit {a.limit!r}: give N or TASK=N,... with integers, e.g. 100 or mmlu=500,gsm=50") from None
+    shots, per_task_shots = None, {}
+    for item in (a.num_fewshot or "").split(","):
+        t, eq, n = item.partition("=")
+        try:
+            if eq:
+                per_task_shots[t.strip()] = int(n)
+            elif item.strip():
+                shots = int(item)
+        except ValueError:
+            raise EvalError(f"--num-fewshot {a.num_fewshot!r}: give K or TASK=K,... e.g. 5 or mmlu=0,gsm=5") from None
     cfg = EvalConfig(model=a.model, base=a.base, tasks=tuple(a.tasks.split(",")), limit=limit, task_limits=tuple(per_task.items()),
-                     num_fewshot=a.num_fewshot,
+                     num_fewshot=shots, task_fewshot=tuple(per_task_shots.items()),
                      backend=a.backend, base_url=a.base_url, base_base_url=a.base_base_url, apply_chat_template=a.apply_chat_template,
                      fewshot_as_multiturn=a.fewshot_as_multiturn, batch_size=a.batch_size, seed=a.seed,
                      humaneval_samples=a.humaneval_samples, ppl_tokens=a.ppl_tokens, max_model_len=a.max_model_len)
@@ -239,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--tasks", default="mmlu,gsm,bbh,humaneval,ppl",
                    help="comma list of mmlu,gsm,bbh,humaneval,ppl (offline) or any lm-eval task/group name (online)")
     e.add_argument("--limit", help="documents per task (BBH: per subtask; HumanEval: problems): N, or TASK=N,... e.g. mmlu=500,gsm=50")
-    e.add_argument("--num-fewshot", type=int, help="default: each task's own (MMLU 5, GSM 5, BBH 3)")
+    e.add_argument("--num-fewshot", help="K or TASK=K,... (default: each task's own: MMLU 5, GSM 5, BBH 3)")
     e.add_argument("--backend", choices=["embedded", "vllm", "openai"], default="embedded")
     e.add_argument("--base-url", help="openai backend: MODEL's endpoint, e.g. http://127.0.0.1:8000/v1")
     e.add_argument("--base-base-url", help="openai backend: BASE's endpoint")

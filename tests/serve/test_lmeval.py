@@ -33,7 +33,7 @@ def test_lm_eval_local_completions_matches_engine(idle, ref, tasks):
     include, names = tasks
     lm = get_model("local-completions")(
         base_url=f"{idle.url}/v1/completions", model="tiny-llama", tokenizer_backend="remote",
-        num_concurrent=4, max_retries=1, max_length=512, timeout=120,
+        num_concurrent=4, max_retries=1, max_length=512, timeout=600,
     )
     res = simple_evaluate(model=lm, tasks=names, task_manager=TaskManager(include_path=str(include)),
                           limit=LIMIT, log_samples=True, bootstrap_iters=0)

