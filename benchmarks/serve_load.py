@@ -115,7 +115,8 @@ def main() -> int:
     ap.add_argument("--pid", type=int, help="server pid for RSS (with --target)")
     ap.add_argument("--mode", choices=["load", "cancel", "both"], default="both")
     ap.add_argument("--concurrency", type=int, default=64)
-    ap.add_argument("--duration", type=float, default=240.0, help="load phase seconds (after a 30 s warm-up)")
+    ap.add_argument("--duration", type=float, default=240.0, help="load phase seconds (after the warm-up)")
+    ap.add_argument("--warmup", type=float, default=60.0, help="seconds of load before the RSS baseline")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--rss-tolerance-mb", type=float, default=24.0)
     a = ap.parse_args()
@@ -128,7 +129,7 @@ def main() -> int:
     report: dict = {"url": url, "concurrency": a.concurrency, "checks": {}}
     try:
         if a.mode in ("load", "both"):
-            asyncio.run(run_load(url, model, a.concurrency, 30.0, a.max_tokens))  # warm-up: allocator and caches settle
+            asyncio.run(run_load(url, model, a.concurrency, a.warmup, a.max_tokens))  # warm-up: allocator and caches settle
             m0, rss0 = metrics(url), rss_mb(pid)
             t0 = time.monotonic()
             res = asyncio.run(run_load(url, model, a.concurrency, a.duration, a.max_tokens))
