@@ -7,23 +7,12 @@ import torch
 
 from llmpress.compress import Recipe, compress
 from llmpress.engine.engine import EngineConfig, LLMEngine
-from llmpress.engine.model import AttnSegment, BatchMeta
 from llmpress.eval.perplexity import held_text, load_model, token_windows
 
 
 def _engine_logits(engine: LLMEngine, ids: torch.Tensor) -> torch.Tensor:
     """Logits at every position of one sequence, prefilled in one chunk: [T, V]."""
-    n = ids.numel()
-    blocks = engine.blocks
-    table: list[int] = []
-    blocks.grow(table, n)
-    bs = blocks.block_size
-    try:
-        meta = BatchMeta.build(list(range(n)), [table[p // bs] * bs + p % bs for p in range(n)], [AttnSegment(0, n, n, table)])
-        hidden = engine.model.forward(ids, meta, engine.kv)
-        return engine.model.logits(hidden)
-    finally:
-        blocks.release(table)
+    return engine.prompt_logits(ids.flatten().tolist())
 
 
 def _transformers_model(folder):

@@ -161,13 +161,13 @@ class LLMEngine:
         self.prompts.pop(request_id, None)
 
     @torch.inference_mode()
-    def next_token_logprobs(self, prompt_ids: list[int]) -> torch.Tensor:
-        """Log-probabilities [V] (float32) of the token after `prompt_ids`, from one prefill
-        outside the scheduler: for scoring several one-token continuations of one context
-        (multiple-choice evaluation) with a single pass. Call it between steps, not during."""
+    def prompt_logits(self, prompt_ids: list[int], last_only: bool = False) -> torch.Tensor:
+        """float32 logits [T, V] (or [1, V] with `last_only`) of one prompt, prefilled in a
+        single chunk outside the scheduler. Call it between steps, not during: it borrows
+        free KV blocks and returns them."""
         n = len(prompt_ids)
-        if not 0 < n < self.max_model_len:
-            raise ValueError(f"prompt is {n} tokens; it must be 1..{self.max_model_len - 1}")
+        if not 0 < n <= self.max_model_len:
+            raise ValueError(f"prompt is {n} tokens; it must be 1..{self.max_model_len}")
         table: list[int] = []
         if not self.blocks.can_hold(table, n):
             raise RuntimeError(f"KV cache has room for {self.blocks.num_free * self.blocks.block_size} tokens, not {n}; "
@@ -177,9 +177,14 @@ class LLMEngine:
         try:
             meta = BatchMeta.build(list(range(n)), [table[p // bs] * bs + p % bs for p in range(n)], [AttnSegment(0, n, n, table)])
             hidden = self.model.forward(torch.tensor(prompt_ids, dtype=torch.long), meta, self.kv)
-            return torch.log_softmax(self.model.logits(hidden[-1:]).float()[0], -1)
+            return self.model.logits(hidden[-1:] if last_only else hidden).float()
         finally:
             self.blocks.release(table)
+
+    def next_token_logprobs(self, prompt_ids: list[int]) -> torch.Tensor:
+        """Log-probabilities [V] of the token after `prompt_ids`: scores every one-token
+        continuation of a context (multiple-choice evaluation) from one prefill."""
+        return torch.log_softmax(self.prompt_logits(prompt_ids, last_only=True)[0], -1)
 
     def has_unfinished(self) -> bool:
         return bool(self.requests)

