@@ -183,6 +183,28 @@ def _bench(a: argparse.Namespace) -> int:
     return 0
 
 
+def _run(a: argparse.Namespace) -> int:
+    from .run import load, run
+
+    recipe = load(a.recipe)  # every mistake surfaces here, before any work
+    output = a.output or recipe.output
+    if not output:
+        from .run import RunError
+
+        raise RunError(f"give --output DIR (or `output:` in {a.recipe})")
+    out = run(recipe, output, overwrite=a.overwrite, report=a.report)
+    print(f"card: {out / 'README.md'}" + (f"; report: {out / 'report.html'}" if a.report else ""))
+    return 0
+
+
+def _card(a: argparse.Namespace) -> int:
+    from .card import write_cards
+
+    for p in write_cards(a.dir, html=a.report):
+        print(f"wrote {p}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmpress", description="Compress, run, evaluate and benchmark LLMs on your own machine.")
     sub = p.add_subparsers(dest="verb", required=True)
@@ -287,6 +309,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--output")
     b.add_argument("--overwrite", action="store_true")
     b.set_defaults(fn=_bench)
+
+    r = sub.add_parser("run", help="every stage of a run recipe (compress, eval, bench, card); resumes where it stopped")
+    r.add_argument("recipe", help="run recipe YAML (see recipes/)")
+    r.add_argument("--output", help="the run folder (default: the recipe's `output:`)")
+    r.add_argument("--report", action="store_true", help="also render the card to report.html with the plots inline")
+    r.add_argument("--overwrite", action="store_true", help="discard the folder's finished stages and start over")
+    r.set_defaults(fn=_run)
+
+    d = sub.add_parser("card", help="write DIR/README.md (and each checkpoint's) from a run folder's results")
+    d.add_argument("dir", help="an `llmpress run` output folder")
+    d.add_argument("--report", action="store_true", help="also write report.html")
+    d.set_defaults(fn=_card)
     return p
 
 
@@ -303,9 +337,12 @@ def main(argv: list[str] | None = None) -> int:
     from .bench.load import BenchTargetError
     from .bench.workload import WorkloadError
     from .models import ModelError
+    from .card import CardError
+    from .run import RunError, RunRecipeError
 
     errors: tuple[type[Exception], ...] = (RecipeError, DatasetError, ModelError, ModelStructureError, CheckpointError, OutputExistsError, TextError,
-                                          EvalError, TaskDataError, BenchTargetError, WorkloadError)
+                                          EvalError, TaskDataError, BenchTargetError, WorkloadError,
+                                          RunRecipeError, RunError, CardError)
     if args.verb in ("generate", "chat"):  # the engine validates its input with ValueError / TypeError
         errors += (ValueError, TypeError)
     try:

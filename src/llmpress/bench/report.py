@@ -18,7 +18,7 @@ def _row(res: dict, labels: list[str], key: str, usd: float | None, single: bool
     return qpds, cells
 
 
-def tables(out: dict, usd: float | None) -> str:
+def tables(out: dict, usd: float | None, level: int = 2) -> str:
     models = out["models"]
     labels = list(models["model"]["profiles"])
     names = {s: m["model"] for s, m in models.items()}
@@ -26,7 +26,7 @@ def tables(out: dict, usd: float | None) -> str:
     for title, key, single, unit in (("Single-stream performance", "latency_s", True, "Latency (s)"),
                                      ("Multi-stream performance (saturation)", "max_qps", False, "Maximum throughput (QPS)")):
         head = ["Model", "Average cost reduction"] + [f"{lab} {h}" for lab in labels for h in (unit, "QPD")]
-        lines += [f"\n## {title}\n", "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+        lines += [f"\n{'#' * level} {title}\n", "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
         base_q = _row(models["base"], labels, key, usd, single)[0] if "base" in models else None
         for side in ("base", "model"):
             if side not in models:

@@ -68,7 +68,9 @@ def compress(
     calib_dtype = _calibration_dtype(recipe.dtype, device)
 
     with atomic_output_dir(output, overwrite) as tmp:
-        writer = ShardWriter(tmp, metadata={"producer": "llmpress"})
+        # Only {"format": "pt"} in the header: safetensors writes metadata from a hash map whose
+        # order changes per process, and reruns must give byte-identical files.
+        writer = ShardWriter(tmp)
         layer_keys = f"{layers_prefix}."
         for key in ckpt.keys():  # embeddings, final norm, lm_head: unchanged
             if not key.startswith(layer_keys):

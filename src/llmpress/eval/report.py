@@ -43,7 +43,7 @@ def table_rows(tasks: tuple[str, ...], per_side: dict[str, dict[str, dict]]) -> 
     return out
 
 
-def _fmt(v: float | None, score: bool, metric: str) -> str:
+def format_value(v: float | None, score: bool, metric: str) -> str:
     if v is None:
         return "—"
     if score or "agreement" in metric.lower():
@@ -60,7 +60,7 @@ def markdown(rows: list[dict], names: dict[str, str], config: dict, timing: dict
         cat = r["category"] if r["category"] != last else ""
         last = r["category"]
         score = r.get("score", False)
-        cells = [cat, r["metric"]] + ([_fmt(r["base"], score, r["metric"])] if has_base else []) + [_fmt(r["model"], score, r["metric"])]
+        cells = [cat, r["metric"]] + ([format_value(r["base"], score, r["metric"])] if has_base else []) + [format_value(r["model"], score, r["metric"])]
         if has_base:
             rec = None if r.get("no_recovery") else recovery(r["model"], r["base"], r.get("higher_is_better", True))
             cells.append("—" if rec is None else f"{100 * rec:.1f}%")

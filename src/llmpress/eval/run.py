@@ -63,12 +63,6 @@ class EvalConfig:
                 raise EvalError(f"limit{'' if t is None else ' for ' + t} must be a positive integer, got {n!r}")
         if bad := [t for t, _ in self.task_limits if t not in self.tasks]:
             raise EvalError(f"--limit names task(s) {', '.join(bad)} that are not in --tasks {','.join(self.tasks)}")
-
-    def limit_for(self, task: str) -> int | None:
-        return dict(self.task_limits).get(task, self.limit)
-
-    def fewshot_for(self, task: str) -> int | None:
-        return dict(self.task_fewshot).get(task, self.num_fewshot)
         object.__setattr__(self, "task_fewshot", tuple((str(t), int(k)) for t, k in dict(self.task_fewshot).items()))
         for t, k in ((None, self.num_fewshot), *self.task_fewshot):
             if k is not None and k < 0:
@@ -77,6 +71,14 @@ class EvalConfig:
             raise EvalError(f"batch_size must be positive, got {self.batch_size!r}")
         if self.fewshot_as_multiturn and not self.apply_chat_template:
             raise EvalError("--fewshot-as-multiturn needs --apply-chat-template (as in lm-eval)")
+        if bad := [t for t, _ in self.task_fewshot if t not in self.tasks]:
+            raise EvalError(f"--num-fewshot names task(s) {', '.join(bad)} that are not in --tasks {','.join(self.tasks)}")
+
+    def limit_for(self, task: str) -> int | None:
+        return dict(self.task_limits).get(task, self.limit)
+
+    def fewshot_for(self, task: str) -> int | None:
+        return dict(self.task_fewshot).get(task, self.num_fewshot)
 
 
 # ---------------------------------------------------------------------------------------
