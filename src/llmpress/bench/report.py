@@ -18,10 +18,10 @@ def _row(res: dict, labels: list[str], key: str, usd: float | None, single: bool
     return qpds, cells
 
 
-def tables(out: dict, usd: float | None, level: int = 2) -> str:
+def tables(out: dict, usd: float | None, level: int = 2, names: dict[str, str] | None = None) -> str:
     models = out["models"]
     labels = list(models["model"]["profiles"])
-    names = {s: m["model"] for s, m in models.items()}
+    names = {s: (names or {}).get(s) or m["model"] for s, m in models.items()}
     lines = []
     for title, key, single, unit in (("Single-stream performance", "latency_s", True, "Latency (s)"),
                                      ("Multi-stream performance (saturation)", "max_qps", False, "Maximum throughput (QPS)")):

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from ..bench.report import tables as bench_tables
-from ..eval.commands import card_commands
+from ..eval.commands import CARD_INTRO, card_commands
 from ..eval.report import DEFAULT_MODEL_NOTE, format_value, recovery
 
 DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -232,15 +232,16 @@ def evaluation(run: Run, schemes: list[str]) -> str:
     cfg = run.evals[evs[0]]["config"]
     limits = dict(cfg.get("task_limits") or [])
     limit = ",".join(f"{t}={n}" for t, n in limits.items()) or (str(cfg["limit"]) if cfg.get("limit") else "")
-    shots = ",".join(f"{t}={n}" for t, n in dict(cfg.get("task_fewshot") or []).items())
+    shots = ",".join(([str(cfg["num_fewshot"])] if cfg.get("num_fewshot") is not None else [])
+                     + [f"{t}={n}" for t, n in dict(cfg.get("task_fewshot") or []).items()])
     ours = (f"llmpress eval {run.repo(evs[0])} --base {run.model} --tasks {','.join(cfg['tasks'])}"
             + (f" --limit {limit}" if limit else "") + (f" --num-fewshot {shots}" if shots else "")
             + f" --backend {cfg['backend']} --output eval/{evs[0]}")
     hw = _hardware(run, "eval")
     return (f"This run evaluated the model{'s' if len(evs) > 1 else ''} with `llmpress eval` ({cfg['backend']} backend{hw}):\n\n"
             f"```bash\n{ours}\n```\n\n"
-            "For a full evaluation on a GPU, the seed cards' commands apply to this model unchanged:\n\n"
-            + card_commands(run.repo(evs[0])).replace("\n\nlm_eval", "\n\n```\nlm_eval").replace("--show_config", "--show_config\n```"))
+            "To evaluate it as the seed cards do (OpenLLM Leaderboard V1 and V2 with vLLM on a GPU), run:\n\n"
+            + card_commands(run.repo(evs[0])).removeprefix(CARD_INTRO + "\n\n").replace("\n\nlm_eval", "\n\n```\nlm_eval").replace("--show_config", "--show_config\n```"))
 
 
 def accuracy(run: Run, schemes: list[str]) -> str:
@@ -248,7 +249,7 @@ def accuracy(run: Run, schemes: list[str]) -> str:
     if not evs:
         return ""
     first = run.evals[evs[0]]
-    base_name = first["names"].get("base", "base")
+    base_name = run.base_name
     head = ["Category", "Metric", base_name] + [h for s in evs for h in (run.quant_name(s), "Recovery")]
     lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
     last = None
@@ -281,7 +282,7 @@ def performance(run: Run, schemes: list[str]) -> str:
         parts.append(title + (lead + ", depending on the profile. " if lead else "")
                      + f"Measured with `llmpress bench` against the {cfg['engine']} server{_hardware(run, 'bench')}; "
                      f"profiles scaled by {cfg['scale']}; price: {b['price_source']}" + (f" (${usd}/hour)" if usd else "") + "."
-                     + bench_tables(b, usd, level=4 if len(bs) > 1 else 3))
+                     + "\n" + bench_tables(b, usd, level=4 if len(bs) > 1 else 3, names={"base": run.base_name, "model": run.quant_name(s)}))
     return "\n\n".join(parts)
 
 
