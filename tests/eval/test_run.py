@@ -57,3 +57,18 @@ def test_eval_table_cache_and_outputs(tiny_llama, quantized, tmp_path, monkeypat
     again = evaluate(cfg, tmp_path / "out2", progress=False)
     assert all(again.details["tasks"]["base"][t].get("cached") for t in ("mmlu", "gsm", "humaneval"))
     assert [r["base"] for r in again.rows] == [r["base"] for r in res.rows]
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(num_fewshot=-1), "num_fewshot must be >= 0"),
+    (dict(task_fewshot=(("mmlu", -2),)), "num_fewshot for mmlu must be >= 0"),
+    (dict(task_fewshot=(("gsm", 5),)), "--num-fewshot names task(s) gsm"),
+    (dict(batch_size=0), "batch_size must be positive"),
+    (dict(fewshot_as_multiturn=True), "needs --apply-chat-template"),
+])
+def test_bad_settings_are_named(kw, words):
+    from llmpress.eval.run import EvalConfig, EvalError
+
+    with pytest.raises(EvalError) as e:
+        EvalConfig(model="m", tasks=("mmlu",), **kw)
+    assert words in str(e.value)

@@ -15,7 +15,6 @@ from typing import Iterator
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 WEIGHTS_INDEX = "model.safetensors.index.json"
 
@@ -60,11 +59,40 @@ class LazyCheckpoint:
         return sum((self.folder / f).stat().st_size for f in set(self.weight_map.values()))
 
 
+# safetensors dtype codes (https://github.com/huggingface/safetensors, format section)
+_ST_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+              torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+              torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2"}
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """One safetensors file, streamed: an 8-byte little-endian header length, the JSON header
+    (padded with spaces to 8 bytes), then each tensor's bytes straight from its storage.
+    safetensors' own save_file first copies every tensor into a Python bytes object, so it
+    holds the shard twice; this holds nothing extra. The header is written in insertion
+    order with sorted metadata, so equal inputs give equal bytes."""
+    header: dict = {"__metadata__": dict(sorted((metadata or {}).items()))} if metadata else {}
+    offset = 0
+    for name, t in tensors.items():
+        if t.dtype not in _ST_DTYPES:
+            raise CheckpointError(f"tensor {name}: dtype {t.dtype} has no safetensors code")
+        n = t.numel() * t.element_size()
+        header[name] = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as f:
+        f.write(len(blob).to_bytes(8, "little"))
+        f.write(blob)
+        for t in tensors.values():
+            if t.numel():
+                f.write(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
+
+
 class ShardWriter:
-    """Buffers tensors and flushes a safetensors shard whenever `max_shard_bytes` is
-    reached, so peak memory is one shard, not the model. save_file serialises a shard into
-    one buffer before writing it, so a flush briefly holds the shard twice: 256 MiB shards
-    keep that under the size of one decoder layer of an 8B model in float32."""
+    """Buffers tensors and writes a safetensors shard whenever `max_shard_bytes` is
+    reached, so peak memory is one shard, not the model (the shard is streamed to disk,
+    never copied)."""
 
     def __init__(self, folder: Path, max_shard_bytes: int = 256 << 20, metadata: dict | None = None):
         self.folder = Path(folder)
@@ -86,7 +114,7 @@ class ShardWriter:
         if not self.buf:
             return
         name = f"shard-{len(self.shards):05d}.safetensors"
-        save_file(self.buf, self.folder / name, metadata=self.metadata)
+        write_safetensors(self.folder / name, self.buf, self.metadata)
         self.shards.append((name, list(self.buf)))
         self.total += self.buf_bytes
         self.buf, self.buf_bytes = {}, 0

@@ -10,6 +10,8 @@ float32) plus the cached calibration activations. For each layer:
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
 import resource
 import sys
@@ -103,6 +105,7 @@ def compress(
                         h.remove()
                 inputs = [(o, kw) for o, (_, kw) in zip(outs, inputs)]
             layer.to("meta")
+            _trim_heap()
             stats["layers"].append(layer_stats)
             if layer_stats.get("gptq_loss") is not None:
                 bar.set_postfix(loss=f"{layer_stats['gptq_loss']:.3g}")
@@ -125,6 +128,22 @@ def compress(
         )
         (tmp / "llmpress_compress.json").write_text(json.dumps(stats, indent=2) + "\n")
     return Path(output)
+
+
+@functools.cache
+def _libc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl): nothing to trim
+        return None
+
+
+def _trim_heap() -> None:
+    """Hand freed heap pages back to the OS after each layer. glibc keeps freed memory in its
+    arenas, and each layer's temporaries (Hessians, Cholesky factors, float32 weights) differ in
+    size, so without this the peak RSS of a layer-by-layer pass creeps up layer after layer."""
+    if (libc := _libc()) is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 def _calibration_dtype(name: str, device: torch.device) -> torch.dtype:
