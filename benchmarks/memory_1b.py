@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -73,14 +76,36 @@ def main() -> None:
     disk = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
     params = disk // 2
     out = folder.with_name(folder.name + "-w4a16")
-    cmd = ["/usr/bin/time", "-f", "%M %e", sys.executable, "-m", "llmpress.cli", "compress", str(folder),
+    cmd = [sys.executable, "-m", "llmpress.cli", "compress", str(folder),
            "--scheme", "W4A16", "--num-samples", str(a.num_samples), "--max-seq-len", str(a.max_seq_len),
            "--output", str(out), "--overwrite"]
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    if p.returncode:
-        sys.exit(p.stderr[-3000:])
-    rss_kb, wall = p.stderr.strip().splitlines()[-1].split()
-    rss = int(rss_kb) * 1024
+    # Sample the child's RSS (5 Hz) beside its progress output, to say in which phase the peak falls;
+    # the exact peak comes from the kernel (getrusage of the reaped child).
+    import psutil
+
+    log = Path(tempfile.mkdtemp()) / "compress.log"
+    t0 = time.time()
+    with log.open("w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+        ps, trace = psutil.Process(proc.pid), []
+        while proc.poll() is None:
+            try:
+                trace.append((time.time() - t0, ps.memory_info().rss, log.read_text()[-160:].replace("\r", "\n").strip().splitlines()[-1:]))
+            except (psutil.Error, OSError):
+                pass
+            time.sleep(0.2)
+    wall = time.time() - t0
+    if proc.returncode:
+        sys.exit(log.read_text()[-3000:])
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    at = max(trace, key=lambda x: x[1]) if trace else (0, 0, [])
+    print(f"peak sampled RSS {at[1] / 1e9:.2f} GB at {at[0]:.0f} s, during: {(at[2] or ['?'])[0][:120]}", file=sys.stderr)
+    phases: dict[str, int] = {}  # progress label (e.g. "3/22") -> highest RSS sampled while it showed
+    for _, r, line in trace:
+        m = re.search(r"(\d+/\d+) \[", line[0]) if line else None
+        key = m.group(1) if m else (line[0][:30] if line else "start")
+        phases[key] = max(phases.get(key, 0), r)
+    print("RSS by phase (GB): " + ", ".join(f"{k} {v / 1e9:.2f}" for k, v in phases.items()), file=sys.stderr)
     out_disk = sum(q.stat().st_size for q in out.glob("*.safetensors"))
     print("| model | params | bf16 on disk | W4A16 on disk | compress wall | peak RSS | peak RSS / disk |")
     print("|---|---:|---:|---:|---:|---:|---:|")

@@ -173,7 +173,11 @@ async def run_load(base_url: str, model: str, prompts: Callable[[int], str], max
     t1 = time.monotonic()
     result.duration_s = t1 - t0
     span = t1 - t0
-    result.window = (t0 + spec.warmup * span, t1 - spec.cooldown * span) if len(result.records) >= 5 else (t0, t1)
+    # Leave out the ramp-up and drain only when the run had several waves of requests: with
+    # one or two waves (slow requests, short run) every completion falls in the drain, and the
+    # window would count nothing.
+    waves = len(result.records) / concurrency if concurrency else len(result.records)
+    result.window = (t0 + spec.warmup * span, t1 - spec.cooldown * span) if len(result.records) >= 5 and waves >= 3 else (t0, t1)
     return result
 
 

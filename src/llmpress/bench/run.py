@@ -177,7 +177,7 @@ def bench_model(cfg: BenchConfig, url: str, profiles: list[Profile], progress: b
 def _headline(runs: dict) -> dict:
     sync = runs["synchronous"]
     multi = [(k, v) for k, v in runs.items() if k != "synchronous"]
-    sat = max((v["requests_per_s"] for k, v in multi if k.startswith(("throughput", "concurrent"))), default=None)
+    sat = max((v["requests_per_s"] for k, v in multi if k.startswith(("throughput", "concurrent")) and v["counted"]), default=None)
     sustained = [float(k.split("@")[1]) for k, v in multi if k.startswith(("constant", "poisson"))
                  and v["errors"] == 0 and v["requests_per_s"] >= 0.95 * float(k.split("@")[1])]
     return {"latency_s": sync["latency_s"]["median"] if sync["latency_s"] else None,

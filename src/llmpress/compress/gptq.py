@@ -62,8 +62,17 @@ class HessianAccumulator:
         # the entry, so the rows/columns of "massive activation" channels (Sun et al. 2024)
         # carry large absolute errors that can outweigh the dampening and break Cholesky:
         # those few columns are recomputed exactly in float32.
+        if x.dtype != torch.bfloat16 and self.cols >= 512:  # float32: accumulate in place, no [cols, cols] temporary
+            for i, j, b in self._blocks():
+                self.sum[i : i + b, j : j + b].addmm_(x[:, i : i + b].T, x[:, j : j + b])
+            return
         for chunk in x.split(512) if x.dtype == torch.bfloat16 else (x,):
             self.sum += self._upper_product(chunk)
+
+    def _blocks(self):
+        """(i, j, b): the upper block triangle, b x b blocks (the last ones may be narrower)."""
+        b = -(-self.cols // self.BLOCKS)
+        return [(i, j, b) for i in range(0, self.cols, b) for j in range(i, self.cols, b)]
 
     OUTLIER_FACTOR = 8.0  # a channel whose max |x| is 8x the median channel's is recomputed exactly
 
@@ -72,11 +81,8 @@ class HessianAccumulator:
             P = (x.T @ x).float()
         else:
             P = torch.zeros(self.cols, self.cols, device=x.device)
-            b = -(-self.cols // self.BLOCKS)
-            for i in range(0, self.cols, b):
-                xi = x[:, i : i + b].T
-                for j in range(i, self.cols, b):
-                    P[i : i + b, j : j + b] = xi @ x[:, j : j + b]
+            for i, j, b in self._blocks():
+                P[i : i + b, j : j + b] = x[:, i : i + b].T @ x[:, j : j + b]
         if x.dtype == torch.bfloat16:
             amax = x.abs().amax(0).float()
             big = torch.nonzero(amax > self.OUTLIER_FACTOR * amax.median()).flatten()[:64]
@@ -87,10 +93,19 @@ class HessianAccumulator:
         return P
 
     def hessian(self) -> torch.Tensor:
-        H = self.sum
-        if self.cols >= 512:  # mirror the upper block triangle
-            H = torch.triu(H) + torch.triu(H, 1).T
-        return H * (2.0 / max(self.n, 1))
+        """H, built in the accumulator's own buffer (no [cols, cols] temporaries: for an 8B
+        model's down_proj each is 235 MB); the accumulator is spent afterwards."""
+        H, self.sum = self.sum, None
+        if H is None:
+            raise RuntimeError("hessian() was already taken from this accumulator")
+        if self.cols >= 512:  # mirror the upper block triangle: the same values as triu(H) + triu(H, 1).T
+            for i, j, b in self._blocks():
+                if i == j:
+                    d = H[i : i + b, i : i + b]
+                    d.copy_(torch.triu(d) + torch.triu(d, 1).T)
+                else:
+                    H[j : j + b, i : i + b] = H[i : i + b, j : j + b].T
+        return H.mul_(2.0 / max(self.n, 1))
 
 
 def inverse_cholesky(H: torch.Tensor, dampening_frac: float, warn=print) -> tuple[torch.Tensor, float]:
@@ -99,17 +114,21 @@ def inverse_cholesky(H: torch.Tensor, dampening_frac: float, warn=print) -> tupl
     cols = H.shape[0]
     mean_diag = torch.mean(torch.diag(H)).item()
     frac = dampening_frac
-    for _ in range(6):
-        Hd = H.clone()
-        Hd.diagonal().add_(frac * mean_diag)
-        L, info = torch.linalg.cholesky_ex(Hd)
-        if info == 0:
-            Hinv = torch.cholesky_inverse(L)
-            U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
+    original = H.diagonal().clone()  # damp H in place (no copy of H), and restore it on the way out
+    try:
+        for _ in range(6):
+            H.diagonal().copy_(original).add_(frac * mean_diag)
+            L, info = torch.linalg.cholesky_ex(H)
             if info == 0:
-                return U, frac
-        warn(f"GPTQ: Hessian not positive definite at dampening {frac:g}; retrying with {frac * 10:g}")
-        frac *= 10
+                Hinv = torch.cholesky_inverse(L)
+                del L  # at most three [cols, cols] matrices alive at once
+                U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
+                if info == 0:
+                    return U, frac
+            warn(f"GPTQ: Hessian not positive definite at dampening {frac:g}; retrying with {frac * 10:g}")
+            frac *= 10
+    finally:
+        H.diagonal().copy_(original)
     raise RuntimeError(f"GPTQ: Hessian ({cols}x{cols}) not positive definite even at dampening {frac:g}")
 
 
@@ -124,17 +143,17 @@ def gptq_quantize(
 ) -> GPTQResult:
     """W [rows, cols] (any float dtype), H [cols, cols] float32 -> quantized W."""
     W = W.detach().float().clone()
-    H = H.detach().float().clone()
+    H_in = H.detach().float()  # never modified: gate/up share one H
     rows, cols = W.shape
     group = args.group_size if args.strategy == "group" else None
     if group:
         # keep every group inside one block so its scale sees the in-block updates
         block_size = group * max(1, block_size // group) if group <= block_size else group
 
-    dead = torch.diag(H) == 0  # inputs that were always zero: their weights cannot matter
-    H[dead, dead] = 1.0
+    importance = torch.diag(H_in).clone()
+    dead = importance == 0  # inputs that were always zero: their weights cannot matter
+    importance[dead] = 1.0
     W[:, dead] = 0.0
-    importance = torch.diag(H).clone()
 
     static = args.actorder is not None or not group
     if static:  # scales from the original weight, fixed before any update
@@ -142,23 +161,23 @@ def gptq_quantize(
     else:  # filled group by group as GPTQ reaches each group
         scale = torch.empty(rows, cols // group, dtype=scale_dtype)
         zp = None if args.symmetric else torch.empty(rows, cols // group, dtype=torch.int8)
-    perm = torch.argsort(torch.diag(H), descending=True) if args.actorder is not None else None
+    perm = torch.argsort(importance, descending=True) if args.actorder is not None else None
+    # H in the visiting order; the one [cols, cols] copy this function makes (plus a transient)
+    H = H_in.index_select(0, perm).index_select(1, perm) if perm is not None else H_in.clone()
     if perm is not None:
-        W, H = W[:, perm], H[perm][:, perm]
+        W, dead = W[:, perm], dead[perm]
+    H.diagonal()[dead] = 1.0
     U, used_frac = inverse_cholesky(H, dampening_frac, warn)
+    del H
 
-    # per-column scale / zero-point in the (permuted) column order
-    S = torch.empty(rows, cols)
-    Z = torch.zeros(rows, cols)
-    if static:
-        S.copy_(expand(scale.float(), cols))
-        if zp is not None:
-            Z.copy_(expand(zp.float(), cols))
-        if perm is not None:
-            S, Z = S[:, perm], Z[:, perm]
+    # each column's scale / zero-point: looked up by group index (no [rows, cols] tables)
+    gidx = torch.arange(cols) // group if group else torch.zeros(cols, dtype=torch.long)
+    gidx = (gidx[perm] if perm is not None else gidx).tolist()
+    scale_f = scale.float() if static else None
+    zp_f = zp.float() if static and zp is not None else None
     qmin, qmax, is_float = args.qmin, args.qmax, args.type == "float"
     round_scale = scale_dtype != torch.float32
-    Q = torch.empty(rows, cols)  # integer (or fp8) codes, as float
+    Q = torch.empty(rows, cols, dtype=torch.float8_e4m3fn if is_float else torch.int8)  # the codes
     losses = torch.zeros(())
 
     for i1 in range(0, cols, block_size):
@@ -171,28 +190,31 @@ def gptq_quantize(
             if not static and c % group == 0:  # error-compensated group scale
                 s, z = observe(W1[:, i : i + group], _one_group(args), scale_dtype, importance[c : c + group])
                 scale[:, c // group] = s[:, 0]
-                S[:, c : c + group] = s.float()
                 if zp is not None:
                     zp[:, c // group] = z[:, 0]
-                    Z[:, c : c + group] = z.float()
-            w, s, z = W1[:, i], S[:, c], Z[:, c]
+            g = gidx[c]
+            s = scale_f[:, g] if static else scale[:, g].float()
+            z = 0.0 if zp is None else (zp_f[:, g] if static else zp[:, g].float())
+            w = W1[:, i]
             if is_float:
-                q = (w / s).clamp_(qmin, qmax).to(torch.float8_e4m3fn).float()
+                q8 = (w / s).clamp_(qmin, qmax).to(torch.float8_e4m3fn)
+                Q[:, c] = q8
+                q = q8.float()
             else:
                 q = torch.round(w / s + z).clamp_(qmin, qmax)
+                Q[:, c] = q
             dq = (q - z) * s
             if round_scale:  # the reader dequantizes in the scale's dtype
                 dq = dq.to(scale_dtype).float()
-            Q[:, c] = q
             err = (w - dq) / U1[i, i]
             W1[:, i:].addr_(err, U1[i, i:], alpha=-1.0)
             Err1[:, i] = err
         losses += (Err1**2).sum() / 2
         W[:, i2:].addmm_(Err1, U[i1:i2, i2:], alpha=-1.0)
 
-    if perm is not None:
-        Q = Q[:, torch.argsort(perm)]
-    q = Q.to(torch.float8_e4m3fn) if is_float else Q.to(torch.int8)
+    q = Q
+    if perm is not None:  # back to the checkpoint's column order (through bytes: fp8 has no index kernels)
+        q = Q.view(torch.uint8)[:, torch.argsort(perm)].view(Q.dtype)
     return GPTQResult(q, scale, zp, float(losses), used_frac)
 
 
