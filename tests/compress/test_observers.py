@@ -66,3 +66,26 @@ def test_all_zero_group_gets_a_finite_scale():
     s, z = mse_qparams(w, args)
     assert torch.isfinite(s.float()).all() and (s > 0).all()
     assert (fake_quantize(w, s, z, args) == 0).all()
+
+
+@pytest.mark.parametrize("args", [
+    QuantArgs(4, "int", True, "group", 64),
+    QuantArgs(4, "int", False, "group", 128),
+    QuantArgs(8, "int", True, "channel"),
+    QuantArgs(8, "float", True, "channel"),
+])
+def test_mse_search_in_row_chunks_equals_one_pass(args, monkeypatch):
+    """The cache-sized row chunks (MSE_CHUNK_ELEMENTS) are an optimisation only: searching
+    the whole tensor at once must choose the same scales and zero-points bit for bit."""
+    from llmpress.compress import observers
+
+    w = _heavy_tailed(rows=300, cols=512, seed=3)  # 300 rows: the last chunk is a partial one
+    imp = torch.rand(512, generator=torch.Generator().manual_seed(4))
+    monkeypatch.setattr(observers, "MSE_CHUNK_ELEMENTS", 4096)  # 8 rows of 512 per chunk
+    chunked = mse_qparams(w, args, importance=imp)
+    monkeypatch.setattr(observers, "MSE_CHUNK_ELEMENTS", 1 << 40)  # one pass over all rows
+    whole = mse_qparams(w, args, importance=imp)
+    assert torch.equal(chunked[0], whole[0])
+    assert (chunked[1] is None) == (whole[1] is None) == args.symmetric
+    if chunked[1] is not None:
+        assert torch.equal(chunked[1], whole[1])
