@@ -57,6 +57,7 @@ def main() -> None:
     ap.add_argument("--ppl-tokens", type=int, default=16384)
     ap.add_argument("--llmc-python", default="/work/venvs/llmcompressor/bin/python")
     ap.add_argument("--out", default="out/compare")
+    ap.add_argument("--gptq", action="store_true", help="llmpress: GPTQ for FP8 weights too (FP8_DYNAMIC is round-to-nearest by default)")
     ap.add_argument("--skip", choices=["llmpress", "llmcompressor"], action="append", default=[])
     a = ap.parse_args()
 
@@ -85,14 +86,14 @@ def main() -> None:
         cmd = [sys.executable, "-m", "llmpress.cli", "compress", str(base), "--scheme", a.scheme,
                "--group-size", str(a.group_size), "--num-samples", str(a.num_samples),
                "--max-seq-len", str(a.max_seq_len), "--dampening-frac", str(a.dampening),
-               "--output", str(out / "llmpress"), "--overwrite"]
+               "--output", str(out / ("llmpress-gptq" if a.gptq else "llmpress")), "--overwrite"] + (["--gptq"] if a.gptq else [])
         wall, rss, _ = peak_rss_mb(cmd)
-        rows["llmpress"] = (out / "llmpress", wall, rss)
+        rows["llmpress (GPTQ)" if a.gptq else "llmpress"] = (out / ("llmpress-gptq" if a.gptq else "llmpress"), wall, rss)
 
     results = {"scheme": a.scheme, "group_size": a.group_size, "samples": a.num_samples, "calib_tokens": ntok, "tools": {}}
     previous = json.loads((out / "compare.json").read_text()) if (out / "compare.json").is_file() else {}
-    for name, t in previous.get("tools", {}).items():  # a skipped tool keeps its last measurement
-        if name not in rows and name.replace("-", "").split()[0] in a.skip:
+    for name, t in previous.get("tools", {}).items():  # a row not measured now keeps its last measurement
+        if name not in rows:
             results["tools"][name] = {**t, "reused": True}
     base_ppl = previous.get("base_ppl")
     for name, (path, wall, rss) in rows.items():
@@ -109,12 +110,14 @@ def main() -> None:
         print(f"| {name}{' (previous run)' if t.get('reused') else ''} | {t['wall_s']} | {t['peak_rss_mb']} | {t['ppl']:.3f} | {100 * (t['ppl'] / base_ppl - 1):+.1f}% "
               f"| {t['kl']:.4f} | {100 * t['top1']:.2f}% |")
     tools = results["tools"]
-    if len(tools) == 2:
-        lc, lp = tools["llm-compressor 0.14.0.1"], tools["llmpress"]
-        results["ratios"] = dict(wall=lp["wall_s"] / lc["wall_s"], ppl_loss=(lp["ppl"] - base_ppl) / (lc["ppl"] - base_ppl),
-                                 kl=lp["kl"] / lc["kl"])
-        print(f"\nllmpress / llm-compressor: wall {results['ratios']['wall']:.2f}x, "
-              f"perplexity loss {results['ratios']['ppl_loss']:.2f}x, KL {results['ratios']['kl']:.2f}x")
+    lc = tools.get("llm-compressor 0.14.0.1")
+    for name in ("llmpress", "llmpress (GPTQ)"):
+        if lc is None or name not in tools:
+            continue
+        lp = tools[name]
+        r = results.setdefault("ratios", {})[name] = dict(
+            wall=lp["wall_s"] / lc["wall_s"], ppl_loss=(lp["ppl"] - base_ppl) / (lc["ppl"] - base_ppl), kl=lp["kl"] / lc["kl"])
+        print(f"\n{name} / llm-compressor: wall {r['wall']:.2f}x, perplexity loss {r['ppl_loss']:.2f}x, KL {r['kl']:.2f}x")
     (out / "compare.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results))
 
