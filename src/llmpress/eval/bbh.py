@@ -88,6 +88,32 @@ def bigbench_json(task_dir: str, cache: Path) -> dict:
     return json.loads(dest.read_text())
 
 
+FILTER = "strip"  # the metric key is exact_match,strip
+
+
+def task_yaml(task: str, data: Path) -> dict:
+    """lm-eval's bbh_fewshot YAML for `task`, reading our documents from `data` (JSONL).
+
+    The answer is scored after stripping surrounding whitespace. lm-eval's template compares the
+    raw continuation of "A:" with the target, and a byte-level BPE tokenizer (GPT-2, Llama 3,
+    SmolLM2) decodes that continuation with its leading space, " (B)" != "(B)": every answer
+    would score 0. SentencePiece tokenizers (Llama 2) drop the space on decode, which is why
+    the template works there; stripping gives both the same score."""
+    spec = lm_eval_bbh_yaml(task)
+    spec.pop("dataset_name", None)
+    spec.update(task=f"llmpress_bbh_{task}", dataset_path="json", dataset_kwargs={"data_files": {"test": str(data)}},
+                test_split="test", metadata={"version": 2.0, "source": f"bigbench 1.0.0 {TASKS[task][0]}"},
+                filter_list=[{"name": FILTER, "filter": [{"function": "remove_whitespace"}, {"function": "take_first"}]}])
+    return spec
+
+
+def group_yaml(names: list[str]) -> dict:
+    """The `llmpress_bbh` group: exact match over every subtask, weighted by its size."""
+    return {"group": "llmpress_bbh", "task": names,
+            "aggregate_metric_list": [{"metric": "exact_match", "aggregation": "mean", "weight_by_size": True, "filter_list": FILTER}],
+            "metadata": {"version": 2.0}}
+
+
 def lm_eval_bbh_yaml(task: str) -> dict:
     """lm-eval's bbh_fewshot_<task> YAML merged with its template (plain YAML, no !function)."""
     import lm_eval
@@ -133,14 +159,9 @@ def prepare(folder: Path, cache: Path, seed: int = 1234, limit: int = PER_TASK) 
             tmp = data.with_suffix(".tmp")
             tmp.write_text("".join(json.dumps(d) + "\n" for d in documents(task, cache, seed, limit)))
             tmp.replace(data)
-        spec = lm_eval_bbh_yaml(task)
-        spec.pop("dataset_name", None)
-        spec.update(task=f"llmpress_bbh_{task}", dataset_path="json", dataset_kwargs={"data_files": {"test": str(data)}},
-                    test_split="test", metadata={"version": 1.0, "source": f"bigbench 1.0.0 {TASKS[task][0]}"})
+        spec = task_yaml(task, data)
         (folder / f"llmpress_bbh_{task}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
         names.append(spec["task"])
-    group = {"group": "llmpress_bbh", "task": names,
-             "aggregate_metric_list": [{"metric": "exact_match", "aggregation": "mean", "weight_by_size": True}],
-             "metadata": {"version": 1.0}}
+    group = group_yaml(names)
     (folder / "llmpress_bbh.yaml").write_text(yaml.safe_dump(group, sort_keys=False))
     return ["llmpress_bbh", *names]

