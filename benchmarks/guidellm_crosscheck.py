@@ -7,12 +7,18 @@
 Serves MODEL once, then measures one synchronous and one concurrent setting with our load
 generator and with GuideLLM (synthetic text of the same token counts, /v1/completions,
 streaming), and prints mean request latency and output tokens/s of both, with the ratio.
+
+On a small machine the client's own CPU use slows a CPU-bound server, and GuideLLM's client
+(worker processes, per-token pydantic objects) costs more than ours, so the concurrent
+setting would measure the clients, not the server. `--pin` (the default with 2+ cores) runs
+the server on core 0 with one thread and both clients on the other cores.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -76,11 +82,22 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=4)
     ap.add_argument("--requests", type=int, default=12)
     ap.add_argument("--guidellm", default="/work/venvs/guidellm/bin/guidellm")
+    ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=(os.cpu_count() or 1) >= 2,
+                    help="server on core 0 (one thread), clients on the others (default with 2+ cores)")
     a = ap.parse_args()
     p, o = (int(x) for x in a.profile.split("/"))
     path = str(resolve_model(a.model))
     rows = []
-    with Server(path, "embedded", None, max(a.streams, 1)) as srv:
+    cores = sorted(os.sched_getaffinity(0))
+    if a.pin and len(cores) >= 2:  # the server inherits core 0, then this process (and GuideLLM) moves off it
+        os.sched_setaffinity(0, cores[:1])
+        os.environ["OMP_NUM_THREADS"] = "1"
+    srv = Server(path, "embedded", None, max(a.streams, 1))
+    if a.pin and len(cores) >= 2:
+        os.sched_setaffinity(0, cores[1:])
+        os.environ.pop("OMP_NUM_THREADS")
+        print(f"server pinned to core {cores[0]}, clients to {cores[1:]}", file=sys.stderr)
+    with srv:
         from llmpress.bench.load import check_target
 
         model = check_target(srv.url)

@@ -65,7 +65,15 @@ def markdown(rows: list[dict], names: dict[str, str], config: dict, timing: dict
             rec = None if r.get("no_recovery") else recovery(r["model"], r["base"], r.get("higher_is_better", True))
             cells.append("—" if rec is None else f"{100 * rec:.1f}%")
         lines.append("| " + " | ".join(cells) + " |")
-    settings = ", ".join(f"{k}={config[k]}" for k in ("backend", "limit", "num_fewshot", "apply_chat_template", "seed") if k in config)
+    def per_task(overall: str, overrides: str) -> str:  # "None", "10", "mmlu:500,gsm:50" or "all:10,mmlu:500"
+        pairs = [f"{t}:{n}" for t, n in dict(config.get(overrides) or ()).items()]
+        if not pairs:
+            return str(config.get(overall))
+        return ",".join(([f"all:{config[overall]}"] if config.get(overall) is not None else []) + pairs)
+
+    settings = ", ".join([f"backend={config.get('backend')}", f"limit={per_task('limit', 'task_limits')}",
+                          f"num_fewshot={per_task('num_fewshot', 'task_fewshot')}",
+                          *(f"{k}={config[k]}" for k in ("apply_chat_template", "seed") if k in config)])
     return (f"# Evaluation\n\n{note}\n\n" + "\n".join(lines) + f"\n\nSettings: {settings}. Wall time: {timing.get('total', '?')} s "
             "(cached base results count 0).\n")
 

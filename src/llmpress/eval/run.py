@@ -264,8 +264,20 @@ def evaluate(cfg: EvalConfig, output: str | Path, overwrite: bool = False, progr
 
         notes = [report.DEFAULT_MODEL_NOTE] if any(is_default(m) for m, _ in sides.values()) and cfg.backend != "openai" else []
         notes += [report.OFFLINE_NOTE] if set(cfg.tasks) & {"mmlu", "gsm", "bbh"} else []
-        report.write(result, tmp, names={s: sides[s][0] for s in sides}, note=" ".join(notes))
+        report.write(result, tmp, names={s: _display_name(sides[s][0], cfg.backend) for s in sides}, note=" ".join(notes))
     return result
+
+
+def _display_name(model: str, backend: str) -> str:
+    """The table's column name: the default model's own name, a local folder's name, a hub id
+    or served model name as given."""
+    from ..models import DEFAULT_MODEL_NAME, is_default
+
+    if backend == "openai":
+        return model
+    if is_default(model):
+        return DEFAULT_MODEL_NAME
+    return Path(model).name if Path(model).exists() else model
 
 
 def _ppl_rows(cfg: EvalConfig, paths: dict, result: EvalResult, progress: bool) -> list[dict]:
