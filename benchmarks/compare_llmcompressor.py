@@ -83,12 +83,13 @@ def main() -> None:
         wall, rss, _ = peak_rss_mb(cmd)
         rows["llm-compressor 0.14.0.1"] = (out / "llmcompressor", wall, rss)
     if "llmpress" not in a.skip:
+        folder = "llmpress-gptq" if a.gptq else "llmpress"
         cmd = [sys.executable, "-m", "llmpress.cli", "compress", str(base), "--scheme", a.scheme,
                "--group-size", str(a.group_size), "--num-samples", str(a.num_samples),
                "--max-seq-len", str(a.max_seq_len), "--dampening-frac", str(a.dampening),
-               "--output", str(out / ("llmpress-gptq" if a.gptq else "llmpress")), "--overwrite"] + (["--gptq"] if a.gptq else [])
+               "--output", str(out / folder), "--overwrite"] + (["--gptq"] if a.gptq else [])
         wall, rss, _ = peak_rss_mb(cmd)
-        rows["llmpress (GPTQ)" if a.gptq else "llmpress"] = (out / ("llmpress-gptq" if a.gptq else "llmpress"), wall, rss)
+        rows["llmpress (GPTQ)" if a.gptq else "llmpress"] = (out / folder, wall, rss)
 
     results = {"scheme": a.scheme, "group_size": a.group_size, "samples": a.num_samples, "calib_tokens": ntok, "tools": {}}
     previous = json.loads((out / "compare.json").read_text()) if (out / "compare.json").is_file() else {}

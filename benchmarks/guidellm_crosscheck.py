@@ -89,11 +89,12 @@ def main() -> None:
     path = str(resolve_model(a.model))
     rows = []
     cores = sorted(os.sched_getaffinity(0))
-    if a.pin and len(cores) >= 2:  # the server inherits core 0, then this process (and GuideLLM) moves off it
+    pin = a.pin and len(cores) >= 2
+    if pin:  # the server inherits core 0, then this process (and GuideLLM) moves off it
         os.sched_setaffinity(0, cores[:1])
         os.environ["OMP_NUM_THREADS"] = "1"
     srv = Server(path, "embedded", None, max(a.streams, 1))
-    if a.pin and len(cores) >= 2:
+    if pin:
         os.sched_setaffinity(0, cores[1:])
         os.environ.pop("OMP_NUM_THREADS")
         print(f"server pinned to core {cores[0]}, clients to {cores[1:]}", file=sys.stderr)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .observers import expand, observe, quantize
+from .observers import observe, quantize
 from .schemes import QuantArgs
 
 BLOCK_SIZE = 128

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..models import cache_dir, resolve_model
+from ..models import DEFAULT_MODEL_NAME, cache_dir, is_default, resolve_model
 
 OFFLINE_TASKS = ("mmlu", "gsm", "bbh", "humaneval", "ppl")
 DEFAULT_TASKS = OFFLINE_TASKS
@@ -260,8 +260,6 @@ def evaluate(cfg: EvalConfig, output: str | Path, overwrite: bool = False, progr
             result.rows += _ppl_rows(cfg, paths, result, progress)
         result.timing_s = {"total": round(time.monotonic() - t_all, 1),
                            **{f"{s}:{t}": r.get("wall_s") for s, d in per_side.items() for t, r in d.items()}}
-        from ..models import is_default
-
         notes = [report.DEFAULT_MODEL_NOTE] if any(is_default(m) for m, _ in sides.values()) and cfg.backend != "openai" else []
         notes += [report.OFFLINE_NOTE] if set(cfg.tasks) & {"mmlu", "gsm", "bbh"} else []
         report.write(result, tmp, names={s: _display_name(sides[s][0], cfg.backend) for s in sides}, note=" ".join(notes))
@@ -271,8 +269,6 @@ def evaluate(cfg: EvalConfig, output: str | Path, overwrite: bool = False, progr
 def _display_name(model: str, backend: str) -> str:
     """The table's column name: the default model's own name, a local folder's name, a hub id
     or served model name as given."""
-    from ..models import DEFAULT_MODEL_NAME, is_default
-
     if backend == "openai":
         return model
     if is_default(model):
