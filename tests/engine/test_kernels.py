@@ -27,6 +27,18 @@ from llmpress.engine import kernels
 MIN_SQNR_DB = 80.0
 MS = (1, 3, 16, 40, 300)
 FAST = kernels.available()  # False under LLMPRESS_KERNELS=reference
+# The float-decoded GEMMs have 256-bit (AVX2) and, in AVX-512 builds, 512-bit tiles: test each.
+WIDTHS = [b for b in (256, 512) if b <= kernels.max_vector_bits()] if FAST else [0]
+
+
+@pytest.fixture(params=WIDTHS, ids=lambda b: f"{b}bit" if b else "reference")
+def width(request):
+    """Runs the test at one vector width, then restores the widest."""
+    if request.param:
+        kernels.set_vector_bits(request.param)
+    yield request.param
+    if request.param:
+        kernels.set_vector_bits(WIDTHS[-1])
 
 
 def sqnr_db(y: torch.Tensor, truth: torch.Tensor) -> float:
@@ -101,7 +113,7 @@ CASES = [(n, k, gs) for n, k, groups in SHAPES for gs in groups]
 
 @pytest.mark.parametrize("sym", [True, False], ids=["sym", "asym"])
 @pytest.mark.parametrize("n,k,group", CASES)
-def test_int4(n, k, group, sym, monkeypatch):
+def test_int4(n, k, group, sym, monkeypatch, width):
     tensors, scheme = make_checkpoint("int4", n, k, group, sym)
     w = weight_for(tensors, scheme)
     assert isinstance(w, kernels.Int4Weight) and (w.out_features, w.in_features) == (n, k)
@@ -110,7 +122,7 @@ def test_int4(n, k, group, sym, monkeypatch):
 
 @pytest.mark.parametrize("fmt,sym", [("int8", True), ("int8", False), ("w8a8", True), ("fp8", True), ("fp8w", True)])
 @pytest.mark.parametrize("n,k,group", CASES)
-def test_byte_formats(fmt, sym, n, k, group, monkeypatch):
+def test_byte_formats(fmt, sym, n, k, group, monkeypatch, width):
     tensors, scheme = make_checkpoint(fmt, n, k, group, sym)
     w = weight_for(tensors, scheme)
     expected = {"int8": kernels.Int8Weight, "w8a8": kernels.W8A8Weight, "fp8": kernels.FP8Weight, "fp8w": kernels.FP8Weight}
@@ -122,7 +134,7 @@ def test_byte_formats(fmt, sym, n, k, group, monkeypatch):
 
 @pytest.mark.parametrize("n,k", [(192, 576), (67, 200), (33, 100)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_dense(n, k, dtype, monkeypatch):
+def test_dense(n, k, dtype, monkeypatch, width):
     w32 = torch.randn(n, k)
     w = kernels.DenseWeight(w32.to(dtype))
     assert w.nbytes == n * k * dtype.itemsize + (n * (-k % 64) * 2 if dtype == torch.bfloat16 else 0)
@@ -178,7 +190,7 @@ def test_int4_blocked_layout():
     torch.testing.assert_close(kernels._unblock_int4(blocked, 200), unpack_int(pack_int(q, 4), 4, 200), rtol=0, atol=0)
 
 
-def test_fp8_every_code():
+def test_fp8_every_code(width):
     """All 254 finite e4m3fn codes, subnormals and both zeros included, decode exactly."""
     codes = torch.arange(256, dtype=torch.uint8)
     codes[(codes & 0x7F) == 0x7F] = 0  # the two NaNs
@@ -306,6 +318,11 @@ def test_decode_attention(h, kvh, d, block_size):
         )[:, 0]
         assert sqnr_db(out[b], expect) >= MIN_SQNR_DB, b
         assert sqnr_db(ref[b], expect) >= MIN_SQNR_DB, b
+
+
+def test_vector_width_is_checked():
+    with pytest.raises(ValueError, match="vector width 128 is not available"):
+        kernels.set_vector_bits(128)
 
 
 def test_modes():

@@ -3,7 +3,8 @@
 A weight W [N=out_features, K=in_features] stays at its compressed size (int4 packed, int8, fp8,
 bf16) and `w(x)` computes y = x @ W^T for float32 x [..., K]:
 
-  M = rows of x <= w.small_m_max (decode)   fused dequantize + GEMM in csrc/qgemm.cpp (AVX2/FMA):
+  M = rows of x <= w.small_m_max (decode)   fused dequantize + GEMM in csrc/qgemm.cpp (AVX2/FMA,
+                                             512-bit tiles where the CPU has AVX-512):
                                              reads each weight once, decodes it in registers and
                                              reuses it over tiles of 4 rows (memory-bound).
   larger M (prefill)                         dequantize N-tiles to transient float32 and run
@@ -99,6 +100,21 @@ def available() -> bool:
     """True when weights built now take the fast path: the extension is built and
     LLMPRESS_KERNELS is not "reference"."""
     return os.environ.get("LLMPRESS_KERNELS", "").lower() != "reference" and _extension() is not None
+
+
+def max_vector_bits() -> int:
+    """512 when the extension was built with AVX-512 (this CPU has it), else 256; 0 without it."""
+    ext = _extension()
+    return ext.max_vector_bits() if ext is not None else 0
+
+
+def set_vector_bits(bits: int) -> None:
+    """Run the float-decoded GEMMs (int4, int8, fp8, bf16) with 512- or 256-bit tiles; both are
+    exact decodes with float32 FMAs, tested against the reference. For tests and benchmarks."""
+    ext = _extension()
+    if ext is None or bits not in (256, 512) or bits > ext.max_vector_bits():
+        raise ValueError(f"vector width {bits} is not available (this build: {max_vector_bits()} bits at most)")
+    ext.set_vector_bits(bits)
 
 
 # ------------------------------------------------------------------------------------- layout helpers
