@@ -277,49 +277,6 @@ def test_make_weight_rejects_unsupported(case):
 
 
 # ------------------------------------------------------------------------------------- attention
-def _paged(lens: list[int], kvh: int, d: int, block_size: int, seed: int):
-    """Per-sequence K/V [L, KVH, D] scattered into a shuffled paged cache; returns both views."""
-    g = torch.Generator().manual_seed(seed)
-    need = [math.ceil(n / block_size) for n in lens]
-    num_blocks = sum(need) + 3
-    perm = torch.randperm(num_blocks, generator=g)
-    k_cache = torch.randn(num_blocks, block_size, kvh, d, generator=g)  # garbage outside the sequences
-    v_cache = torch.randn(num_blocks, block_size, kvh, d, generator=g)
-    tables = torch.full((len(lens), max(need) + 1), -1, dtype=torch.int32)
-    seqs, used = [], 0
-    for b, n in enumerate(lens):
-        k, v = torch.randn(n, kvh, d, generator=g), torch.randn(n, kvh, d, generator=g)
-        blocks = perm[used : used + need[b]]
-        used += need[b]
-        tables[b, : need[b]] = blocks.to(torch.int32)
-        for t in range(n):
-            k_cache[blocks[t // block_size], t % block_size] = k[t]
-            v_cache[blocks[t // block_size], t % block_size] = v[t]
-        seqs.append((k, v))
-    return k_cache, v_cache, tables, seqs
-
-
-@pytest.mark.parametrize("h,kvh,d,block_size", [(9, 3, 64, 16), (4, 4, 8, 4), (8, 2, 128, 32), (6, 1, 24, 8)])
-def test_decode_attention(h, kvh, d, block_size):
-    lens = [1, block_size, block_size + 1, 3 * block_size - 1, 150, 0]
-    k_cache, v_cache, tables, seqs = _paged(lens, kvh, d, block_size, seed=h * d)
-    q = torch.randn(len(lens), h, d)
-    scale = d**-0.5
-    out = kernels.decode_attention(q, k_cache, v_cache, tables, torch.tensor(lens, dtype=torch.int32), scale)
-    ref = kernels.decode_attention_reference(q, k_cache, v_cache, tables, torch.tensor(lens), scale)
-    assert out.shape == (len(lens), h, d)
-    for b, (k, v) in enumerate(seqs):
-        if lens[b] == 0:
-            assert out[b].abs().max() == 0 and ref[b].abs().max() == 0
-            continue
-        expect = torch.nn.functional.scaled_dot_product_attention(  # independent: SDPA on the contiguous K/V
-            q[b][:, None].double(), k.transpose(0, 1).repeat_interleave(h // kvh, 0).double(),
-            v.transpose(0, 1).repeat_interleave(h // kvh, 0).double(), scale=scale,
-        )[:, 0]
-        assert sqnr_db(out[b], expect) >= MIN_SQNR_DB, b
-        assert sqnr_db(ref[b], expect) >= MIN_SQNR_DB, b
-
-
 def test_vector_width_is_checked():
     with pytest.raises(ValueError, match="vector width 128 is not available"):
         kernels.set_vector_bits(128)
@@ -336,7 +293,7 @@ def test_failed_build_warns_and_falls_back(tmp_path, monkeypatch):
     """A toolchain that cannot build the extension costs speed, never a crash."""
     broken = tmp_path / "qgemm.cpp"
     broken.write_text("#error this toolchain cannot build the kernels\n")
-    monkeypatch.setattr(kernels, "_SOURCE", broken)
+    monkeypatch.setattr(kernels, "_SOURCES", [broken])
     monkeypatch.setenv("LLMPRESS_CACHE", str(tmp_path / "cache"))
     with pytest.warns(UserWarning, match="reference path"):
         assert kernels._extension.__wrapped__() is None

@@ -36,7 +36,11 @@ from ..checkpoint.compressed_tensors import unpack_int
 from ..compress.observers import FP8_DTYPE, dequantize, dynamic_per_token
 from ..compress.schemes import QuantArgs
 
-_SOURCE = Path(__file__).with_name("csrc") / "qgemm.cpp"
+_CSRC = Path(__file__).with_name("csrc")
+_SOURCES = [_CSRC / "qgemm.cpp", _CSRC / "layer_ops.cpp"]  # + the headers beside them
+# -ffp-contract=off: GCC would fuse a written multiply and add (intrinsics included) into an FMA,
+# and the rotary kernel must round like torch's two products and a subtraction.
+_CFLAGS = ["-O3", "-march=native", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-ffp-contract=off"]
 _INT8_TOKEN = QuantArgs(8, "int", True, "token", dynamic=True, observer=None)
 _FP8_TOKEN = QuantArgs(8, "float", True, "token", dynamic=True, observer=None)
 # Prefill dequantizes W in tiles of at most this many weights (4 MiB of float32): small enough for
@@ -69,7 +73,10 @@ def _extension():
 
     # -march=native code is only valid on this CPU model, so the build folder is keyed by it too.
     cpu = hashlib.sha1(" ".join(sorted(flags)).encode()).hexdigest()[:8]
-    tag = f"torch{torch.__version__.split('+')[0]}-py{sys.version_info.major}{sys.version_info.minor}-{cpu}"
+    # torch rebuilds when a source changes, not a header: key the folder by every file's content.
+    files = sorted({*_SOURCES, *_SOURCES[0].parent.glob("*.h")})
+    code = hashlib.sha1(b"".join(f.read_bytes() for f in files) + " ".join(_CFLAGS).encode()).hexdigest()[:8]
+    tag = f"torch{torch.__version__.split('+')[0]}-py{sys.version_info.major}{sys.version_info.minor}-{cpu}-{code}"
     build_dir = cache_dir() / "torch_extensions" / tag
     build_dir.mkdir(parents=True, exist_ok=True)
     # torch finds ninja on PATH; a venv's own ninja is beside its interpreter even when the
@@ -80,8 +87,8 @@ def _extension():
     try:
         return load(
             name="llmpress_qgemm",
-            sources=[str(_SOURCE)],
-            extra_cflags=["-O3", "-march=native", "-mavx2", "-mfma", "-mf16c", "-fopenmp"],
+            sources=[str(f) for f in _SOURCES],
+            extra_cflags=_CFLAGS,
             extra_ldflags=["-fopenmp"],  # at::parallel_for is OpenMP, inlined into our code
             build_directory=str(build_dir),
             verbose=False,
@@ -448,42 +455,3 @@ def make_weight(tensors: dict[str, torch.Tensor], weights_args: dict, input_acti
     if kind == "float" and bits == 8:
         return FP8Weight.from_compressed(tensors, dynamic_act=a is not None)
     raise ValueError(f"{kind} weights with num_bits={bits} are not supported (int4, int8 or fp8 e4m3 only)")
-
-
-# ------------------------------------------------------------------------------------- attention
-def decode_attention(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-    block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float,
-) -> torch.Tensor:
-    """One new token per sequence against its paged KV cache.
-
-    q [B, H, D] float32; k_cache, v_cache [num_blocks, block_size, KVH, D] float32; block_tables
-    int [B, max_blocks]; context_lens int [B] (tokens to attend, the new one included); H a
-    multiple of KVH (head h reads kv head h // (H / KVH)). -> out [B, H, D] = softmax(q K^T scale) V."""
-    fast = (
-        q.device.type == "cpu" and available() and q.dtype == k_cache.dtype == v_cache.dtype == torch.float32
-        and k_cache.is_contiguous() and v_cache.is_contiguous() and q.shape[-1] % 8 == 0
-    )
-    if not fast:
-        return decode_attention_reference(q, k_cache, v_cache, block_tables, context_lens, scale)
-    return _extension().decode_attention(
-        q.contiguous(), k_cache, v_cache, block_tables.to(torch.int32).contiguous(),
-        context_lens.to(torch.int32).contiguous(), float(scale),
-    )
-
-
-def decode_attention_reference(q, k_cache, v_cache, block_tables, context_lens, scale) -> torch.Tensor:
-    """decode_attention in torch: gather each sequence's blocks, softmax(q K^T scale) V."""
-    B, H, D = q.shape
-    block_size, kvh = k_cache.shape[1], k_cache.shape[2]
-    out = torch.zeros(B, H, D, dtype=torch.float32, device=q.device)
-    for b in range(B):
-        n = int(context_lens[b])
-        if n == 0:
-            continue
-        blocks = block_tables[b, : math.ceil(n / block_size)].long()
-        k = k_cache[blocks].reshape(-1, kvh, D)[:n].float().repeat_interleave(H // kvh, dim=1)  # [n, H, D]
-        v = v_cache[blocks].reshape(-1, kvh, D)[:n].float().repeat_interleave(H // kvh, dim=1)
-        p = torch.einsum("hd,nhd->hn", q[b].float(), k).mul(scale).softmax(-1)
-        out[b] = torch.einsum("hn,nhd->hd", p, v)
-    return out.to(q.dtype)

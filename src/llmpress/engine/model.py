@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from . import kernels
+from . import ops
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 
@@ -156,22 +156,12 @@ class BatchMeta:
         return meta
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """transformers' LlamaRMSNorm: normalise in float32, scale in the activation dtype."""
-    if x.dtype == torch.float32:
-        return F.rms_norm(x, weight.shape, weight, eps)  # one fused op: decode is dispatch-bound
-    xf = x.float()
-    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [T, heads, D], cos/sin [T, 1, D/2]: the rotate-half convention of HF Llama."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-
-
 class Layer:
-    """One decoder layer; q/k/v and gate/up are fused into single weights at load time."""
+    """One decoder layer; q/k/v and gate/up are fused into single weights at load time.
+
+    The residual adds are fused into the following RMSNorm (ops.add_rms_norm_): a layer takes
+    the residual stream x and the previous layer's MLP output not yet added to it (None before
+    the first layer), and returns the same pair for the next layer."""
 
     def __init__(self, cfg: ModelConfig, w: dict):
         self.cfg = cfg
@@ -180,31 +170,28 @@ class Layer:
         self.qkv_bias = w.get("qkv_bias")  # [(H + 2 KVH) D] or None
         self.gate_up, self.down = w["gate_up"], w["down_proj"]
 
-    def forward(self, x: torch.Tensor, meta: BatchMeta, cache: "KVLayer", cos: torch.Tensor, sin: torch.Tensor, scale: float) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, delta: torch.Tensor | None, meta: BatchMeta, cache: "KVLayer",
+                cos: torch.Tensor, sin: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.cfg
         T = x.shape[0]
-        h = rms_norm(x, self.input_norm, c.rms_norm_eps)
+        eps = c.rms_norm_eps
+        h = ops.rms_norm(x, self.input_norm, eps) if delta is None else ops.add_rms_norm_(x, delta, self.input_norm, eps)
         qkv = self.qkv(h)  # [T, (H + 2 KVH) D]
         if self.qkv_bias is not None:
             qkv = qkv + self.qkv_bias
-        qk, v = qkv.view(T, -1, c.head_dim).split([c.num_heads + c.num_kv_heads, c.num_kv_heads], 1)
-        qk = apply_rope(qk, cos, sin)  # q and k heads are adjacent: one rotation for both
-        q, k = qk.split([c.num_heads, c.num_kv_heads], 1)
-        cache.write(k, v, meta.slot_mapping)
+        q = ops.rope_qkv_cache_(qkv, cos, sin, cache.k, cache.v, meta.slot_mapping, c.num_heads, c.num_kv_heads)  # [T, H, D]
         if meta.all_decode:  # the common steady state: skip the scatter/gather of rows
-            attn = kernels.decode_attention(q, cache.k, cache.v, meta.decode_tables, meta.decode_lens, scale)
+            attn = ops.decode_attention(q, cache.k, cache.v, meta.decode_tables, meta.decode_lens, scale)
         else:
             attn = q.new_empty(q.shape)  # [T, H, D]
         if meta.decode_rows is not None and not meta.all_decode:
-            attn[meta.decode_rows] = kernels.decode_attention(
+            attn[meta.decode_rows] = ops.decode_attention(
                 q[meta.decode_rows], cache.k, cache.v, meta.decode_tables, meta.decode_lens, scale
             )
         for s in meta.prefill:
             attn[s.start : s.start + s.n] = prefill_attention(q[s.start : s.start + s.n], cache, s, scale, c.sliding_window)
-        x = x + self.o(attn.reshape(T, -1))
-        h = rms_norm(x, self.post_norm, c.rms_norm_eps)
-        gate, up = self.gate_up(h).chunk(2, dim=-1)
-        return x + self.down(F.silu(gate) * up)
+        h = ops.add_rms_norm_(x, self.o(attn.reshape(T, -1)), self.post_norm, eps)
+        return x, self.down(ops.silu_mul(self.gate_up(h)))
 
 
 def prefill_attention(q: torch.Tensor, cache: "KVLayer", s: AttnSegment, scale: float, window: int | None) -> torch.Tensor:
@@ -229,10 +216,6 @@ class KVLayer:
     def __init__(self, k: torch.Tensor, v: torch.Tensor):
         self.k, self.v = k, v
         self.block_size = k.shape[1]
-
-    def write(self, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
-        self.k.view(-1, *k.shape[1:])[slots] = k.to(self.k.dtype)
-        self.v.view(-1, *v.shape[1:])[slots] = v.to(self.v.dtype)
 
     def gather(self, table: list[int], n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The first n cached tokens of a sequence, [n, KVH, D] each."""
@@ -259,16 +242,18 @@ class Model:
             ang = torch.outer(torch.arange(n, dtype=torch.float32), self.inv_freq)
             self._cos, self._sin = (ang.cos() * self.mscale).to(self.dtype), (ang.sin() * self.mscale).to(self.dtype)
             self._rope_len = n
-        return self._cos[positions].unsqueeze(1), self._sin[positions].unsqueeze(1)
+        return self._cos[positions], self._sin[positions]  # [T, D/2] each
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, meta: BatchMeta, cache: list[KVLayer]) -> torch.Tensor:
         """input_ids [T] -> final hidden states [T, hidden] (normalised)."""
-        x = F.embedding(input_ids, self.embed).to(self.dtype)
+        x = F.embedding(input_ids, self.embed).to(self.dtype)  # a new tensor: the residual stream, updated in place
         cos, sin = self._rope(meta.positions)
+        delta = None
         for layer, kv in zip(self.layers, cache):
-            x = layer.forward(x, meta, kv, cos, sin, self.scale)
-        return rms_norm(x, self.norm, self.cfg.rms_norm_eps)
+            x, delta = layer.forward(x, delta, meta, kv, cos, sin, self.scale)
+        eps = self.cfg.rms_norm_eps
+        return ops.rms_norm(x, self.norm, eps) if delta is None else ops.add_rms_norm_(x, delta, self.norm, eps)
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-// Fused dequantize + GEMM for small M (decode) on AVX2 + FMA + F16C CPUs, and paged decode attention.
+// Fused dequantize + GEMM for small M (decode) on AVX2 + FMA + F16C CPUs; the module's bindings
+// (the per-layer ops are in layer_ops.cpp).
 //
 // Every GEMM computes y[M, N] = x[M, K] @ W[N, K]^T with float32 x and y. The weight is read in its
 // compressed form and decoded in registers, a step of 64 k values (8 AVX2 vectors, or 4 AVX-512
@@ -21,12 +22,17 @@
 #include <immintrin.h>
 #include <pybind11/stl.h>
 
+#include "layer_ops.h"
+#include "simd.h"
+
 #include <algorithm>
 #include <cmath>
 #include <utility>
 #include <vector>
 
 namespace {
+
+using namespace llmpress;
 
 constexpr int kStep = 64;    // k values per decode step: 8 chunks of 8
 constexpr int kMaxTile = 4;  // activation rows per register tile
@@ -41,32 +47,6 @@ bool g_wide = true;
 #define LLMPRESS_WIDE_BUILT false
 bool g_wide = false;
 #endif
-
-template <class F, int... I>
-inline void unroll_impl(F&& f, std::integer_sequence<int, I...>) {
-  (f(std::integral_constant<int, I>{}), ...);
-}
-// f(integral_constant<0>), ..., f(integral_constant<N-1>): a loop unrolled with a compile-time index.
-template <int N, class F>
-inline void unroll(F&& f) {
-  unroll_impl(f, std::make_integer_sequence<int, N>{});
-}
-
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-// Weights are streamed once per call; the hardware prefetchers stop at 4 KiB pages and, with the
-// decode math between loads, do not run far enough ahead, so a cold M = 1 call waited on memory
-// for half its time. A software prefetch 2 KiB ahead of every load made it 1.9x faster
-// (576x1536 int4: 88 -> 45 us from DRAM; prefetches past the end are harmless, they never fault).
-constexpr int64_t kPrefetchBytes = 2048;
-inline void prefetch(const void* p) {
-  _mm_prefetch(static_cast<const char*>(p) + kPrefetchBytes, _MM_HINT_T0);
-}
 
 // ---------------------------------------------------------------------------------------------
 // Decoders: block(n, s) fetches step s of row n; chunk<c>(block) decodes its k = 64s + 8c .. + 7
@@ -634,118 +614,6 @@ at::Tensor bf16_dequant(const at::Tensor& weight, int64_t K, int64_t n0, int64_t
                       [](int64_t, int64_t, int, __m256 v) { return v; });
 }
 
-// ---------------------------------------------------------------------------------------------
-// Paged decode attention: one query token per sequence against its cached keys/values.
-//   q [B, H, D], k_cache / v_cache [num_blocks, block_size, KVH, D], block_tables int32 [B, max_blocks],
-//   context_lens int32 [B] -> out [B, H, D]. Query heads h = kvh · (H / KVH) + j share kv head kvh (GQA).
-// Parallel over (b, kvh): the group's queries read each cached key and value row once. Two passes:
-// scores into a buffer, then softmax weights times V.
-namespace {
-// exp(x) for x <= 0 (Cephes expf: 2^n · e^r, |r| <= ln2/2, degree-6 polynomial; rel. error ~2e-7).
-inline __m256 exp_neg(__m256 x) {
-  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));  // keeps 2^n normal; e^-87 is 0 next to the max term's 1
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-  p = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
-
-inline float dot(const float* a, const float* b, int64_t D) {
-  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-  int64_t d = 0;
-  for (; d + 16 <= D; d += 16) {
-    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), s0);
-    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d + 8), _mm256_loadu_ps(b + d + 8), s1);
-  }
-  if (d < D) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), s0);
-  return hsum(_mm256_add_ps(s0, s1));
-}
-}  // namespace
-
-at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
-                            const at::Tensor& block_tables, const at::Tensor& context_lens, double scale) {
-  TORCH_CHECK(q.dim() == 3 && q.scalar_type() == at::kFloat && q.is_contiguous(), "q must be contiguous float32 [B, H, D]");
-  TORCH_CHECK(k_cache.dim() == 4 && k_cache.scalar_type() == at::kFloat && k_cache.is_contiguous() &&
-                  v_cache.sizes() == k_cache.sizes() && v_cache.scalar_type() == at::kFloat && v_cache.is_contiguous(),
-              "k_cache / v_cache must be contiguous float32 [num_blocks, block_size, KVH, D]");
-  TORCH_CHECK(block_tables.scalar_type() == at::kInt && block_tables.dim() == 2 && block_tables.is_contiguous());
-  TORCH_CHECK(context_lens.scalar_type() == at::kInt && context_lens.dim() == 1 && context_lens.is_contiguous());
-  const int64_t B = q.size(0), H = q.size(1), D = q.size(2);
-  const int64_t NB = k_cache.size(0), BS = k_cache.size(1), KVH = k_cache.size(2), MAXB = block_tables.size(1);
-  TORCH_CHECK(k_cache.size(3) == D && D % 8 == 0, "head_dim must match and be a multiple of 8");
-  TORCH_CHECK(KVH > 0 && H % KVH == 0, "num_heads must be a multiple of num_kv_heads");
-  TORCH_CHECK(block_tables.size(0) == B && context_lens.size(0) == B);
-  const int32_t* lens = context_lens.data_ptr<int32_t>();
-  const int32_t* tables = block_tables.data_ptr<int32_t>();
-  for (int64_t b = 0; b < B; ++b) {
-    TORCH_CHECK(lens[b] >= 0 && lens[b] <= MAXB * BS, "context_lens[", b, "] = ", lens[b], " exceeds the block table");
-    for (int64_t i = 0; i < (lens[b] + BS - 1) / BS; ++i)
-      TORCH_CHECK(tables[b * MAXB + i] >= 0 && tables[b * MAXB + i] < NB, "block_tables[", b, ", ", i, "] out of range");
-  }
-  at::Tensor out = at::zeros_like(q);
-  const float *qd = q.data_ptr<float>(), *kd = k_cache.data_ptr<float>(), *vd = v_cache.data_ptr<float>();
-  float* od = out.data_ptr<float>();
-  const int64_t G = H / KVH, row = KVH * D;  // floats per cached token
-  const float sc = static_cast<float>(scale);
-  at::parallel_for(0, B * KVH, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> scores;
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t b = i / KVH, kvh = i % KVH, L = lens[b];
-      if (L == 0) continue;
-      const int64_t Lp = (L + 7) / 8 * 8;  // pad so the exp pass is whole vectors
-      scores.assign(G * Lp, -INFINITY);
-      const float* qh = qd + (b * H + kvh * G) * D;  // the G query heads of this kv head, contiguous
-      const int32_t* table = tables + b * MAXB;
-      for (int64_t t = 0; t < L; ++t) {
-        const float* kt = kd + (table[t / BS] * BS + t % BS) * row + kvh * D;
-        for (int64_t j = 0; j < G; ++j) scores[j * Lp + t] = dot(qh + j * D, kt, D) * sc;
-      }
-      std::vector<float> inv_sum(G);
-      for (int64_t j = 0; j < G; ++j) {
-        float* s = scores.data() + j * Lp;
-        const float mx = *std::max_element(s, s + L);
-        __m256 sum = _mm256_setzero_ps();
-        for (int64_t t = 0; t < Lp; t += 8) {  // padding is -inf - mx -> clamped -> ~0; masked below
-          __m256 e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(s + t), _mm256_set1_ps(mx)));
-          if (t + 8 > L) {
-            alignas(32) float tmp[8];
-            _mm256_store_ps(tmp, e);
-            for (int64_t u = L - t; u < 8; ++u) tmp[u] = 0.0f;
-            e = _mm256_load_ps(tmp);
-          }
-          _mm256_storeu_ps(s + t, e);
-          sum = _mm256_add_ps(sum, e);
-        }
-        inv_sum[j] = 1.0f / hsum(sum);
-      }
-      float* oh = od + (b * H + kvh * G) * D;
-      for (int64_t t = 0; t < L; ++t) {
-        const float* vt = vd + (table[t / BS] * BS + t % BS) * row + kvh * D;
-        for (int64_t j = 0; j < G; ++j) {
-          const __m256 p = _mm256_set1_ps(scores[j * Lp + t]);
-          float* o = oh + j * D;
-          for (int64_t d = 0; d < D; d += 8)
-            _mm256_storeu_ps(o + d, _mm256_fmadd_ps(p, _mm256_loadu_ps(vt + d), _mm256_loadu_ps(o + d)));
-        }
-      }
-      for (int64_t j = 0; j < G; ++j) {
-        const __m256 r = _mm256_set1_ps(inv_sum[j]);
-        for (int64_t d = 0; d < D; d += 8) _mm256_storeu_ps(oh + j * D + d, _mm256_mul_ps(r, _mm256_loadu_ps(oh + j * D + d)));
-      }
-    }
-  });
-  return out;
-}
-
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("int4_gemm", &int4_gemm, "y = x @ W^T, int4 blocked weights");
   m.def("int8_gemm", &int8_gemm, "y = x @ W^T, int8 weights, float activations");
@@ -758,6 +626,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fp8_dequant", &fp8_dequant);
   m.def("bf16_dequant", &bf16_dequant);
   m.def("decode_attention", &decode_attention, "paged decode attention");
+  m.def("rms_norm", &rms_norm, "RMSNorm of float32 rows");
+  m.def("add_rms_norm_", &add_rms_norm_, "x += delta, then RMSNorm of x");
+  m.def("rope_qkv_cache_", &rope_qkv_cache_, "rotary q/k of a fused qkv, k/v into the cache; returns q");
+  m.def("silu_mul", &silu_mul, "silu(gate) * up");
 #ifdef LLMPRESS_AVX512
   m.def("max_vector_bits", []() { return 512; });
 #else
