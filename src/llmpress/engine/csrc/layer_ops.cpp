@@ -82,7 +82,7 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, cons
   float* od = out.data_ptr<float>();
   const int64_t G = H / KVH, row = KVH * D;  // floats per cached token
   const float sc = static_cast<float>(scale);
-  auto head_group = [&](int64_t i, std::vector<float>& scores) {
+  auto head_group = [&](int64_t i, std::vector<float>& scores, std::vector<int64_t>& rows) {
     const int64_t b = i / KVH, kvh = i % KVH, L = lens[b];
     const float* qh = qd + (b * H + kvh * G) * D;  // the G query heads of this kv head, contiguous
     float* oh = od + (b * H + kvh * G) * D;
@@ -91,8 +91,11 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, cons
       return;
     }
     const int32_t* table = tables + b * MAXB;
-    auto key = [&](int64_t t) { return kd + (table[t / BS] * BS + t % BS) * row + kvh * D; };
-    auto value = [&](int64_t t) { return vd + (table[t / BS] * BS + t % BS) * row + kvh * D; };
+    rows.resize(L);  // offset of token t's (k, v) row for this kv head: block by block, no division per token
+    for (int64_t t0 = 0, i = 0; t0 < L; t0 += BS, ++i)
+      for (int64_t t = t0, base = table[i] * BS * row + kvh * D; t < std::min(L, t0 + BS); ++t, base += row) rows[t] = base;
+    auto key = [&](int64_t t) { return kd + rows[t]; };
+    auto value = [&](int64_t t) { return vd + rows[t]; };
     const int64_t Lp = (L + 7) / 8 * 8;
     scores.assign(G * Lp, -INFINITY);
     for (int64_t t0 = 0; t0 < L; t0 += 8) {
@@ -148,7 +151,8 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, cons
   const int64_t grain = work * H * D * 2 < kParallelFloats ? items : 1;  // tiny contexts: one thread, no fork
   at::parallel_for(0, items, grain, [&](int64_t i0, int64_t i1) {
     std::vector<float> scores;
-    for (int64_t i = i0; i < i1; ++i) head_group(i, scores);
+    std::vector<int64_t> rows;
+    for (int64_t i = i0; i < i1; ++i) head_group(i, scores, rows);
   });
   return out;
 }

@@ -36,6 +36,10 @@ using namespace llmpress;
 
 constexpr int kStep = 64;    // k values per decode step: 8 chunks of 8
 constexpr int kMaxTile = 4;  // activation rows per register tile
+#ifndef WT
+#define WT 8
+#endif
+constexpr int kMaxWideTile = WT;  // ... with AVX-512's 32 registers
 
 // Built with AVX-512 (-march=native on such a CPU), the float-decoded GEMMs use 512-bit tiles;
 // set_wide(false) switches back to the AVX2 ones, so tests can check both against the reference.
@@ -283,7 +287,7 @@ inline void int8_tile(const int8_t* w, const int16_t* x, int64_t ldx, int64_t st
 // activation rows, in parallel over n. Rows n go in blocks of ~128 KiB of weights, which stay in L2
 // while each row tile of x, kept in L1, passes over the block: a weight row is fetched from memory
 // once and decoded once per row tile.
-template <class Tile>
+template <int MaxMB = kMaxTile, class Tile>
 void for_each_tile(int64_t M, int64_t N, int64_t row_bytes, const Tile& tile) {
   row_bytes = std::max<int64_t>(1, row_bytes);
   const int64_t grain = std::max<int64_t>(1, (int64_t{32} << 10) / row_bytes);  // < 32 KiB a thread: not worth a fork
@@ -295,13 +299,12 @@ void for_each_tile(int64_t M, int64_t N, int64_t row_bytes, const Tile& tile) {
         for (int64_t n = b0; n < b1; ++n) tile(mb, n, m);
       };
       int64_t m = 0;
-      for (; m + kMaxTile <= M; m += kMaxTile) rows(std::integral_constant<int, kMaxTile>{}, m);
-      switch (M - m) {
-        case 3: rows(std::integral_constant<int, 3>{}, m); break;
-        case 2: rows(std::integral_constant<int, 2>{}, m); break;
-        case 1: rows(std::integral_constant<int, 1>{}, m); break;
-        default: break;
-      }
+      for (; m + MaxMB <= M; m += MaxMB) rows(std::integral_constant<int, MaxMB>{}, m);
+      unroll<MaxMB>([&](auto r) {  // the last M % MaxMB rows, as one tile
+        if constexpr (r > 0) {
+          if (r == M - m) rows(r, m);
+        }
+      });
     }
   });
 }
@@ -402,23 +405,29 @@ at::Tensor float_gemm(const Decoder& dec, const at::Tensor& xp, int64_t N, int64
   at::Tensor y = at::empty({M, N}, xp.options());
   const float* xs = xp.data_ptr<float>();
   float* yd = y.data_ptr<float>();
+#ifdef LLMPRESS_AVX512
+  if (g_wide) {  // 32 registers: tiles of up to kMaxWideTile rows
+    for_each_tile<kMaxWideTile>(M, N, row_bytes, [&](auto mb, int64_t n, int64_t m0) {
+      constexpr int MB = decltype(mb)::value;
+      float out[MB];
+      const float* sn = scale + n * G;
+      const float* xm = xs + m0 * Kp;
+      if (group_size == 32)
+        wide_tile<MB, 1, true>(dec, n, xm, Kp, Kp / kStep, 1, sn, out);
+      else if (spg == 1 || MB > 4)
+        wide_tile<MB, MB == 1 ? 2 : 1, false>(dec, n, xm, Kp, Kp / kStep, spg, sn, out);
+      else
+        wide_tile<MB, MB == 1 ? 4 : 2, false>(dec, n, xm, Kp, Kp / kStep, spg, sn, out);
+      for (int m = 0; m < MB; ++m) yd[(m0 + m) * N + n] = out[m];
+    });
+    return y;
+  }
+#endif
   for_each_tile(M, N, row_bytes, [&](auto mb, int64_t n, int64_t m0) {
     constexpr int MB = decltype(mb)::value;
     float out[MB];
     const float* sn = scale + n * G;
     const float* xm = xs + m0 * Kp;
-#ifdef LLMPRESS_AVX512
-    if (g_wide) {
-      if (group_size == 32)
-        wide_tile<MB, 1, true>(dec, n, xm, Kp, Kp / kStep, 1, sn, out);
-      else if (spg == 1)
-        wide_tile<MB, MB == 1 ? 2 : 1, false>(dec, n, xm, Kp, Kp / kStep, spg, sn, out);
-      else
-        wide_tile<MB, MB == 1 ? 4 : 2, false>(dec, n, xm, Kp, Kp / kStep, spg, sn, out);
-      for (int m = 0; m < MB; ++m) yd[(m0 + m) * N + n] = out[m];
-      return;
-    }
-#endif
     if (group_size == 32)
       float_tile<MB, 1, true>(dec, n, xm, Kp, Kp / kStep, 1, sn, out);
     else if (spg == 1)
