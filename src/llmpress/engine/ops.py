@@ -14,6 +14,7 @@ compares the kernels with on random inputs.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -22,8 +23,14 @@ import torch.nn.functional as F
 from . import kernels
 
 
+@functools.cache
+def _enabled() -> bool:
+    """kernels.available(), read once: these ops run ~150 times a decode step."""
+    return kernels.available()
+
+
 def _fast(*tensors: torch.Tensor) -> bool:
-    return kernels.available() and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
+    return _enabled() and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
 
 
 # ------------------------------------------------------------------------------------- RMSNorm
@@ -103,7 +110,7 @@ def decode_attention(
     int [B, max_blocks]; context_lens int [B] (tokens to attend, the new one included); H a
     multiple of KVH (head h reads kv head h // (H / KVH)). -> out [B, H, D] = softmax(q K^T scale) V."""
     fast = (
-        q.device.type == "cpu" and kernels.available() and q.dtype == k_cache.dtype == v_cache.dtype == torch.float32
+        q.device.type == "cpu" and _enabled() and q.dtype == k_cache.dtype == v_cache.dtype == torch.float32
         and k_cache.is_contiguous() and v_cache.is_contiguous() and q.shape[-1] % 8 == 0
     )
     if not fast:

@@ -343,7 +343,7 @@ const int8_t* check_zero_point(const c10::optional<at::Tensor>& zp, const at::Te
 // x [M, K] -> float32 [M, Kp], zero-padded, times gain[(k / 8) % 8] (powers of two: exact).
 at::Tensor prepare_x(const at::Tensor& x, int64_t Kp, const float* gain = nullptr) {
   const int64_t M = x.size(0), K = x.size(1);
-  at::Tensor out = at::zeros({M, Kp}, x.options());
+  at::Tensor out = K == Kp ? at::empty({M, Kp}, x.options()) : at::zeros({M, Kp}, x.options());  // padding: zeros
   const float* src = x.data_ptr<float>();
   float* dst = out.data_ptr<float>();
   for (int64_t m = 0; m < M; ++m)
@@ -356,7 +356,7 @@ at::Tensor prepare_x(const at::Tensor& x, int64_t Kp, const float* gain = nullpt
 at::Tensor prepare_x_interleaved(const at::Tensor& x, int64_t Kp) {
   static constexpr float kGain[8] = {1.0f, 0x1p-4f, 0x1p-8f, 0x1p-12f, 0x1p-16f, 0x1p-20f, 0x1p-24f, 0x1p-28f};
   const int64_t M = x.size(0), K = x.size(1);
-  at::Tensor out = at::zeros({M, Kp}, x.options());
+  at::Tensor out = K == Kp ? at::empty({M, Kp}, x.options()) : at::zeros({M, Kp}, x.options());  // padding: zeros
   const float* src = x.data_ptr<float>();
   float* dst = out.data_ptr<float>();
   for (int64_t m = 0; m < M; ++m)
@@ -368,39 +368,48 @@ at::Tensor prepare_x_interleaved(const at::Tensor& x, int64_t Kp) {
 }
 
 // The zero-point term of w = (q - c) · s with c = base + zp[n, g] (int4: base 8, the unsigned
-// offset): the tiles sum s · Σ x q, and  y[m, n] -= Σ_g s[n, g] · c[n, g] · Σ_{k in g} x[m, k].
-void subtract_offsets(at::Tensor& y, const at::Tensor& x, const at::Tensor& scale, const int8_t* zp, float base,
-                      int64_t group_size) {
-  if (base == 0.0f && zp == nullptr) return;
-  const int64_t M = x.size(0), K = x.size(1), N = y.size(1), G = scale.size(1);
-  std::vector<float> sums(M * G, 0.0f);  // Σ x per (row, group)
+// offset): the tiles sum s · Σ x q, and  y[m, n] -= Σ_g s[n, g] · c[n, g] · Σ_{k in g} x[m, k],
+// computed beside each tile, in the same pass over the rows (the scales are still in L1).
+struct Offsets {
+  std::vector<float> sums;  // [M, G]: Σ x per row and group
+  int64_t G = 0;
+  const int8_t* zp = nullptr;  // [N, G] or none
+  float base = 0.0f;
+  bool none() const { return sums.empty(); }
+};
+
+Offsets offsets_for(const at::Tensor& x, int64_t G, int64_t group_size, const int8_t* zp, float base) {
+  Offsets o;
+  if (base == 0.0f && zp == nullptr) return o;
+  const int64_t M = x.size(0), K = x.size(1);
+  o.sums.assign(M * G, 0.0f);
+  o.G = G, o.zp = zp, o.base = base;
   const float* xd = x.data_ptr<float>();
   for (int64_t m = 0; m < M; ++m)
-    for (int64_t k = 0; k < K; ++k) sums[m * G + k / group_size] += xd[m * K + k];
-  const float* sc = scale.data_ptr<float>();
-  float* yd = y.data_ptr<float>();
-  at::parallel_for(0, N, 256, [&](int64_t n0, int64_t n1) {
-    for (int64_t n = n0; n < n1; ++n)
-      for (int64_t m = 0; m < M; ++m) {
-        __m256 acc = _mm256_setzero_ps();
-        int64_t g = 0;
-        for (; g + 8 <= G; g += 8) {
-          __m256 c = _mm256_set1_ps(base);
-          if (zp) c = _mm256_add_ps(c, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
-                                           _mm_loadl_epi64(reinterpret_cast<const __m128i*>(zp + n * G + g)))));
-          acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_loadu_ps(sc + n * G + g), c), _mm256_loadu_ps(&sums[m * G + g]), acc);
-        }
-        float total = hsum(acc);
-        for (; g < G; ++g) total += sc[n * G + g] * (base + (zp ? zp[n * G + g] : 0)) * sums[m * G + g];
-        yd[m * N + n] -= total;
-      }
-  });
+    for (int64_t k = 0; k < K; ++k) o.sums[m * G + k / group_size] += xd[m * K + k];
+  return o;
+}
+
+inline float offset_term(const Offsets& o, const float* sc, int64_t n, int64_t m) {  // sc: row n's scales
+  const int64_t G = o.G;
+  const float* sums = o.sums.data() + m * G;
+  const int8_t* zp = o.zp ? o.zp + n * G : nullptr;
+  __m256 acc = _mm256_setzero_ps();
+  int64_t g = 0;
+  for (; g + 8 <= G; g += 8) {
+    __m256 c = _mm256_set1_ps(o.base);
+    if (zp) c = _mm256_add_ps(c, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(zp + g)))));
+    acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_loadu_ps(sc + g), c), _mm256_loadu_ps(sums + g), acc);
+  }
+  float total = hsum(acc);
+  for (; g < G; ++g) total += sc[g] * (o.base + (zp ? zp[g] : 0)) * sums[g];
+  return total;
 }
 
 // The float-decoded formats' driver: y [M, N] from prepared activations xp [M, Kp].
 template <class Decoder>
 at::Tensor float_gemm(const Decoder& dec, const at::Tensor& xp, int64_t N, int64_t row_bytes, const float* scale,
-                      int64_t G, int64_t group_size) {
+                      int64_t G, int64_t group_size, const Offsets& off = Offsets{}) {
   const int64_t M = xp.size(0), Kp = xp.size(1), spg = group_size / kStep;
   at::Tensor y = at::empty({M, N}, xp.options());
   const float* xs = xp.data_ptr<float>();
@@ -418,7 +427,7 @@ at::Tensor float_gemm(const Decoder& dec, const at::Tensor& xp, int64_t N, int64
         wide_tile<MB, MB == 1 ? 2 : 1, false>(dec, n, xm, Kp, Kp / kStep, spg, sn, out);
       else
         wide_tile<MB, MB == 1 ? 4 : 2, false>(dec, n, xm, Kp, Kp / kStep, spg, sn, out);
-      for (int m = 0; m < MB; ++m) yd[(m0 + m) * N + n] = out[m];
+      for (int m = 0; m < MB; ++m) yd[(m0 + m) * N + n] = off.none() ? out[m] : out[m] - offset_term(off, sn, n, m0 + m);
     });
     return y;
   }
@@ -434,7 +443,7 @@ at::Tensor float_gemm(const Decoder& dec, const at::Tensor& xp, int64_t N, int64
       float_tile<MB, MB == 1 ? 2 : 1, false>(dec, n, xm, Kp, Kp / kStep, spg, sn, out);
     else
       float_tile<MB, MB == 1 ? 4 : 2, false>(dec, n, xm, Kp, Kp / kStep, spg, sn, out);
-    for (int m = 0; m < MB; ++m) yd[(m0 + m) * N + n] = out[m];
+    for (int m = 0; m < MB; ++m) yd[(m0 + m) * N + n] = off.none() ? out[m] : out[m] - offset_term(off, sn, n, m0 + m);
   });
   return y;
 }
@@ -465,9 +474,8 @@ at::Tensor int4_gemm(const at::Tensor& x, const at::Tensor& qweight, const at::T
   check_scale(scale, N, Kp, group_size);
   const int8_t* zp = check_zero_point(zero_point, scale);
   const at::Tensor xp = g_wide ? prepare_x_interleaved(x, Kp) : prepare_x(x, Kp, kInt4Gain);
-  at::Tensor y = float_gemm(Int4Decoder{w, Kp / 8}, xp, N, Kp / 2, scale.data_ptr<float>(), scale.size(1), group_size);
-  subtract_offsets(y, x, scale, zp, 8.0f, group_size);
-  return y;
+  return float_gemm(Int4Decoder{w, Kp / 8}, xp, N, Kp / 2, scale.data_ptr<float>(), scale.size(1), group_size,
+                    offsets_for(x, scale.size(1), group_size, zp, 8.0f));
 }
 
 // int8 weight-only (W8A16): w = (q - zp) · s.
@@ -479,9 +487,8 @@ at::Tensor int8_gemm(const at::Tensor& x, const at::Tensor& weight, const at::Te
   check_scale(scale, N, Kp, group_size);
   const int8_t* zp = check_zero_point(zero_point, scale);
   const at::Tensor xp = x.size(1) == Kp ? x : prepare_x(x, Kp);
-  at::Tensor y = float_gemm(Int8Decoder{w, Kp}, xp, N, Kp, scale.data_ptr<float>(), scale.size(1), group_size);
-  subtract_offsets(y, x, scale, zp, 0.0f, group_size);
-  return y;
+  return float_gemm(Int8Decoder{w, Kp}, xp, N, Kp, scale.data_ptr<float>(), scale.size(1), group_size,
+                    offsets_for(x, scale.size(1), group_size, zp, 0.0f));
 }
 
 // fp8 e4m3 weights (uint8 view), float32 math; dynamic_act fake-quantizes each activation row to fp8 first.
