@@ -4,9 +4,11 @@
     LLMPRESS_LLMC_DIR=out/llmc-ckpt .venv/bin/python -m pytest tests/engine/test_foreign_checkpoints.py
 
 Runs benchmarks/llmcompressor_run.py in llm-compressor's own venv on the default model
-(W4A16 g64, W4A16_ASYM g64, W8A8, FP8_DYNAMIC, W4A16 g64 with act-order "group", which
-writes g_idx) and on a random Llama with hidden size 256, where group 128 divides every
-layer (W4A16 g128). 16 chat samples x 256 tokens each: enough for a valid checkpoint.
+(W4A16 g64, W4A16_ASYM g64, W8A8, FP8_DYNAMIC) and on a random Llama with hidden size 256,
+where group 128 divides every layer (W4A16 g128). 16 chat samples x 256 tokens each: enough
+for a valid checkpoint. (llm-compressor 0.14 no longer writes act-order "group" / g_idx
+checkpoints; the test that the engine refuses those adds a g_idx to the W4A16 one, as older
+versions wrote it.)
 """
 from __future__ import annotations
 
@@ -45,7 +47,6 @@ def main() -> None:
         "W4A16_ASYM-g64": (base, "W4A16_ASYM", 64, None),
         "W8A8": (base, "W8A8", 64, None),
         "FP8_DYNAMIC": (base, "FP8_DYNAMIC", 64, None),
-        "W4A16-g64-actorder-group": (base, "W4A16", 64, "group"),
         "W4A16-g128-h256": (wide, "W4A16", 128, None),
     }
     for name, (model, scheme, group, actorder) in runs.items():

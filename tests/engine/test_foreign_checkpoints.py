@@ -33,6 +33,26 @@ def test_llmcompressor_checkpoint_logits_agree_with_transformers(name, lee_windo
     assert top1 >= {"W8A8": 0.92, "FP8_DYNAMIC": 0.90}.get(name, 0.99)
 
 
-def test_group_actorder_with_g_idx_is_refused():
+def test_group_actorder_with_g_idx_is_refused(tmp_path):
+    """Older llm-compressor versions wrote act-order "group" checkpoints: weight_g_idx int32
+    [in_features] beside each quantized weight and actorder: group in the config (0.14 refuses
+    to make them). The W4A16 checkpoint, given both, must be refused by name, not run wrongly."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    dst = tmp_path / "W4A16-g64-actorder-group"
+    shutil.copytree(ROOT / "W4A16-g64", dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    for group in cfg["quantization_config"]["config_groups"].values():
+        group["weights"]["actorder"] = "group"
+    (dst / "config.json").write_text(json.dumps(cfg))
+    shard = next(dst.glob("*.safetensors"))
+    tensors = load_file(shard)
+    for name in [n for n in tensors if n.endswith(".weight_packed")]:
+        k = int(tensors[name.replace("weight_packed", "weight_shape")][1])
+        tensors[name.replace("weight_packed", "weight_g_idx")] = (torch.arange(k, dtype=torch.int32) // 64).flip(0)
+    save_file(tensors, shard, metadata={"format": "pt"})
     with pytest.raises(UnsupportedCheckpoint, match="g_idx|actorder"):
-        LLMEngine(EngineConfig(model=str(ROOT / "W4A16-g64-actorder-group"), kv_cache_memory_bytes=16 << 20))
+        LLMEngine(EngineConfig(model=str(dst), kv_cache_memory_bytes=16 << 20))
