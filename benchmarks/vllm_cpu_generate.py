@@ -5,6 +5,10 @@ Run with the vLLM venv's interpreter (it does not import llmpress):
     HF_HUB_OFFLINE=1 /work/venvs/vllm/bin/python benchmarks/vllm_cpu_generate.py \
         MODEL_DIR [MODEL_DIR ...] [--max-tokens 64] [--prompts 4] [--concurrency 1,16]
 
+`--engine llmpress` (with the project's interpreter, .venv/bin/python) runs the same prompts and
+timing through llmpress's embedded engine, whose LLM / SamplingParams mirror vLLM's: the two
+tables compare like for like (end-to-end generate(), prefill included).
+
 For each model dir, in its own subprocess (vLLM cannot be re-initialised cleanly in one
 process): build ``LLM(...)``, apply the chat template to a few fixed prompts, generate
 greedily and print the texts, then time decoding with ``ignore_eos=True`` at each
@@ -43,12 +47,17 @@ def quant_format(model_dir):
 
 def worker(args):
     """Runs in a subprocess: load one model, generate, time, write a result dict to args.result."""
-    from vllm import LLM, SamplingParams
-
-    res = {"model": args.models[0], "format": quant_format(args.models[0])}
+    res = {"model": args.models[0], "format": quant_format(args.models[0]), "engine": args.engine}
     t0 = time.perf_counter()
-    llm = LLM(model=args.models[0], dtype=args.dtype, max_model_len=2048,
-              gpu_memory_utilization=0.3, enforce_eager=True, seed=0)
+    if args.engine == "llmpress":
+        from llmpress import LLM, SamplingParams
+
+        llm = LLM(model=args.models[0], max_model_len=2048, max_num_seqs=max(args.concurrency))
+    else:
+        from vllm import LLM, SamplingParams
+
+        llm = LLM(model=args.models[0], dtype=args.dtype, max_model_len=2048,
+                  gpu_memory_utilization=0.3, enforce_eager=True, seed=0)
     res["load_s"] = round(time.perf_counter() - t0, 1)
 
     tok = llm.get_tokenizer()
@@ -81,7 +90,7 @@ def run_one(model_dir, args):
     os.close(fd)
     cmd = [sys.executable, os.path.abspath(__file__), model_dir, "--worker", "--result", path,
            "--max-tokens", str(args.max_tokens), "--prompts", str(args.prompts),
-           "--concurrency", ",".join(map(str, args.concurrency)), "--dtype", args.dtype]
+           "--concurrency", ",".join(map(str, args.concurrency)), "--dtype", args.dtype, "--engine", args.engine]
     # tee the child's output: vLLM logs the root cause of a failure from its worker processes
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log = []
@@ -111,7 +120,8 @@ def main():
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--concurrency", default="1,16",
                     type=lambda s: [int(x) for x in s.split(",") if x])
-    ap.add_argument("--dtype", default="bfloat16", help="activation dtype passed to LLM()")
+    ap.add_argument("--dtype", default="bfloat16", help="activation dtype passed to vLLM's LLM()")
+    ap.add_argument("--engine", choices=["vllm", "llmpress"], default="vllm")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args()

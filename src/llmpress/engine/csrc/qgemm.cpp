@@ -631,21 +631,24 @@ at::Tensor bf16_dequant(const at::Tensor& weight, int64_t K, int64_t n0, int64_t
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("int4_gemm", &int4_gemm, "y = x @ W^T, int4 blocked weights");
-  m.def("int8_gemm", &int8_gemm, "y = x @ W^T, int8 weights, float activations");
-  m.def("w8a8_gemm", &w8a8_gemm, "y = x @ W^T, int8 weights, dynamic int8 activations");
-  m.def("fp8_gemm", &fp8_gemm, "y = x @ W^T, fp8 e4m3 weights (uint8 view)");
-  m.def("bf16_gemm", &bf16_gemm, "y = x @ W^T, bf16 weights (int16 view)");
-  m.def("quantize_act_int8", &quantize_act_int8, "per-token dynamic int8 activations");
-  m.def("int4_dequant", &int4_dequant);
-  m.def("int8_dequant", &int8_dequant);
-  m.def("fp8_dequant", &fp8_dequant);
-  m.def("bf16_dequant", &bf16_dequant);
-  m.def("decode_attention", &decode_attention, "paged decode attention");
-  m.def("rms_norm", &rms_norm, "RMSNorm of float32 rows");
-  m.def("add_rms_norm_", &add_rms_norm_, "x += delta, then RMSNorm of x");
-  m.def("rope_qkv_cache_", &rope_qkv_cache_, "rotary q/k of a fused qkv, k/v into the cache; returns q");
-  m.def("silu_mul", &silu_mul, "silu(gate) * up");
+  // The kernels touch no Python objects: they run without the GIL, so the server's event loop
+  // (another thread) streams tokens while the engine thread computes the next step.
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
+  m.def("int4_gemm", &int4_gemm, "y = x @ W^T, int4 blocked weights", nogil);
+  m.def("int8_gemm", &int8_gemm, "y = x @ W^T, int8 weights, float activations", nogil);
+  m.def("w8a8_gemm", &w8a8_gemm, "y = x @ W^T, int8 weights, dynamic int8 activations", nogil);
+  m.def("fp8_gemm", &fp8_gemm, "y = x @ W^T, fp8 e4m3 weights (uint8 view)", nogil);
+  m.def("bf16_gemm", &bf16_gemm, "y = x @ W^T, bf16 weights (int16 view)", nogil);
+  m.def("quantize_act_int8", &quantize_act_int8, "per-token dynamic int8 activations", nogil);
+  m.def("int4_dequant", &int4_dequant, nogil);
+  m.def("int8_dequant", &int8_dequant, nogil);
+  m.def("fp8_dequant", &fp8_dequant, nogil);
+  m.def("bf16_dequant", &bf16_dequant, nogil);
+  m.def("decode_attention", &decode_attention, "paged decode attention", nogil);
+  m.def("rms_norm", &rms_norm, "RMSNorm of float32 rows", nogil);
+  m.def("add_rms_norm_", &add_rms_norm_, "x += delta, then RMSNorm of x", nogil);
+  m.def("rope_qkv_cache_", &rope_qkv_cache_, "rotary q/k of a fused qkv, k/v into the cache; returns q", nogil);
+  m.def("silu_mul", &silu_mul, "silu(gate) * up", nogil);
 #ifdef LLMPRESS_AVX512
   m.def("max_vector_bits", []() { return 512; });
 #else
