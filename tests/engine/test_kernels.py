@@ -297,3 +297,22 @@ def test_failed_build_warns_and_falls_back(tmp_path, monkeypatch):
     monkeypatch.setenv("LLMPRESS_CACHE", str(tmp_path / "cache"))
     with pytest.warns(UserWarning, match="reference path"):
         assert kernels._extension.__wrapped__() is None
+
+
+@pytest.mark.skipif(not FAST, reason="needs the toolchain that built the kernels")
+def test_interrupted_build_is_rebuilt_not_waited_on(tmp_path):
+    """A build killed mid-way (SIGKILL, the OOM killer) leaves torch's lock file behind, which
+    made every later process wait on it forever. The next process must build and publish."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tag = Path(kernels._extension().__file__).parent.name  # this code's build folder name
+    stale = tmp_path / "torch_extensions" / tag
+    stale.mkdir(parents=True)
+    (stale / "lock").touch()
+    code = "from llmpress.engine import kernels; import sys; sys.exit(0 if kernels.build() else 1)"
+    env = {**__import__("os").environ, "LLMPRESS_CACHE": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=600)
+    assert (stale / "llmpress_qgemm.so").is_file() and not (stale / "lock").exists()
+    assert [p.name for p in stale.parent.iterdir()] == [tag]  # no private build folder left behind

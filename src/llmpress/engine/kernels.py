@@ -15,17 +15,21 @@ bf16) and `w(x)` computes y = x @ W^T for float32 x [..., K]:
 
 LLMPRESS_KERNELS is read when a weight is built.
 The extension is compiled on first use (or by `build()`) with torch.utils.cpp_extension into
-~/.cache/llmpress/torch_extensions/ ($LLMPRESS_CACHE overrides the root). If the CPU lacks
+~/.cache/llmpress/torch_extensions/<torch, python, CPU flags, code hash>/ ($LLMPRESS_CACHE
+overrides the root), built in a private folder and renamed into place when complete. If the CPU lacks
 AVX2/FMA/F16C or the build fails, we warn once and use the reference path.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import math
 import os
 import platform
+import shutil
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -78,24 +82,48 @@ def _extension():
     code = hashlib.sha1(b"".join(f.read_bytes() for f in files) + " ".join(_CFLAGS).encode()).hexdigest()[:8]
     tag = f"torch{torch.__version__.split('+')[0]}-py{sys.version_info.major}{sys.version_info.minor}-{cpu}-{code}"
     build_dir = cache_dir() / "torch_extensions" / tag
-    build_dir.mkdir(parents=True, exist_ok=True)
-    # torch finds ninja on PATH; a venv's own ninja is beside its interpreter even when the
-    # venv is not activated (.venv/bin/python run directly).
-    bindir = os.path.dirname(sys.executable)
-    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
-        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+    library = build_dir / "llmpress_qgemm.so"
     try:
-        return load(
-            name="llmpress_qgemm",
-            sources=[str(f) for f in _SOURCES],
-            extra_cflags=_CFLAGS,
-            extra_ldflags=["-fopenmp"],  # at::parallel_for is OpenMP, inlined into our code
-            build_directory=str(build_dir),
-            verbose=False,
-        )
+        if library.is_file():  # published whole by an earlier build (below): import it as it is
+            return _import_library(library)
+        # Build in a folder of our own and publish it with one rename. torch's own lock file
+        # would outlive a build that was killed (SIGKILL, the OOM killer) and make every later
+        # process wait on it forever; a half-built folder here is just never published.
+        build_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{tag}.building-", dir=build_dir.parent))
+        # torch finds ninja on PATH; a venv's own ninja is beside its interpreter even when the
+        # venv is not activated (.venv/bin/python run directly).
+        bindir = os.path.dirname(sys.executable)
+        if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+            os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+        try:
+            module = load(
+                name="llmpress_qgemm",
+                sources=[str(f) for f in _SOURCES],
+                extra_cflags=_CFLAGS,
+                extra_ldflags=["-fopenmp"],  # at::parallel_for is OpenMP, inlined into our code
+                build_directory=str(tmp),
+                verbose=False,
+            )
+            if build_dir.is_dir() and not library.is_file():  # a folder left by an older, interrupted build
+                shutil.rmtree(build_dir, ignore_errors=True)
+            try:
+                os.rename(tmp, build_dir)
+            except OSError:  # another process published first: ours is loaded already, drop its files
+                pass
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return module
     except Exception as e:  # no compiler, no ninja, compile error: run, slowly, rather than crash
         warnings.warn(f"llmpress kernels: building the C++ extension failed, using the reference path ({e})", stacklevel=3)
         return None
+
+
+def _import_library(path: Path):
+    spec = importlib.util.spec_from_file_location("llmpress_qgemm", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def build() -> bool:
