@@ -72,3 +72,17 @@ def test_bad_settings_are_named(kw, words):
     with pytest.raises(EvalError) as e:
         EvalConfig(model="m", tasks=("mmlu",), **kw)
     assert words in str(e.value)
+
+
+def test_fingerprint_survives_a_cut_short_memo(tiny_llama, tmp_path, monkeypatch):
+    """A run SIGKILLed while writing the fingerprint memo used to leave broken JSON that made
+    every later run fail before its first stage; the memo is a cache and is rebuilt."""
+    from llmpress.eval.run import model_fingerprint
+
+    monkeypatch.setenv("LLMPRESS_CACHE", str(tmp_path / "cache"))
+    fp = model_fingerprint(tiny_llama)
+    memo = tmp_path / "cache" / "eval" / "fingerprints.json"
+    assert json.loads(memo.read_text())  # written whole
+    memo.write_text(memo.read_text()[:17])  # cut short mid-write
+    assert model_fingerprint(tiny_llama) == fp
+    assert json.loads(memo.read_text()) and not list(memo.parent.glob(".*.tmp"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -86,7 +87,10 @@ def model_fingerprint(path: Path) -> str:
     """sha256 over config.json and every safetensors file's bytes (cached per size+mtime)."""
     h = hashlib.sha256()
     memo_file = cache_dir() / "eval" / "fingerprints.json"
-    memo = json.loads(memo_file.read_text()) if memo_file.is_file() else {}
+    try:
+        memo = json.loads(memo_file.read_text()) if memo_file.is_file() else {}
+    except ValueError:  # a cache, not a record: one written by an older version, cut short, is rebuilt
+        memo = {}
     for f in sorted(path.glob("*.safetensors")) + [path / "config.json"]:
         st = f.stat()
         key = f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}"
@@ -98,7 +102,11 @@ def model_fingerprint(path: Path) -> str:
             memo[key] = fh.hexdigest()
         h.update(memo[key].encode())
     memo_file.parent.mkdir(parents=True, exist_ok=True)
-    memo_file.write_text(json.dumps(memo))
+    # Atomically: a run killed while writing it (a resumable `llmpress run` is killed on purpose)
+    # left a cut-short file that made the next run fail before its first stage.
+    tmp = memo_file.with_name(f".{memo_file.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(memo))
+    os.replace(tmp, memo_file)
     return h.hexdigest()[:16]
 
 
