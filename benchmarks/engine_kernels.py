@@ -11,7 +11,8 @@ the effective bandwidth over the weight's resident bytes (GB/s = bytes / time).
 come from DRAM as in a real decode step (a model's layers evict each other). "hot": one weight,
 called again and again, stays in cache if it fits (this machine's L3 is large), which flatters
 the formats that read many bytes. `--crossover` times our fused kernel against dequantize +
-sgemm for growing M, which is how `QuantizedWeight.small_m_max` was chosen. Weights are random,
+sgemm, and, on CPUs with AMX, the AMX GEMM, for growing M: how `QuantizedWeight.small_m_max` and
+`amx_m` were chosen. Weights are random,
 quantized and written by the project's own writer, then loaded through `kernels.make_weight`.
 """
 from __future__ import annotations
@@ -139,16 +140,20 @@ def table(results: dict, mode: str, m: int) -> str:
 
 
 def crossover(repeats: int) -> None:
-    """Fused kernel vs dequantize + sgemm, µs per call (hot), by M."""
-    ms = [1, 4, 8, 16, 24, 32, 48, 64]
-    print("\n### Fused kernel vs dequantize + sgemm (µs, hot), by M\n")
+    """Fused kernel vs AMX (where the CPU has it) vs dequantize + sgemm, µs per call (hot), by M."""
+    ms = [1, 2, 4, 8, 16, 24, 32, 48, 64, 128, 256]
+    print("\n### Fused kernel vs AMX vs dequantize + sgemm (µs, hot), by M\n")
     print("| weight | shape | path | " + " | ".join(f"M={m}" for m in ms) + " |")
     print("|---|---|---|" + "---|" * len(ms))
     for k, n in [(576, 1536), (1536, 576), (4096, 4096)]:
         w = torch.randn(n, k) * 0.05
         for label, q in [("int4 g64", ours("W4A16", w, 64)), ("int8", ours("W8A16", w)), ("W8A8", ours("W8A8", w)),
                          ("fp8", ours("FP8_DYNAMIC", w)), ("bf16", kernels.DenseWeight(w.to(torch.bfloat16)))]:
-            for path, limit in [("fused", 10**9), ("dequant+sgemm", 0)]:
+            amx = q._amx_ok
+            for path, limit in [("fused", 10**9), ("AMX", None), ("dequant+sgemm", 0)]:
+                if path == "AMX" and not amx:
+                    continue
+                q._amx_ok, q.amx_m = path == "AMX", (1, 10**9)
                 q.small_m_max = limit
                 row = [bench(lambda: q(x), repeats) * 1e6 for m in ms for x in [torch.randn(m, k)]]
                 print(f"| {label} | {k}→{n} | {path} | " + " | ".join(f"{t:,.0f}" for t in row) + " |", flush=True)

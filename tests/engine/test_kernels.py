@@ -27,6 +27,7 @@ from llmpress.engine import kernels
 MIN_SQNR_DB = 80.0
 MS = (1, 3, 16, 40, 300)
 FAST = kernels.available()  # False under LLMPRESS_KERNELS=reference
+AMX = kernels.amx_available()  # CPUs with AMX (Sapphire Rapids on): the AMX GEMMs are tested too
 # The float-decoded GEMMs have 256-bit (AVX2) and, in AVX-512 builds, 512-bit tiles: test each.
 WIDTHS = [b for b in (256, 512) if b <= kernels.max_vector_bits()] if FAST else [0]
 
@@ -93,9 +94,16 @@ def check_all_paths(w: kernels.QuantizedWeight, tensors: dict, scheme: Scheme, m
         if FAST:  # force each fast path at every M
             for name, limit in (("fused", 10**9), ("prefill", 0)):
                 monkeypatch.setattr(w, "small_m_max", limit)
+                monkeypatch.setattr(w, "_amx_ok", False)
                 y = w(x)
                 assert y.shape == (m, w.out_features) and y.dtype == torch.float32
                 assert sqnr_db(y, ref) >= MIN_SQNR_DB, (name, m, sqnr_db(y, ref))
+            monkeypatch.undo()
+        if w._amx_ok:  # the AMX GEMM at every M too (16-row tiles: 40 and 300 take several)
+            monkeypatch.setattr(w, "amx_m", (1, 10**9))
+            y = w(x)
+            assert y.shape == (m, w.out_features) and y.dtype == torch.float32
+            assert sqnr_db(y, ref) >= MIN_SQNR_DB, ("amx", m, sqnr_db(y, ref))
             monkeypatch.undo()
 
 
@@ -117,6 +125,7 @@ def test_int4(n, k, group, sym, monkeypatch, width):
     tensors, scheme = make_checkpoint("int4", n, k, group, sym)
     w = weight_for(tensors, scheme)
     assert isinstance(w, kernels.Int4Weight) and (w.out_features, w.in_features) == (n, k)
+    assert w._amx_ok == (AMX and w.group_size % 64 == 0)
     check_all_paths(w, tensors, scheme, monkeypatch)
 
 
@@ -129,6 +138,7 @@ def test_byte_formats(fmt, sym, n, k, group, monkeypatch, width):
     assert type(w) is expected[fmt]
     if fmt.startswith("fp8"):
         assert w.dynamic_act == (fmt == "fp8")
+    assert w._amx_ok == (AMX and w.group_size % 64 == 0 and w.zero_point is None)
     check_all_paths(w, tensors, scheme, monkeypatch)
 
 
@@ -145,10 +155,16 @@ def test_dense(n, k, dtype, monkeypatch, width):
         assert sqnr_db(w(x), ref) >= MIN_SQNR_DB
         assert sqnr_db(w.reference(x), ref) >= MIN_SQNR_DB
         if FAST and dtype == torch.bfloat16:
+            assert w._amx_ok == AMX
             for limit in (10**9, 0):
                 monkeypatch.setattr(w, "small_m_max", limit)
+                monkeypatch.setattr(w, "_amx_ok", False)
                 assert sqnr_db(w(x), ref) >= MIN_SQNR_DB
             monkeypatch.undo()
+            if AMX:
+                monkeypatch.setattr(w, "amx_m", (1, 10**9))
+                assert sqnr_db(w(x), ref) >= MIN_SQNR_DB, ("amx", m)
+                monkeypatch.undo()
 
 
 @pytest.mark.parametrize("fmt,sym,group", [("int4", True, 64), ("int4", False, 32), ("int4", True, None),
@@ -316,3 +332,26 @@ def test_interrupted_build_is_rebuilt_not_waited_on(tmp_path):
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=600)
     assert (stale / "llmpress_qgemm.so").is_file() and not (stale / "lock").exists()
     assert [p.name for p in stale.parent.iterdir()] == [tag]  # no private build folder left behind
+
+
+@pytest.mark.skipif(not AMX, reason="needs a CPU with AMX")
+@pytest.mark.parametrize("m", [1, 7, 16, 33])
+def test_amx_w8a8_sums_are_exact(m):
+    """AMX W8A8 sums q_a · q_w in int32 (TDPBSSD), exactly: against int64 sums scaled in float64 the
+    only error is the last float32 roundings (~1e-7), where a dropped or misplaced k would cost ~1e-2."""
+    tensors, scheme = make_checkpoint("w8a8", 576, 1536, None)
+    w = weight_for(tensors, scheme)
+    x = torch.randn(m, 1536, generator=torch.Generator().manual_seed(m))
+    q, s = w._ext.quantize_act_int8(x)
+    exact = (q.long() @ w.qweight.long().T).double() * s.double()[:, None] * w.scale.double().T
+    y = w._ext.amx_w8a8_gemm(x, w.qweight, w.scale, w.group_size).double()
+    assert ((y - exact).abs().max() / exact.abs().max()).item() < 1e-6
+
+
+def test_amx_can_be_switched_off(monkeypatch):
+    """LLMPRESS_AMX=0, read when a weight is built, keeps it on the register-tile GEMMs."""
+    tensors, scheme = make_checkpoint("int4", 192, 576, 64)
+    monkeypatch.setenv("LLMPRESS_AMX", "0")
+    assert not kernels.amx_available() and not weight_for(tensors, scheme)._amx_ok
+    monkeypatch.delenv("LLMPRESS_AMX")
+    assert weight_for(tensors, scheme)._amx_ok == AMX

@@ -6,14 +6,17 @@ bf16) and `w(x)` computes y = x @ W^T for float32 x [..., K]:
   M = rows of x <= w.small_m_max (decode)   fused dequantize + GEMM in csrc/qgemm.cpp (AVX2/FMA,
                                              512-bit tiles where the CPU has AVX-512):
                                              reads each weight once, decodes it in registers and
-                                             reuses it over tiles of 4 rows (memory-bound).
+                                             reuses it over tiles of 4-8 rows (memory-bound at M = 1).
+  M in w.amx_m, on CPUs with AMX             csrc/amx_gemm.cpp: the weight decoded to exact bf16
+  (Sapphire Rapids on)                       16-row tiles, x split into two bf16 parts, products on
+                                             AMX tiles: a batch of 16 costs about what one row does.
   larger M (prefill)                         dequantize N-tiles to transient float32 and run
                                              torch's sgemm (compute-bound; MKL is faster there).
   no extension, LLMPRESS_KERNELS=reference,  the reference path: the project's own dequantize
   CUDA tensors, or group sizes the kernels   (observers.dequantize, i.e. compressed-tensors'
   do not tile (not 32 or a multiple of 64)   (q - zp) * s in float32) and x @ W^T in torch.
 
-LLMPRESS_KERNELS is read when a weight is built.
+LLMPRESS_KERNELS and LLMPRESS_AMX ("0": no AMX) are read when a weight is built.
 The extension is compiled on first use (or by `build()`) with torch.utils.cpp_extension into
 ~/.cache/llmpress/torch_extensions/<torch, python, CPU flags, code hash>/ ($LLMPRESS_CACHE
 overrides the root), built in a private folder and renamed into place when complete. If the CPU lacks
@@ -41,7 +44,7 @@ from ..compress.observers import FP8_DTYPE, dequantize, dynamic_per_token
 from ..compress.schemes import QuantArgs
 
 _CSRC = Path(__file__).with_name("csrc")
-_SOURCES = [_CSRC / "qgemm.cpp", _CSRC / "layer_ops.cpp"]  # + the headers beside them
+_SOURCES = [_CSRC / "qgemm.cpp", _CSRC / "amx_gemm.cpp", _CSRC / "layer_ops.cpp"]  # + the headers beside them
 # -ffp-contract=off: GCC would fuse a written multiply and add (intrinsics included) into an FMA,
 # and the rotary kernel must round like torch's two products and a subtraction.
 _CFLAGS = ["-O3", "-march=native", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-ffp-contract=off"]
@@ -135,6 +138,13 @@ def available() -> bool:
     """True when weights built now take the fast path: the extension is built and
     LLMPRESS_KERNELS is not "reference"."""
     return os.environ.get("LLMPRESS_KERNELS", "").lower() != "reference" and _extension() is not None
+
+
+def amx_available() -> bool:
+    """True when weights built now may use the AMX GEMMs (csrc/amx_gemm.cpp): the extension was
+    built for a CPU with AMX-BF16/INT8, Linux granted the tile state, and LLMPRESS_AMX is not "0"."""
+    ext = _extension() if available() else None
+    return ext is not None and os.environ.get("LLMPRESS_AMX", "") != "0" and ext.amx_available()
 
 
 def max_vector_bits() -> int:
@@ -236,19 +246,30 @@ class QuantizedWeight:
     # `benchmarks/engine_kernels.py --crossover` (2 threads; 16-24 rows for the float-decoded
     # formats, ~50-64 for W8A8, whose int8 x int8 math is cheaper), per subclass below.
     small_m_max = 16
+    # On CPUs with AMX, rows in this range take the AMX GEMM (`_amx`) instead, where the format has
+    # one: its cost hardly grows with M up to 16 (one tile of rows) where the register tiles' grows
+    # linearly, and it beats dequantize + sgemm up to 256 rows at least. Crossovers measured per
+    # format with `benchmarks/engine_kernels.py --crossover` (2 threads, SmolLM2 shapes), below.
+    amx_m = (8, 256)
     _ext = None  # the extension when this weight takes the fast path
+    _amx_ok = False  # ... and the AMX GEMM when this weight may use it
 
-    def _bind(self, kernels_fit: bool = True) -> None:
+    def _bind(self, kernels_fit: bool = True, amx_fits: bool = False) -> None:
         """Take the fast path if the layout suits the kernels, the weight is on the CPU, the extension
-        is built, and LLMPRESS_KERNELS (read now, once per weight) is not "reference"."""
+        is built, and LLMPRESS_KERNELS (read now, once per weight) is not "reference"; the AMX one
+        too where it fits the layout and amx_available() (LLMPRESS_AMX, read now)."""
         self._ext = _extension() if kernels_fit and self.device.type == "cpu" and available() else None
+        self._amx_ok = self._ext is not None and amx_fits and amx_available()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         ext = self._ext
         if ext is not None and x.dim() == 2 and x.dtype == torch.float32 and x.is_cpu:  # the engine's case: no copies
             if not x.is_contiguous():
                 x = x.contiguous()
-            return self._fused(x) if x.shape[0] <= self.small_m_max else self._prefill(x)
+            m = x.shape[0]
+            if self._amx_ok and self.amx_m[0] <= m <= self.amx_m[1]:
+                return self._amx(x)
+            return self._fused(x) if m <= self.small_m_max else self._prefill(x)
         if ext is None or not x.is_cpu:  # also CUDA: dequantize + matmul in torch; no GPU kernels here
             return self.reference(x).to(x.dtype)
         y = self(x.reshape(-1, self.in_features).float())
@@ -285,6 +306,9 @@ class QuantizedWeight:
     def _quant_act_torch(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
+    def _amx(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError  # only called where _bind(amx_fits=True)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(out_features={self.out_features}, in_features={self.in_features}, nbytes={self.nbytes})"
 
@@ -300,7 +324,7 @@ class DenseWeight(QuantizedWeight):
             padded = _pad_cols(weight, _round_up(self.in_features, 64))
             self._bits = padded.view(torch.int16)  # what the kernel reads
             self.weight = padded[:, : self.in_features]  # a view of it, no second copy
-            self._bind()
+            self._bind(amx_fits=True)
         else:
             self.weight = weight
 
@@ -315,6 +339,9 @@ class DenseWeight(QuantizedWeight):
 
     def _fused(self, x):
         return self._ext.bf16_gemm(x, self._bits)
+
+    def _amx(self, x):
+        return self._ext.amx_bf16_gemm(x, self._bits)
 
     def _dequant_fast(self, n0, n1):
         return self._ext.bf16_dequant(self._bits, self.in_features, n0, n1)
@@ -331,13 +358,14 @@ class Int4Weight(QuantizedWeight):
     float32 [N, Gp] and zero_point as int8 [N, Gp], Gp = ceil(Kp / group_size), zero-padded."""
 
     small_m_max = 20
+    amx_m = (4, 256)  # 1536x576 g64, us: M=2 AMX 48 / fused 34; M=4 49 / 61; M=16 52 / 212; M=256 1095 / sgemm 1416
 
     def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, in_features: int):
         self.out_features, self.in_features = qweight.shape[0], in_features
         self.qweight = qweight
         self.scale, self.group_size, self.groups = _scale_table(scale, self.out_features, in_features, qweight.shape[1] * 8)
         self.zero_point = None if zero_point is None else _pad_cols(zero_point.to(torch.int8), self.scale.shape[1])
-        self._bind(_kernel_group_ok(self.group_size))
+        self._bind(_kernel_group_ok(self.group_size), amx_fits=self.group_size % 64 == 0)
 
     @classmethod
     def from_compressed(cls, tensors: dict[str, torch.Tensor]) -> "Int4Weight":
@@ -354,6 +382,9 @@ class Int4Weight(QuantizedWeight):
 
     def _fused(self, x):
         return self._ext.int4_gemm(x, self.qweight, self.scale, self.zero_point, self.group_size)
+
+    def _amx(self, x):
+        return self._ext.amx_int4_gemm(x, self.qweight, self.scale, self.zero_point, self.group_size)
 
     def _dequant_fast(self, n0, n1):
         return self._ext.int4_dequant(self.qweight, self.scale, self.zero_point, self.group_size, self.in_features, n0, n1)
@@ -373,7 +404,9 @@ class _ByteWeight(QuantizedWeight):
         self.qweight = _pad_cols(weight, kp)
         self.scale, self.group_size, self.groups = _scale_table(scale, self.out_features, self.in_features, kp)
         self.zero_point = None if zero_point is None else _pad_cols(zero_point.to(torch.int8), self.scale.shape[1])
-        self._bind(_kernel_group_ok(self.group_size))
+        # AMX holds the integer (or fp8) weight in bf16: exact for every fp8 and symmetric int8
+        # value, not for q - zp (up to 255 in magnitude)
+        self._bind(_kernel_group_ok(self.group_size), amx_fits=self.group_size % 64 == 0 and self.zero_point is None)
 
     @classmethod
     def from_compressed(cls, tensors: dict[str, torch.Tensor], **kwargs):
@@ -392,9 +425,13 @@ class Int8Weight(_ByteWeight):
     """int8 weights, float activations (W8A16); channel or group scales, optional zero point."""
 
     small_m_max = 24
+    amx_m = (8, 256)  # M=4 AMX 60 / fused 39 us; M=8 58 / 69
 
     def _fused(self, x):
         return self._ext.int8_gemm(x, self.qweight, self.scale, self.zero_point, self.group_size)
+
+    def _amx(self, x):
+        return self._ext.amx_int8_gemm(x, self.qweight, self.scale, self.group_size)
 
     def _dequant_fast(self, n0, n1):
         return self._ext.int8_dequant(self.qweight, self.scale, self.zero_point, self.group_size, self.in_features, n0, n1)
@@ -404,6 +441,7 @@ class W8A8Weight(Int8Weight):
     """int8 weights and dynamic per-token symmetric int8 activations: int8 x int8 with int32 sums."""
 
     small_m_max = 48
+    amx_m = (2, 256)  # M=1 AMX 20 / fused 18 us; M=2 17 / 26; M=16 51 / 155
 
     def __init__(self, weight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None = None):
         if zero_point is not None:
@@ -412,6 +450,9 @@ class W8A8Weight(Int8Weight):
 
     def _fused(self, x):
         return self._ext.w8a8_gemm(x, self.qweight, self.scale, self.group_size)
+
+    def _amx(self, x):
+        return self._ext.amx_w8a8_gemm(x, self.qweight, self.scale, self.group_size)
 
     def _quant_act_torch(self, x):
         return dynamic_per_token(x, _INT8_TOKEN)
@@ -422,6 +463,7 @@ class FP8Weight(_ByteWeight):
     (FP8_DYNAMIC). No fp8 arithmetic on CPU: weights are decoded in registers, math is float32."""
 
     small_m_max = 20
+    amx_m = (4, 256)  # M=2 AMX 52 / fused 39 us; M=4 54 / 61; M=16 94 / 208
 
     def __init__(self, weight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None = None, dynamic_act: bool = True):
         if weight.dtype != FP8_DTYPE:
@@ -436,6 +478,9 @@ class FP8Weight(_ByteWeight):
 
     def _fused(self, x):
         return self._ext.fp8_gemm(x, self.qweight, self.scale, self.group_size, self.dynamic_act)
+
+    def _amx(self, x):
+        return self._ext.amx_fp8_gemm(x, self.qweight, self.scale, self.group_size, self.dynamic_act)
 
     def _dequant_fast(self, n0, n1):
         return self._ext.fp8_dequant(self.qweight, self.scale, self.group_size, self.in_features, n0, n1)

@@ -1,0 +1,440 @@
+// GEMMs on Intel AMX tiles (Sapphire Rapids and later) for a decode batch of rows.
+//
+// The register-tile GEMMs in qgemm.cpp are bound, at M = 16, by FMAs and by loading activations
+// from L1: ~50 MAC/ns a core. One AMX TDPBF16PS does a 16x16x32 product (8192 MACs) in ~16 cycles,
+// so here decoding the weight is the only real work, as at M = 1, and a batch of 16 costs about
+// what one row does.
+//
+// Layout (Intel SDM vol. 1, ch. 3 "Intel AMX"): C[16 x 16 fp32] += A[16 x 32 bf16] · B[32 x 16 bf16],
+// B stored in pairs ("VNNI"): B row i holds (k = 2i, 2i + 1) for each of the 16 columns. We compute
+// y^T = W x^T: A is 16 weight rows n, decoded to bf16 in registers and stored to a 1 KiB buffer;
+// B is 16 activation rows m, converted once per call. A product's k order is free as long as A and
+// B agree, so int4 is decoded in the order its bytes give (int4_order) and B is built to match.
+//
+// Exactness: A holds the weight's integer (or fp8) value before its scale — q - zp is at most
+// 15 in magnitude for int4, 128 for symmetric int8, an fp8 value has 4 significant bits — so bf16
+// holds it exactly, and the scale is applied per group to the float32 sums, as qgemm.cpp does.
+// Float activations are split x = hi + lo, both bf16 (lo = bf16(x - hi)), and multiplied twice:
+// x is then carried to ~2^-17 relative, near float32 summation noise (tests: >= 80 dB vs float64).
+// FP8_DYNAMIC activations are e4m3 values times a per-token scale, exact in bf16: one product.
+// W8A8 uses TDPBSSD (int8 x int8 -> int32): exact sums, as in qgemm.cpp's int8 tile.
+//
+// Tiles, bf16: 0, 1 = A (the two 32-k halves of a 64-k step), 2, 3 = B (hi, lo; reloaded per half),
+// 4-7 = C, one per (half, part): four independent accumulation chains. W8A8: 0 = A (64 k),
+// 2 = B, 6, 7 = C for even and odd steps.
+//
+// Measured (2 threads, SmolLM2 shapes, us; `benchmarks/engine_kernels.py --crossover`): int4
+// 1536x576 g64 at M = 16: 52 here vs 212 in qgemm.cpp's tiles; at M = 1 the register tiles win
+// (23 vs 68), as decoding into memory and reloading it as a tile costs more than one row's FMAs.
+#include "amx_gemm.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <cmath>
+#include <vector>
+
+#include "formats.h"
+
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AMX_INT8__) && defined(LLMPRESS_AVX512) && \
+    defined(__AVX512BF16__)
+#define LLMPRESS_AMX 1
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+using namespace llmpress;
+
+#ifdef LLMPRESS_AMX
+namespace {
+
+constexpr int kRows = 16;       // weight rows n per A tile, and activation rows m per call of the tile loop
+constexpr int kTileElems = 512;  // 16 rows x 64 bytes, in bf16 elements
+
+// Linux hands out AMX state only on request (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA),
+// once per process; a kernel or hypervisor that does not allow it makes AMX unavailable.
+bool request_amx() {
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+}
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// All eight tiles 16 rows x 64 bytes. Per thread: every worker loads it before its first tile op.
+void configure_tiles() {
+  TileConfig cfg;
+  for (int t = 0; t < 8; ++t) cfg.colsb[t] = 64, cfg.rows[t] = kRows;
+  _tile_loadconfig(&cfg);
+}
+
+// A's k order within a 64-k step: element e of the step's two A halves (half e / 32) holds
+// k = 64s + order[e]. B is built in the same order.
+struct KOrder {
+  int32_t k[kStep];
+};
+constexpr KOrder plain_order() {  // the byte formats decode in k order
+  KOrder o{};
+  for (int e = 0; e < kStep; ++e) o.k[e] = e;
+  return o;
+}
+// int4 decodes by byte: element 4j + b of half h is nibble 2b + h of word j, k = 16b + 8h + j.
+constexpr KOrder int4_order() {
+  KOrder o{};
+  for (int h = 0; h < 2; ++h)
+    for (int j = 0; j < 8; ++j)
+      for (int b = 0; b < 4; ++b) o.k[32 * h + 4 * j + b] = 16 * b + 8 * h + j;
+  return o;
+}
+
+inline __m512 bf16_to_float(__m256i bits) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16)); }
+
+// B for rows 0 .. M - 1 <= 15 of x (zeros past M): [Kp / 32 halves][hi, lo][16 x 32 bf16], i.e. per
+// half and part a 16 x 16 matrix of bf16 pairs, row i = pair i of the half, column m. gain scales x
+// first (powers of two: exact); with split, lo = bf16(x·gain - hi).
+std::vector<uint16_t> prepare_b(const float* x, int64_t M, int64_t K, int64_t Kp, const KOrder& order, float gain, bool split) {
+  std::vector<uint16_t> b(Kp / 32 * 2 * kTileElems, 0);
+  std::vector<float> row(Kp, 0.0f);  // x[m] · gain, zero-padded to Kp
+  __m512i gather[4];
+  for (int q = 0; q < 4; ++q) gather[q] = _mm512_loadu_si512(order.k + 16 * q);
+  const __m512i column = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(16));
+  auto* b32 = reinterpret_cast<int*>(b.data());
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t k = 0; k < K; ++k) row[k] = x[m * K + k] * gain;
+    for (int64_t s = 0; s < Kp / kStep; ++s) {
+      __m512 v[4];
+      for (int q = 0; q < 4; ++q) v[q] = _mm512_i32gather_ps(gather[q], row.data() + s * kStep, 4);
+      for (int h = 0; h < 2; ++h) {
+        const __m512i hi = (__m512i)_mm512_cvtne2ps_pbh(v[2 * h + 1], v[2 * h]);
+        int* base = b32 + (2 * s + h) * 2 * 256 + m;
+        _mm512_i32scatter_epi32(base, column, hi, 4);
+        if (split) {
+          const __m512 r0 = _mm512_sub_ps(v[2 * h], bf16_to_float(_mm512_castsi512_si256(hi)));
+          const __m512 r1 = _mm512_sub_ps(v[2 * h + 1], bf16_to_float(_mm512_extracti64x4_epi64(hi, 1)));
+          _mm512_i32scatter_epi32(base + 256, column, (__m512i)_mm512_cvtne2ps_pbh(r1, r0), 4);
+        }
+      }
+    }
+  }
+  return b;
+}
+
+// The weight formats as A rows. at(n, s): step s of row n, kStepBytes long; decode(p, half0, half1):
+// those bytes -> the step's two A rows (32 bf16 each, in kOrder).
+//
+// The tile loop reads 16 rows side by side, a step of each, so the hardware prefetchers (and
+// qgemm.cpp's prefetch along a row) fetch the wrong lines; the loop prefetches the next block's
+// rows instead, one block (16 rows) ahead.
+
+// int4: 8 words -> exact q_u - 8 - zp: bytes widened to words, each nibble looked up (vpermw) in a
+// table of the 16 bf16 values, which depends on the row's zero point.
+struct Int4Rows {
+  static constexpr KOrder kOrder = int4_order();
+  static constexpr int kStepBytes = 32;
+  const int32_t* w;
+  int64_t ld;  // words per row
+  const int8_t* zp;
+  int64_t G, group_size;
+  // table[q] = bf16(q - c), q = 0 .. 15 (words 16-31 unused)
+  static __m512i table(float c) {
+    const __m512 v = _mm512_sub_ps(_mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_ps(c));
+    return (__m512i)_mm512_cvtne2ps_pbh(v, v);
+  }
+  const void* at(int64_t n, int64_t s) const { return w + n * ld + s * 8; }
+  void decode(int64_t n, int64_t s, __m512i* half0, __m512i* half1) const {
+    static const __m512i symmetric = table(8.0f);
+    const __m512i t = zp ? table(8.0f + zp[n * G + s * kStep / group_size]) : symmetric;
+    const __m512i bytes = _mm512_cvtepu8_epi16(_mm256_loadu_si256(static_cast<const __m256i*>(at(n, s))));
+    _mm512_store_si512(half0, _mm512_permutexvar_epi16(_mm512_and_si512(bytes, _mm512_set1_epi16(0x0F)), t));
+    _mm512_store_si512(half1, _mm512_permutexvar_epi16(_mm512_srli_epi16(bytes, 4), t));
+  }
+};
+
+// bf16 weights: the stored bits are A's rows.
+struct Bf16Rows {
+  static constexpr KOrder kOrder = plain_order();
+  static constexpr int kStepBytes = 128;
+  const uint16_t* w;
+  int64_t ld;  // Kp
+  const void* at(int64_t n, int64_t s) const { return w + n * ld + s * kStep; }
+  void decode(int64_t n, int64_t s, __m512i* half0, __m512i* half1) const {
+    const auto* p = static_cast<const uint16_t*>(at(n, s));
+    _mm512_store_si512(half0, _mm512_loadu_si512(p));
+    _mm512_store_si512(half1, _mm512_loadu_si512(p + 32));
+  }
+};
+
+// int8 (symmetric) and fp8 (its value · 2^-8; the 2^8 goes into B): the decoders' floats, exact in bf16.
+template <class Decoder>
+struct ByteRows {
+  static constexpr KOrder kOrder = plain_order();
+  static constexpr int kStepBytes = 64;
+  Decoder dec;
+  const void* at(int64_t n, int64_t s) const { return dec.w + n * dec.ld + s * kStep; }
+  void decode(int64_t n, int64_t s, __m512i* half0, __m512i* half1) const {
+    const auto* p = dec.w + n * dec.ld + s * kStep;
+    __m512 v[4];
+    unroll<4>([&](auto q) { v[q] = Decoder::template wide<q>(p); });
+    _mm512_store_si512(half0, (__m512i)_mm512_cvtne2ps_pbh(v[1], v[0]));
+    _mm512_store_si512(half1, (__m512i)_mm512_cvtne2ps_pbh(v[3], v[2]));
+  }
+};
+
+// acc[r] holds y[0 .. 15, n0 + r] (16 rows n x 16 rows m): written transposed, rows n < N only,
+// each row m times col_scale[m] when given.
+inline void store_transposed(const __m512 acc[kRows], int64_t M, int64_t N, int64_t n0, const float* col_scale, float* y) {
+  alignas(64) float t[kRows][16];
+  for (int r = 0; r < kRows; ++r) _mm512_store_ps(t[r], acc[r]);
+  const __m512i rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(16));
+  const __mmask16 valid = N - n0 >= kRows ? 0xFFFF : static_cast<__mmask16>((1u << (N - n0)) - 1);
+  for (int64_t m = 0; m < M; ++m) {
+    __m512 v = _mm512_i32gather_ps(rows, &t[0][m], 4);
+    if (col_scale) v = _mm512_mul_ps(v, _mm512_set1_ps(col_scale[m]));
+    _mm512_mask_storeu_ps(y + m * N + n0, valid, v);
+  }
+}
+
+// y[m, n] for rows m < M <= 16: per block of 16 rows n, A is decoded a step at a time and multiplied
+// into four C tiles (A half x B hi / lo: four chains, one product each a step) until the group ends;
+// then acc[r] += (Σ C)[r] · s[n, g]. Without split, B holds x exactly and two C tiles suffice.
+// col_scale (per row m, or null) multiplies the result: FP8_DYNAMIC's token scales.
+template <bool kSplit, class Rows>
+void bf16_tiles(const Rows& rows, const uint16_t* b, int64_t M, int64_t N, int64_t Kp, const float* scale, int64_t G,
+                int64_t group_size, const float* col_scale, float* y) {
+  const int64_t steps = Kp / kStep, spg = group_size / kStep;
+  at::parallel_for(0, (N + kRows - 1) / kRows, 1, [&](int64_t nb0, int64_t nb1) {
+    configure_tiles();
+    alignas(64) __m512i a[2][kRows][2];  // [step parity][row][half]: decoding the next step overlaps this one's tiles
+    alignas(64) float c[4][kRows][16];
+    for (int64_t nb = nb0; nb < nb1; ++nb) {
+      const int64_t n0 = nb * kRows;
+      int64_t row[kRows];  // rows past N repeat the last one; their results are dropped
+      for (int r = 0; r < kRows; ++r) row[r] = std::min(n0 + r, N - 1);
+      const char* next = static_cast<const char*>(rows.at(std::min(n0 + kRows, N - 1), 0));
+      __m512 acc[kRows];
+      for (auto& v : acc) v = _mm512_setzero_ps();
+      _tile_zero(4);
+      _tile_zero(5);
+      _tile_zero(6);
+      _tile_zero(7);
+      for (int64_t s = 0, g = 0; s < steps; ++s) {
+        __m512i(*as)[2] = a[s & 1];
+        // the next block's 16 rows are contiguous: fetch them into L2 front to back, a step's share at a time
+        for (int line = 0; line < kRows * Rows::kStepBytes; line += 64)
+          _mm_prefetch(next + s * kRows * Rows::kStepBytes + line, _MM_HINT_T1);
+        for (int r = 0; r < kRows; ++r) rows.decode(row[r], s, &as[r][0], &as[r][1]);
+        _tile_loadd(0, &as[0][0], 128);
+        _tile_loadd(1, &as[0][1], 128);
+        const uint16_t* bs = b + s * 4 * kTileElems;  // [half][hi, lo][512]
+        if constexpr (kSplit) {
+          _tile_loadd(2, bs, 64);
+          _tile_loadd(3, bs + kTileElems, 64);
+          _tile_dpbf16ps(4, 0, 2);
+          _tile_dpbf16ps(5, 0, 3);
+          _tile_loadd(2, bs + 2 * kTileElems, 64);
+          _tile_loadd(3, bs + 3 * kTileElems, 64);
+          _tile_dpbf16ps(6, 1, 2);
+          _tile_dpbf16ps(7, 1, 3);
+        } else {
+          _tile_loadd(2, bs, 64);
+          _tile_loadd(3, bs + 2 * kTileElems, 64);
+          _tile_dpbf16ps(4, 0, 2);
+          _tile_dpbf16ps(6, 1, 3);
+        }
+        if ((s + 1) % spg == 0 || s + 1 == steps) {  // the group ends: scale its sums into acc
+          _tile_stored(4, c[0], 64);
+          _tile_stored(6, c[2], 64);
+          _tile_zero(4);
+          _tile_zero(6);
+          if constexpr (kSplit) {
+            _tile_stored(5, c[1], 64);
+            _tile_stored(7, c[3], 64);
+            _tile_zero(5);
+            _tile_zero(7);
+          }
+          for (int r = 0; r < kRows; ++r) {
+            __m512 sum = _mm512_add_ps(_mm512_load_ps(c[0][r]), _mm512_load_ps(c[2][r]));
+            if constexpr (kSplit) sum = _mm512_add_ps(sum, _mm512_add_ps(_mm512_load_ps(c[1][r]), _mm512_load_ps(c[3][r])));
+            acc[r] = _mm512_fmadd_ps(sum, _mm512_set1_ps(scale[row[r] * G + g]), acc[r]);
+          }
+          ++g;
+        }
+      }
+      store_transposed(acc, M, N, n0, col_scale, y);
+    }
+    _tile_release();
+  });
+}
+
+// Rows of x by blocks of 16: B for each block, then the tile loop.
+template <bool kSplit, class Rows>
+at::Tensor bf16_gemm_blocks(const Rows& rows, const at::Tensor& x, int64_t N, int64_t Kp, const float* scale, int64_t G,
+                            int64_t group_size, float gain, const float* col_scale = nullptr) {
+  const int64_t M = x.size(0), K = x.size(1);
+  at::Tensor y = at::empty({M, N}, x.options());
+  for (int64_t m0 = 0; m0 < M; m0 += kRows) {
+    const int64_t mb = std::min<int64_t>(kRows, M - m0);
+    const auto b = prepare_b(x.data_ptr<float>() + m0 * K, mb, K, Kp, Rows::kOrder, gain, kSplit);
+    bf16_tiles<kSplit>(rows, b.data(), mb, N, Kp, scale, G, group_size, col_scale ? col_scale + m0 : nullptr,
+                       y.data_ptr<float>() + m0 * N);
+  }
+  return y;
+}
+
+void check_amx_group(int64_t group_size) {
+  TORCH_CHECK(group_size % kStep == 0, "the AMX GEMMs need group_size a multiple of 64, got ", group_size);
+}
+
+}  // namespace
+
+bool amx_available() {
+  static const bool ok = request_amx();
+  return ok;
+}
+
+at::Tensor amx_int4_gemm(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scale,
+                         const c10::optional<at::Tensor>& zero_point, int64_t group_size) {
+  TORCH_CHECK(amx_available(), "AMX is not available");
+  const int32_t* w = check_weight<int32_t>(qweight, at::kInt, 8, "int32 blocked int4 [N, Kp / 8]");
+  const int64_t N = qweight.size(0), Kp = qweight.size(1) * 8;
+  check_x(x, Kp);
+  check_scale(scale, N, Kp, group_size);
+  check_amx_group(group_size);
+  const int8_t* zp = check_zero_point(zero_point, scale);
+  const Int4Rows rows{w, Kp / 8, zp, scale.size(1), group_size};
+  return bf16_gemm_blocks<true>(rows, x, N, Kp, scale.data_ptr<float>(), scale.size(1), group_size, 1.0f);
+}
+
+at::Tensor amx_int8_gemm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale, int64_t group_size) {
+  TORCH_CHECK(amx_available(), "AMX is not available");
+  const int8_t* w = check_weight<int8_t>(weight, at::kChar, kStep, "int8 [N, Kp]");
+  const int64_t N = weight.size(0), Kp = weight.size(1);
+  check_x(x, Kp);
+  check_scale(scale, N, Kp, group_size);
+  check_amx_group(group_size);
+  return bf16_gemm_blocks<true>(ByteRows<Int8Decoder>{{w, Kp}}, x, N, Kp, scale.data_ptr<float>(), scale.size(1),
+                                group_size, 1.0f);
+}
+
+at::Tensor amx_fp8_gemm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale, int64_t group_size,
+                        bool dynamic_act) {
+  TORCH_CHECK(amx_available(), "AMX is not available");
+  const uint8_t* w = check_weight<uint8_t>(weight, at::kByte, kStep, "uint8 (float8_e4m3fn bits) [N, Kp]");
+  const int64_t N = weight.size(0), Kp = weight.size(1), M = x.size(0), K = x.size(1);
+  check_x(x, Kp);
+  check_scale(scale, N, Kp, group_size);
+  check_amx_group(group_size);
+  const ByteRows<Fp8Decoder> rows{{w, Kp}};
+  if (!dynamic_act)
+    return bf16_gemm_blocks<true>(rows, x, N, Kp, scale.data_ptr<float>(), scale.size(1), group_size, 256.0f);
+  // Per-token dynamic e4m3, as observers.dynamic_per_token: s = max(amax / 448, 1e-12),
+  // code = e4m3(clamp(x / s, ±448)). B holds the codes (exact in bf16), s scales the result.
+  at::Tensor codes = at::empty({M, K}, x.options());
+  std::vector<float> s(M);
+  const float* xd = x.data_ptr<float>();
+  float* cd = codes.data_ptr<float>();
+  for (int64_t m = 0; m < M; ++m) {
+    float amax = 0.0f;
+    for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(xd[m * K + k]));
+    s[m] = std::max(amax / 448.0f, 1e-12f);
+    for (int64_t k = 0; k < K; ++k)
+      cd[m * K + k] = static_cast<float>(c10::Float8_e4m3fn(std::clamp(xd[m * K + k] / s[m], -448.0f, 448.0f)));
+  }
+  return bf16_gemm_blocks<false>(rows, codes, N, Kp, scale.data_ptr<float>(), scale.size(1), group_size, 256.0f, s.data());
+}
+
+at::Tensor amx_bf16_gemm(const at::Tensor& x, const at::Tensor& weight) {
+  TORCH_CHECK(amx_available(), "AMX is not available");
+  const uint16_t* w = check_weight<uint16_t>(weight, at::kShort, kStep, "int16 (bfloat16 bits) [N, Kp]");
+  const int64_t N = weight.size(0), Kp = weight.size(1);
+  check_x(x, Kp);
+  static const float kOne = 1.0f;  // one group of Kp, scale 1, for every row (G = 0)
+  return bf16_gemm_blocks<true>(Bf16Rows{w, Kp}, x, N, Kp, &kOne, 0, Kp, 1.0f);
+}
+
+// W8A8: y[m, n] = s_a[m] · Σ_g s_w[n, g] · Σ_{k in g} q_a[m, k] q_w[n, k], the inner sums exact in
+// int32 (TDPBSSD). A is 16 weight rows read in place (64 k = 64 bytes a row); B packs q_a in fours
+// (row i: k = 4i .. 4i + 3 of each of the 16 rows m). Steps alternate between C tiles 6 and 7, two
+// independent chains, added (in int32) when the group ends.
+at::Tensor amx_w8a8_gemm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale, int64_t group_size) {
+  TORCH_CHECK(amx_available(), "AMX is not available");
+  const int8_t* w = check_weight<int8_t>(weight, at::kChar, kStep, "int8 [N, Kp]");
+  const int64_t N = weight.size(0), Kp = weight.size(1), M = x.size(0), K = x.size(1), G = scale.size(1);
+  check_x(x, Kp);
+  const int64_t spg = check_scale(scale, N, Kp, group_size), steps = Kp / kStep;
+  check_amx_group(group_size);
+  const auto [q, sa] = quantize_act_int8(x);
+  const int8_t* qd = q.data_ptr<int8_t>();
+  const float *sc = scale.data_ptr<float>(), *sad = sa.data_ptr<float>();
+  at::Tensor y = at::empty({M, N}, x.options());
+  float* yd = y.data_ptr<float>();
+  for (int64_t m0 = 0; m0 < M; m0 += kRows) {
+    const int64_t mb = std::min<int64_t>(kRows, M - m0);
+    std::vector<int8_t> b(steps * 1024, 0);  // [step][16 rows i][16 rows m][4]
+    for (int64_t m = 0; m < mb; ++m)
+      for (int64_t k = 0; k < K; ++k) b[(k / kStep) * 1024 + (k % kStep) / 4 * 64 + 4 * m + k % 4] = qd[(m0 + m) * K + k];
+    at::parallel_for(0, (N + kRows - 1) / kRows, 1, [&](int64_t nb0, int64_t nb1) {
+      configure_tiles();
+      alignas(64) int8_t a[kRows][kStep];  // the last block's rows, copied (rows past N repeat row N - 1)
+      alignas(64) int32_t c[2][kRows][16];
+      for (int64_t nb = nb0; nb < nb1; ++nb) {
+        const int64_t n0 = nb * kRows;
+        const bool whole = n0 + kRows <= N;
+        __m512 acc[kRows];
+        for (auto& v : acc) v = _mm512_setzero_ps();
+        _tile_zero(6);
+        _tile_zero(7);
+        const int8_t* next = w + std::min(n0 + kRows, N - 1) * Kp;
+        for (int64_t s = 0, g = 0; s < steps; ++s) {
+          for (int line = 0; line < kRows * kStep; line += 64) _mm_prefetch(next + s * kRows * kStep + line, _MM_HINT_T1);
+          if (whole) {
+            _tile_loadd(0, w + n0 * Kp + s * kStep, Kp);
+          } else {
+            for (int r = 0; r < kRows; ++r) std::copy_n(w + std::min(n0 + r, N - 1) * Kp + s * kStep, kStep, a[r]);
+            _tile_loadd(0, a, kStep);
+          }
+          _tile_loadd(2, b.data() + s * 1024, 64);
+          if (s % 2 == 0)
+            _tile_dpbssd(6, 0, 2);
+          else
+            _tile_dpbssd(7, 0, 2);
+          if ((s + 1) % spg == 0 || s + 1 == steps) {
+            _tile_stored(6, c[0], 64);
+            _tile_stored(7, c[1], 64);
+            _tile_zero(6);
+            _tile_zero(7);
+            for (int r = 0; r < kRows; ++r) {
+              const __m512i sum = _mm512_add_epi32(_mm512_load_si512(c[0][r]), _mm512_load_si512(c[1][r]));
+              acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(sc[std::min(n0 + r, N - 1) * G + g]), acc[r]);
+            }
+            ++g;
+          }
+        }
+        alignas(64) float out[kRows][16];
+        for (int r = 0; r < kRows; ++r) _mm512_store_ps(out[r], acc[r]);
+        for (int r = 0; r < kRows && n0 + r < N; ++r)
+          for (int64_t m = 0; m < mb; ++m) yd[(m0 + m) * N + n0 + r] = out[r][m] * sad[m0 + m];
+      }
+      _tile_release();
+    });
+  }
+  return y;
+}
+
+#else  // built without AMX: never available, never called
+
+bool amx_available() { return false; }
+at::Tensor amx_int4_gemm(const at::Tensor&, const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&, int64_t) {
+  TORCH_CHECK(false, "built without AMX");
+}
+at::Tensor amx_int8_gemm(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t) { TORCH_CHECK(false, "built without AMX"); }
+at::Tensor amx_w8a8_gemm(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t) { TORCH_CHECK(false, "built without AMX"); }
+at::Tensor amx_fp8_gemm(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, bool) { TORCH_CHECK(false, "built without AMX"); }
+at::Tensor amx_bf16_gemm(const at::Tensor&, const at::Tensor&) { TORCH_CHECK(false, "built without AMX"); }
+
+#endif
