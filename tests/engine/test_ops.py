@@ -115,7 +115,7 @@ def _paged(lens: list[int], kvh: int, d: int, block_size: int, seed: int):
     return k_cache, v_cache, tables, seqs
 
 
-@pytest.mark.parametrize("h,kvh,d,block_size", [(9, 3, 64, 16), (4, 4, 8, 4), (8, 2, 128, 32), (6, 1, 24, 8), (4, 2, 72, 16)])
+@pytest.mark.parametrize("h,kvh,d,block_size", [(9, 3, 64, 16), (4, 4, 8, 4), (8, 2, 128, 32), (6, 1, 24, 8), (4, 2, 72, 16), (14, 2, 64, 16)])
 def test_decode_attention(h, kvh, d, block_size):
     lens = [1, block_size, block_size + 1, 3 * block_size - 1, 150, 0]
     k_cache, v_cache, tables, seqs = _paged(lens, kvh, d, block_size, seed=h * d)

@@ -20,7 +20,7 @@ from ..models import resolve_model
 from . import cache as kvcache
 from .loader import load_model
 from .model import AttnSegment, BatchMeta
-from .sampling import SamplingParams, apply_penalties, sample, top_logprobs
+from .sampling import SamplingParams, apply_penalties, has_penalties, sample, top_logprobs
 from .scheduler import Scheduled, Scheduler, Sequence, Status
 
 
@@ -252,9 +252,10 @@ class LLMEngine:
     def _append(self, seq: Sequence, logits: torch.Tensor) -> None:
         p = seq.params
         raw = logits.float()
-        x = apply_penalties(raw.clone(), p, seq.prompt_ids, seq.output_ids)
-        if len(seq.output_ids) < p.min_tokens:
-            ban = list((self.eos_ids if not p.ignore_eos else set()) | set(p.stop_token_ids))
+        ban = list((self.eos_ids if not p.ignore_eos else set()) | set(p.stop_token_ids)) if len(seq.output_ids) < p.min_tokens else []
+        x = raw
+        if has_penalties(p) or ban:  # raw stays as it is for the logprobs
+            x = apply_penalties(raw.clone(), p, seq.prompt_ids, seq.output_ids)
             if ban:
                 x[torch.tensor(ban)] = float("-inf")
         token = sample(x, p, seq.generator)
