@@ -323,7 +323,9 @@ def test_interrupted_build_is_rebuilt_not_waited_on(tmp_path):
     import sys
     from pathlib import Path
 
-    tag = Path(kernels._extension().__file__).parent.name  # this code's build folder name
+    # this code's build folder name (a process that built the extension itself loaded it from its
+    # private folder, "<tag>.building-<random>", before renaming it into place)
+    tag = Path(kernels._extension().__file__).parent.name.split(".building-")[0]
     stale = tmp_path / "torch_extensions" / tag
     stale.mkdir(parents=True)
     (stale / "lock").touch()

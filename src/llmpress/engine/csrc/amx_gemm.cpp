@@ -94,16 +94,16 @@ constexpr KOrder int4_order() {
 
 inline __m512 bf16_to_float(__m256i bits) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16)); }
 
-// B for rows 0 .. M - 1 <= 15 of x (zeros past M): [Kp / 32 halves][hi, lo][16 x 32 bf16], i.e. per
-// half and part a 16 x 16 matrix of bf16 pairs, row i = pair i of the half, column m. gain scales x
-// first (powers of two: exact); with split, lo = bf16(x·gain - hi).
-std::vector<uint16_t> prepare_b(const float* x, int64_t M, int64_t K, int64_t Kp, const KOrder& order, float gain, bool split) {
-  std::vector<uint16_t> b(Kp / 32 * 2 * kTileElems, 0);
+// B for rows 0 .. M - 1 <= 15 of x, into b (zeroed: zeros past M): [Kp / 32 halves][hi, lo][16 x 32
+// bf16], i.e. per half and part a 16 x 16 matrix of bf16 pairs, row i = pair i of the half, column m.
+// gain scales x first (powers of two: exact); with split, lo = bf16(x·gain - hi).
+constexpr int64_t b_size(int64_t Kp) { return Kp / 32 * 2 * kTileElems; }
+void prepare_b(const float* x, int64_t M, int64_t K, int64_t Kp, const KOrder& order, float gain, bool split, uint16_t* b) {
   std::vector<float> row(Kp, 0.0f);  // x[m] · gain, zero-padded to Kp
   __m512i gather[4];
   for (int q = 0; q < 4; ++q) gather[q] = _mm512_loadu_si512(order.k + 16 * q);
   const __m512i column = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(16));
-  auto* b32 = reinterpret_cast<int*>(b.data());
+  auto* b32 = reinterpret_cast<int*>(b);
   for (int64_t m = 0; m < M; ++m) {
     for (int64_t k = 0; k < K; ++k) row[k] = x[m * K + k] * gain;
     for (int64_t s = 0; s < Kp / kStep; ++s) {
@@ -121,7 +121,6 @@ std::vector<uint16_t> prepare_b(const float* x, int64_t M, int64_t K, int64_t Kp
       }
     }
   }
-  return b;
 }
 
 // The weight formats as A rows. at(n, s): step s of row n, kStepBytes long; decode(p, half0, half1):
@@ -185,11 +184,9 @@ struct ByteRows {
   }
 };
 
-// acc[r] holds y[0 .. 15, n0 + r] (16 rows n x 16 rows m): written transposed, rows n < N only,
-// each row m times col_scale[m] when given.
-inline void store_transposed(const __m512 acc[kRows], int64_t M, int64_t N, int64_t n0, const float* col_scale, float* y) {
-  alignas(64) float t[kRows][16];
-  for (int r = 0; r < kRows; ++r) _mm512_store_ps(t[r], acc[r]);
+// t[r][m] holds y[m, n0 + r] (16 rows n x 16 rows m): written transposed, rows m < M and n < N
+// only, each row m times col_scale[m] when given.
+inline void store_transposed(const float (*t)[16], int64_t M, int64_t N, int64_t n0, const float* col_scale, float* y) {
   const __m512i rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(16));
   const __mmask16 valid = N - n0 >= kRows ? 0xFFFF : static_cast<__mmask16>((1u << (N - n0)) - 1);
   for (int64_t m = 0; m < M; ++m) {
@@ -199,89 +196,141 @@ inline void store_transposed(const __m512 acc[kRows], int64_t M, int64_t N, int6
   }
 }
 
-// y[m, n] for rows m < M <= 16: per block of 16 rows n, A is decoded a step at a time and multiplied
-// into four C tiles (A half x B hi / lo: four chains, one product each a step) until the group ends;
-// then acc[r] += (Σ C)[r] · s[n, g]. Without split, B holds x exactly and two C tiles suffice.
+// Blocks of 16 weight rows per thread, at least: under ~32 KiB of weights a fork costs more than it
+// saves (qgemm.cpp's for_each_tile uses the same bound). row_bytes: one row's stored bytes.
+inline int64_t block_grain(int64_t row_bytes) { return std::max<int64_t>(1, (int64_t{32} << 10) / (kRows * row_bytes)); }
+
+// C tile 4 + T for a compile-time T (GCC's tile intrinsics paste the register number into asm).
+#define LLMPRESS_ON_C_TILE(T, OP)                 \
+  if constexpr ((T) == 0) OP(4);                  \
+  else if constexpr ((T) == 1) OP(5);             \
+  else if constexpr ((T) == 2) OP(6);             \
+  else OP(7)
+#define LLMPRESS_DP_A0(c) _tile_dpbf16ps(c, 0, 2)  // C += A half 0 · B (tile 2)
+#define LLMPRESS_DP_A1(c) _tile_dpbf16ps(c, 1, 3)  // C += A half 1 · B (tile 3)
+template <int T>
+inline void c_zero() { LLMPRESS_ON_C_TILE(T, _tile_zero); }
+template <int T>
+inline void c_dp_half0() { LLMPRESS_ON_C_TILE(T, LLMPRESS_DP_A0); }
+template <int T>
+inline void c_dp_half1() { LLMPRESS_ON_C_TILE(T, LLMPRESS_DP_A1); }
+template <int T>
+inline void c_store(float (*c)[16]) {
+#define LLMPRESS_STORE(t) _tile_stored(t, c, 64)
+  LLMPRESS_ON_C_TILE(T, LLMPRESS_STORE);
+#undef LLMPRESS_STORE
+}
+
+// Steps of A are decoded this many steps ahead of their tile loads. A tile load waits for the stores
+// of its bytes to reach L1 (no store forwarding into tiles), and stores reach L1 only once retired,
+// in order, behind the previous step's tile loads: one step ahead left the first product of every
+// step waiting (40% of the loop's samples under perf).
+constexpr int kAhead = 2;
+
+// y[m, n] for rows m < M <= 16 · TB: per block of 16 rows n, A is decoded a step at a time (kAhead
+// steps ahead) and multiplied into one C tile per block of 16 rows m, hi and lo parts alike, until the group
+// ends; then acc += C · s[n, g]. Decoding is shared by the TB <= 2 blocks of rows m.
 // col_scale (per row m, or null) multiplies the result: FP8_DYNAMIC's token scales.
-template <bool kSplit, class Rows>
+template <bool kSplit, int TB, class Rows>
 void bf16_tiles(const Rows& rows, const uint16_t* b, int64_t M, int64_t N, int64_t Kp, const float* scale, int64_t G,
                 int64_t group_size, const float* col_scale, float* y) {
   const int64_t steps = Kp / kStep, spg = group_size / kStep;
-  at::parallel_for(0, (N + kRows - 1) / kRows, 1, [&](int64_t nb0, int64_t nb1) {
+  at::parallel_for(0, (N + kRows - 1) / kRows, block_grain(steps * Rows::kStepBytes), [&](int64_t nb0, int64_t nb1) {
     configure_tiles();
-    alignas(64) __m512i a[2][kRows][2];  // [step parity][row][half]: decoding the next step overlaps this one's tiles
-    alignas(64) float c[4][kRows][16];
+    alignas(64) __m512i a[kAhead + 1][kRows][2];  // [step % (kAhead + 1)][row][half]
+    alignas(64) float c[kRows][16];
     for (int64_t nb = nb0; nb < nb1; ++nb) {
       const int64_t n0 = nb * kRows;
       int64_t row[kRows];  // rows past N repeat the last one; their results are dropped
       for (int r = 0; r < kRows; ++r) row[r] = std::min(n0 + r, N - 1);
       const char* next = static_cast<const char*>(rows.at(std::min(n0 + kRows, N - 1), 0));
-      __m512 acc[kRows];
-      for (auto& v : acc) v = _mm512_setzero_ps();
-      _tile_zero(4);
-      _tile_zero(5);
-      _tile_zero(6);
-      _tile_zero(7);
-      for (int64_t s = 0, g = 0; s < steps; ++s) {
-        __m512i(*as)[2] = a[s & 1];
+      auto decode = [&](int64_t s) {
         // the next block's 16 rows are contiguous: fetch them into L2 front to back, a step's share at a time
         for (int line = 0; line < kRows * Rows::kStepBytes; line += 64)
           _mm_prefetch(next + s * kRows * Rows::kStepBytes + line, _MM_HINT_T1);
-        for (int r = 0; r < kRows; ++r) rows.decode(row[r], s, &as[r][0], &as[r][1]);
-        _tile_loadd(0, &as[0][0], 128);
-        _tile_loadd(1, &as[0][1], 128);
-        const uint16_t* bs = b + s * 4 * kTileElems;  // [half][hi, lo][512]
-        if constexpr (kSplit) {
+        for (int r = 0; r < kRows; ++r) rows.decode(row[r], s, &a[s % (kAhead + 1)][r][0], &a[s % (kAhead + 1)][r][1]);
+      };
+      __m512 acc[TB][kRows];  // registers for TB = 1 (a decode batch), the stack beyond
+      for (auto& block : acc)
+        for (auto& v : block) v = _mm512_setzero_ps();
+      unroll<2 * TB>([&](auto t) { c_zero<t>(); });
+      // Groups alternate between two sets of C tiles (4 + t, 6 + t), and a group's sums are stored
+      // and scaled only after the next group's first products are issued: storing a C tile waits for
+      // its last product, which would otherwise stall every group (every step at group size 64).
+      auto products = [&](auto parity, int64_t s) {
+        unroll<TB>([&](auto t) {
+          constexpr int T = decltype(t)::value + 2 * decltype(parity)::value;
+          const uint16_t* bs = b + t * b_size(Kp) + s * 4 * kTileElems;  // [half][hi, lo][512]
           _tile_loadd(2, bs, 64);
-          _tile_loadd(3, bs + kTileElems, 64);
-          _tile_dpbf16ps(4, 0, 2);
-          _tile_dpbf16ps(5, 0, 3);
-          _tile_loadd(2, bs + 2 * kTileElems, 64);
-          _tile_loadd(3, bs + 3 * kTileElems, 64);
-          _tile_dpbf16ps(6, 1, 2);
-          _tile_dpbf16ps(7, 1, 3);
-        } else {
-          _tile_loadd(2, bs, 64);
+          c_dp_half0<T>();
           _tile_loadd(3, bs + 2 * kTileElems, 64);
-          _tile_dpbf16ps(4, 0, 2);
-          _tile_dpbf16ps(6, 1, 3);
-        }
-        if ((s + 1) % spg == 0 || s + 1 == steps) {  // the group ends: scale its sums into acc
-          _tile_stored(4, c[0], 64);
-          _tile_stored(6, c[2], 64);
-          _tile_zero(4);
-          _tile_zero(6);
+          c_dp_half1<T>();
           if constexpr (kSplit) {
-            _tile_stored(5, c[1], 64);
-            _tile_stored(7, c[3], 64);
-            _tile_zero(5);
-            _tile_zero(7);
+            _tile_loadd(2, bs + kTileElems, 64);
+            c_dp_half0<T>();
+            _tile_loadd(3, bs + 3 * kTileElems, 64);
+            c_dp_half1<T>();
           }
-          for (int r = 0; r < kRows; ++r) {
-            __m512 sum = _mm512_add_ps(_mm512_load_ps(c[0][r]), _mm512_load_ps(c[2][r]));
-            if constexpr (kSplit) sum = _mm512_add_ps(sum, _mm512_add_ps(_mm512_load_ps(c[1][r]), _mm512_load_ps(c[3][r])));
-            acc[r] = _mm512_fmadd_ps(sum, _mm512_set1_ps(scale[row[r] * G + g]), acc[r]);
-          }
-          ++g;
-        }
+        });
+      };
+      auto flush = [&](auto parity, int64_t g) {  // acc += C · s[n, g], C zeroed for group g + 2
+        unroll<TB>([&](auto t) {
+          constexpr int T = decltype(t)::value + 2 * decltype(parity)::value;
+          c_store<T>(c);
+          c_zero<T>();
+          for (int r = 0; r < kRows; ++r)
+            acc[t][r] = _mm512_fmadd_ps(_mm512_load_ps(c[r]), _mm512_set1_ps(scale[row[r] * G + g]), acc[t][r]);
+        });
+      };
+      auto flush_group = [&](int64_t g) {
+        if (g & 1)
+          flush(std::integral_constant<int, 1>{}, g);
+        else
+          flush(std::integral_constant<int, 0>{}, g);
+      };
+      for (int64_t s = 0; s < std::min<int64_t>(kAhead, steps); ++s) decode(s);
+      int64_t pending = -1;  // a finished group whose sums wait in its C tiles
+      for (int64_t s = 0; s < steps; ++s) {
+        const int64_t g = s / spg;
+        _tile_loadd(0, &a[s % (kAhead + 1)][0][0], 128);
+        _tile_loadd(1, &a[s % (kAhead + 1)][0][1], 128);
+        if (s + kAhead < steps) decode(s + kAhead);
+        if (g & 1)
+          products(std::integral_constant<int, 1>{}, s);
+        else
+          products(std::integral_constant<int, 0>{}, s);
+        if (pending >= 0) flush_group(pending), pending = -1;
+        if ((s + 1) % spg == 0 || s + 1 == steps) pending = g;
       }
-      store_transposed(acc, M, N, n0, col_scale, y);
+      flush_group(pending);
+      for (int t = 0; t < TB && t * 16 < M; ++t) {
+        for (int r = 0; r < kRows; ++r) _mm512_store_ps(c[r], acc[t][r]);
+        store_transposed(c, std::min<int64_t>(16, M - 16 * t), N, n0, col_scale ? col_scale + 16 * t : nullptr, y + 16 * t * N);
+      }
     }
     _tile_release();
   });
 }
 
-// Rows of x by blocks of 16: B for each block, then the tile loop.
+// Rows of x by blocks of up to 32 (TB = 2 tiles of 16): B for each, then the tile loop.
 template <bool kSplit, class Rows>
 at::Tensor bf16_gemm_blocks(const Rows& rows, const at::Tensor& x, int64_t N, int64_t Kp, const float* scale, int64_t G,
                             int64_t group_size, float gain, const float* col_scale = nullptr) {
   const int64_t M = x.size(0), K = x.size(1);
   at::Tensor y = at::empty({M, N}, x.options());
-  for (int64_t m0 = 0; m0 < M; m0 += kRows) {
-    const int64_t mb = std::min<int64_t>(kRows, M - m0);
-    const auto b = prepare_b(x.data_ptr<float>() + m0 * K, mb, K, Kp, Rows::kOrder, gain, kSplit);
-    bf16_tiles<kSplit>(rows, b.data(), mb, N, Kp, scale, G, group_size, col_scale ? col_scale + m0 : nullptr,
-                       y.data_ptr<float>() + m0 * N);
+  std::vector<uint16_t> b;
+  for (int64_t m0 = 0; m0 < M; m0 += 2 * kRows) {
+    const int64_t mb = std::min<int64_t>(2 * kRows, M - m0), tb = (mb + kRows - 1) / kRows;
+    b.assign(tb * b_size(Kp), 0);
+    for (int64_t t = 0; t < tb; ++t)
+      prepare_b(x.data_ptr<float>() + (m0 + 16 * t) * K, std::min<int64_t>(16, mb - 16 * t), K, Kp, Rows::kOrder, gain, kSplit,
+                b.data() + t * b_size(Kp));
+    const float* cs = col_scale ? col_scale + m0 : nullptr;
+    float* yd = y.data_ptr<float>() + m0 * N;
+    if (tb == 1)
+      bf16_tiles<kSplit, 1>(rows, b.data(), mb, N, Kp, scale, G, group_size, cs, yd);
+    else
+      bf16_tiles<kSplit, 2>(rows, b.data(), mb, N, Kp, scale, G, group_size, cs, yd);
   }
   return y;
 }
@@ -378,7 +427,7 @@ at::Tensor amx_w8a8_gemm(const at::Tensor& x, const at::Tensor& weight, const at
     std::vector<int8_t> b(steps * 1024, 0);  // [step][16 rows i][16 rows m][4]
     for (int64_t m = 0; m < mb; ++m)
       for (int64_t k = 0; k < K; ++k) b[(k / kStep) * 1024 + (k % kStep) / 4 * 64 + 4 * m + k % 4] = qd[(m0 + m) * K + k];
-    at::parallel_for(0, (N + kRows - 1) / kRows, 1, [&](int64_t nb0, int64_t nb1) {
+    at::parallel_for(0, (N + kRows - 1) / kRows, block_grain(Kp), [&](int64_t nb0, int64_t nb1) {
       configure_tiles();
       alignas(64) int8_t a[kRows][kStep];  // the last block's rows, copied (rows past N repeat row N - 1)
       alignas(64) int32_t c[2][kRows][16];
@@ -417,8 +466,7 @@ at::Tensor amx_w8a8_gemm(const at::Tensor& x, const at::Tensor& weight, const at
         }
         alignas(64) float out[kRows][16];
         for (int r = 0; r < kRows; ++r) _mm512_store_ps(out[r], acc[r]);
-        for (int r = 0; r < kRows && n0 + r < N; ++r)
-          for (int64_t m = 0; m < mb; ++m) yd[(m0 + m) * N + n0 + r] = out[r][m] * sad[m0 + m];
+        store_transposed(out, mb, N, n0, sad + m0, yd + m0 * N);
       }
       _tile_release();
     });
