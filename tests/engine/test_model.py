@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmpress.engine import LLM, SamplingParams
+from llmpress.engine import LLM, SamplingParams, kernels
 from llmpress.engine.engine import EngineConfig, LLMEngine
 from llmpress.engine.model import AttnSegment, BatchMeta
 from llmpress.eval.perplexity import load_model
@@ -77,6 +77,21 @@ def test_default_model_logits_agree_with_transformers(scheme, default_model, def
         assert top1 >= floor_top1 - 0.02 and worst <= 1.5 * floor_worst + 1.0, (top1, worst, floor_top1, floor_worst)
     else:
         assert top1 >= 0.99 and worst <= TOLERANCE[scheme], (top1, worst)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not kernels.amx_available(), reason="needs a CPU with AMX")
+@pytest.mark.parametrize("scheme", ["dense", "W4A16", "W4A16_ASYM"])
+def test_amx_logits_agree_with_transformers(scheme, default_model, default_checkpoints, lee_windows, compare, monkeypatch):
+    """The same check with every linear layer, lm_head included, on the AMX GEMM (at every M, not
+    only kernels.amx_m's), whose activations are split into two bf16 parts: held to the float32
+    tolerances above."""
+    for cls in (kernels.QuantizedWeight, kernels.Int4Weight):
+        monkeypatch.setattr(cls, "amx_m", (1, 10**9))
+    folder = default_model if scheme == "dense" else default_checkpoints[scheme]
+    top1, worst = compare(folder, lee_windows)
+    print(f"{scheme}, AMX: top-1 {100 * top1:.2f}%, max|Δlogit| {worst:.2e}")
+    assert top1 >= 0.99 and worst <= TOLERANCE[scheme], (top1, worst)
 
 
 @pytest.mark.slow
