@@ -1,4 +1,4 @@
-// GEMMs on Intel AMX tiles (Sapphire Rapids and later) for a decode batch of rows.
+// GEMMs on Intel AMX tiles (Sapphire Rapids and later) for decode batches and prefill.
 //
 // The register-tile GEMMs in qgemm.cpp are bound, at M = 16, by FMAs and by loading activations
 // from L1: ~50 MAC/ns a core. One AMX TDPBF16PS does a 16x16x32 product (8192 MACs) in ~16 cycles,
@@ -19,20 +19,22 @@
 // FP8_DYNAMIC activations are e4m3 values times a per-token scale, exact in bf16: one product.
 // W8A8 uses TDPBSSD (int8 x int8 -> int32): exact sums, as in qgemm.cpp's int8 tile.
 //
-// Tiles, bf16: 0, 1 = A (the two 32-k halves of a 64-k step), 2, 3 = B (hi, lo; reloaded per half),
-// 4-7 = C, one per (half, part): four independent accumulation chains. W8A8: 0 = A (64 k),
-// 2 = B, 6, 7 = C for even and odd steps.
+// Tiles, bf16: 0, 1 = A (the two 32-k halves of a 64-k step), 2, 3 = B (the halves' hi or lo part),
+// 4 + t and 6 + t = C for block t of 16 rows m in even and odd groups (hi and lo products add into
+// the same C: back-to-back dependent products issue at full rate). W8A8: 0 = A (64 k), 2 = B,
+// 6, 7 = C for even and odd steps.
 //
 // Measured (2 threads, SmolLM2 shapes, us; `benchmarks/engine_kernels.py --crossover`): int4
-// 1536x576 g64 at M = 16: 52 here vs 212 in qgemm.cpp's tiles; at M = 1 the register tiles win
-// (23 vs 68), as decoding into memory and reloading it as a tile costs more than one row's FMAs.
+// 1536x576 g64 at M = 16: ~55 here vs 212 in qgemm.cpp's tiles; at M = 1 the register tiles win
+// (23 vs ~55), as decoding into memory and reloading it as a tile costs more than one row's FMAs;
+// at M = 256, 0.9 ms vs 1.5 for dequantize + sgemm.
 #include "amx_gemm.h"
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <type_traits>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "formats.h"
@@ -228,8 +230,8 @@ inline void c_store(float (*c)[16]) {
 constexpr int kAhead = 2;
 
 // y[m, n] for rows m < M <= 16 · TB: per block of 16 rows n, A is decoded a step at a time (kAhead
-// steps ahead) and multiplied into one C tile per block of 16 rows m, hi and lo parts alike, until the group
-// ends; then acc += C · s[n, g]. Decoding is shared by the TB <= 2 blocks of rows m.
+// steps ahead) and multiplied into one C tile per block of 16 rows m, hi and lo parts alike, until
+// the group ends; then acc += C · s[n, g]. Decoding is shared by the TB <= 2 blocks of rows m.
 // col_scale (per row m, or null) multiplies the result: FP8_DYNAMIC's token scales.
 template <bool kSplit, int TB, class Rows>
 void bf16_tiles(const Rows& rows, const uint16_t* b, int64_t M, int64_t N, int64_t Kp, const float* scale, int64_t G,
