@@ -178,7 +178,7 @@ struct ByteRows {
   Decoder dec;
   const void* at(int64_t n, int64_t s) const { return dec.w + n * dec.ld + s * kStep; }
   void decode(int64_t n, int64_t s, __m512i* half0, __m512i* half1) const {
-    const auto* p = dec.w + n * dec.ld + s * kStep;
+    const auto* p = dec.w + n * dec.ld + s * kStep;  // in place; the tile loop prefetches
     __m512 v[4];
     unroll<4>([&](auto q) { v[q] = Decoder::template wide<q>(p); });
     _mm512_store_si512(half0, (__m512i)_mm512_cvtne2ps_pbh(v[1], v[0]));
@@ -383,19 +383,10 @@ at::Tensor amx_fp8_gemm(const at::Tensor& x, const at::Tensor& weight, const at:
   const ByteRows<Fp8Decoder> rows{{w, Kp}};
   if (!dynamic_act)
     return bf16_gemm_blocks<true>(rows, x, N, Kp, scale.data_ptr<float>(), scale.size(1), group_size, 256.0f);
-  // Per-token dynamic e4m3, as observers.dynamic_per_token: s = max(amax / 448, 1e-12),
-  // code = e4m3(clamp(x / s, ±448)). B holds the codes (exact in bf16), s scales the result.
+  // Per-token dynamic e4m3 (formats.h): B holds the codes (exact in bf16), s scales the result.
   at::Tensor codes = at::empty({M, K}, x.options());
   std::vector<float> s(M);
-  const float* xd = x.data_ptr<float>();
-  float* cd = codes.data_ptr<float>();
-  for (int64_t m = 0; m < M; ++m) {
-    float amax = 0.0f;
-    for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(xd[m * K + k]));
-    s[m] = std::max(amax / 448.0f, 1e-12f);
-    for (int64_t k = 0; k < K; ++k)
-      cd[m * K + k] = static_cast<float>(c10::Float8_e4m3fn(std::clamp(xd[m * K + k] / s[m], -448.0f, 448.0f)));
-  }
+  for (int64_t m = 0; m < M; ++m) s[m] = fp8_token_codes(x.data_ptr<float>() + m * K, K, codes.data_ptr<float>() + m * K);
   return bf16_gemm_blocks<false>(rows, codes, N, Kp, scale.data_ptr<float>(), scale.size(1), group_size, 256.0f, s.data());
 }
 

@@ -6,6 +6,8 @@
 #include <c10/util/Float8_e4m3fn.h>
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 
 #include "simd.h"
@@ -55,20 +57,27 @@ struct Int4Decoder {
 #endif
 };
 
-struct Int8Decoder {
-  const int8_t* w;
+// The one-byte formats' rows: a step is 64 bytes, fetched in place; decoders add chunk / wide.
+template <class T>
+struct ByteDecoder {
+  const T* w;
   int64_t ld;  // Kp
-  const int8_t* block(int64_t n, int64_t s) const {
+  const T* block(int64_t n, int64_t s) const {
     prefetch(w + n * ld + s * kStep);
     return w + n * ld + s * kStep;
   }
+#ifdef LLMPRESS_AVX512
+  static constexpr bool kInterleaved = false;  // pair p: k = 16p .. 16p + 15
+  const T* wide_block(int64_t n, int64_t s) const { return block(n, s); }
+#endif
+};
+
+struct Int8Decoder : ByteDecoder<int8_t> {
   template <int c>
   static __m256 chunk(const int8_t* p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * c))));
   }
 #ifdef LLMPRESS_AVX512
-  static constexpr bool kInterleaved = false;  // pair p: k = 16p .. 16p + 15
-  const int8_t* wide_block(int64_t n, int64_t s) const { return block(n, s); }
   template <int q>
   static __m512 wide(const int8_t* p) {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * q))));
@@ -80,21 +89,13 @@ struct Int8Decoder {
 // 15 vs 7 makes the fp16 value exactly fp8 · 2^-8, subnormals included, so one F16C convert decodes
 // 8 weights exactly (and VCVTPH2PS ignores MXCSR.DAZ); the 2^8 goes into the activations.
 // (0x7F, NaN in e4m3fn, decodes to 480; compressed weights hold no NaN.)
-struct Fp8Decoder {
-  const uint8_t* w;
-  int64_t ld;  // Kp
-  const uint8_t* block(int64_t n, int64_t s) const {
-    prefetch(w + n * ld + s * kStep);
-    return w + n * ld + s * kStep;
-  }
+struct Fp8Decoder : ByteDecoder<uint8_t> {
   template <int c>
   static __m256 chunk(const uint8_t* p) {
     const __m128i b = _mm_cvtepi8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * c)));  // bits 7..15: sign
     return _mm256_cvtph_ps(_mm_and_si128(_mm_slli_epi16(b, 7), _mm_set1_epi16(static_cast<short>(0xBFFF))));
   }
 #ifdef LLMPRESS_AVX512
-  static constexpr bool kInterleaved = false;
-  const uint8_t* wide_block(int64_t n, int64_t s) const { return block(n, s); }
   template <int q>
   static __m512 wide(const uint8_t* p) {
     const __m256i b = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * q)));
@@ -127,6 +128,17 @@ struct Bf16Decoder {
   }
 #endif
 };
+
+// Per-token dynamic fp8 e4m3 activations, as observers.dynamic_per_token computes them: for one row
+// x [K], s = max(amax / 448, 1e-12) and codes[k] = float(e4m3(clamp(x[k] / s, ±448))) (x == codes
+// allowed). Returns s; the fake-quantized row is codes · s.
+inline float fp8_token_codes(const float* x, int64_t K, float* codes) {
+  float amax = 0.0f;
+  for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(x[k]));
+  const float s = std::max(amax / 448.0f, 1e-12f);
+  for (int64_t k = 0; k < K; ++k) codes[k] = static_cast<float>(c10::Float8_e4m3fn(std::clamp(x[k] / s, -448.0f, 448.0f)));
+  return s;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Argument checks.

@@ -307,15 +307,12 @@ at::Tensor float_gemm(const Decoder& dec, const at::Tensor& xp, int64_t N, int64
   return y;
 }
 
-// Per-token dynamic fp8 e4m3 fake-quantization, as observers.dynamic_per_token computes it:
-// s = max(amax / 448, 1e-12), x_q = float(e4m3(clamp(x / s, ±448))) · s.
+// Per-token dynamic fp8 fake-quantization of rows of x (ld floats apart), in place: codes · s.
 void fp8_fake_quant_rows(float* x, int64_t M, int64_t K, int64_t ld) {
   for (int64_t m = 0; m < M; ++m) {
     float* r = x + m * ld;
-    float amax = 0.0f;
-    for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(r[k]));
-    const float s = std::max(amax / 448.0f, 1e-12f);
-    for (int64_t k = 0; k < K; ++k) r[k] = static_cast<float>(c10::Float8_e4m3fn(std::clamp(r[k] / s, -448.0f, 448.0f))) * s;
+    const float s = fp8_token_codes(r, K, r);
+    for (int64_t k = 0; k < K; ++k) r[k] *= s;
   }
 }
 
