@@ -1,4 +1,4 @@
-"""Quantized Linear weights for CPU inference: containers, dispatch, reference paths, C++ build.
+"""Quantized Linear weights for CPU inference: containers, dispatch, reference paths.
 
 A weight W [N=out_features, K=in_features] stays at its compressed size (int4 packed, int8, fp8,
 bf16) and `w(x)` computes y = x @ W^T for float32 x [..., K]:
@@ -16,25 +16,12 @@ bf16) and `w(x)` computes y = x @ W^T for float32 x [..., K]:
   CUDA tensors, or group sizes the kernels   (observers.dequantize, i.e. compressed-tensors'
   do not tile (not 32 or a multiple of 64)   (q - zp) * s in float32) and x @ W^T in torch.
 
-LLMPRESS_KERNELS and LLMPRESS_AMX ("0": no AMX) are read when a weight is built.
-The extension is compiled on first use (or by `build()`) with torch.utils.cpp_extension into
-~/.cache/llmpress/torch_extensions/<torch, python, CPU flags, code hash>/ ($LLMPRESS_CACHE
-overrides the root), built in a private folder and renamed into place when complete. If the CPU lacks
-AVX2/FMA/F16C or the build fails, we warn once and use the reference path.
+LLMPRESS_KERNELS and LLMPRESS_AMX ("0": no AMX) are read when a weight is built. The extension
+itself is compiled and loaded by `extension.py`.
 """
 from __future__ import annotations
 
-import functools
-import hashlib
-import importlib.util
 import math
-import os
-import platform
-import shutil
-import sys
-import tempfile
-import warnings
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -42,124 +29,14 @@ import torch.nn.functional as F
 from ..checkpoint.compressed_tensors import unpack_int
 from ..compress.observers import FP8_DTYPE, dequantize, dynamic_per_token
 from ..compress.schemes import QuantArgs
+from .extension import _extension, amx_available, available, build, max_vector_bits, set_vector_bits  # noqa: F401 (the API)
 
-_CSRC = Path(__file__).with_name("csrc")
-_SOURCES = [_CSRC / "qgemm.cpp", _CSRC / "amx_gemm.cpp", _CSRC / "layer_ops.cpp"]  # + the headers beside them
-# -ffp-contract=off: GCC would fuse a written multiply and add (intrinsics included) into an FMA,
-# and the rotary kernel must round like torch's two products and a subtraction.
-_CFLAGS = ["-O3", "-march=native", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-ffp-contract=off"]
 _INT8_TOKEN = QuantArgs(8, "int", True, "token", dynamic=True, observer=None)
 _FP8_TOKEN = QuantArgs(8, "float", True, "token", dynamic=True, observer=None)
 # Prefill dequantizes W in tiles of at most this many weights (4 MiB of float32): small enough for
 # malloc to reuse the buffer (a fresh 64 MiB one costs more in page faults than the sgemm) and to
 # still be in cache when the sgemm reads it.
 _PREFILL_TILE_FLOATS = 1 << 20
-
-
-# ------------------------------------------------------------------------------------- the extension
-def _cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-@functools.cache
-def _extension():
-    """The compiled module, or None (warned once) when this CPU or toolchain cannot have it."""
-    flags = _cpu_flags()
-    if platform.machine().lower() not in ("x86_64", "amd64") or not {"avx2", "fma", "f16c"} <= flags:
-        warnings.warn("llmpress kernels: this CPU lacks AVX2/FMA/F16C; using the slow reference path", stacklevel=3)
-        return None
-    from torch.utils.cpp_extension import load
-
-    from ..models import cache_dir
-
-    # -march=native code is only valid on this CPU model, so the build folder is keyed by it too.
-    cpu = hashlib.sha1(" ".join(sorted(flags)).encode()).hexdigest()[:8]
-    # torch rebuilds when a source changes, not a header: key the folder by every file's content.
-    files = sorted({*_SOURCES, *_SOURCES[0].parent.glob("*.h")})
-    code = hashlib.sha1(b"".join(f.read_bytes() for f in files) + " ".join(_CFLAGS).encode()).hexdigest()[:8]
-    tag = f"torch{torch.__version__.split('+')[0]}-py{sys.version_info.major}{sys.version_info.minor}-{cpu}-{code}"
-    build_dir = cache_dir() / "torch_extensions" / tag
-    library = build_dir / "llmpress_qgemm.so"
-    try:
-        if library.is_file():  # published whole by an earlier build (below): import it as it is
-            return _import_library(library)
-        # Build in a folder of our own and publish it with one rename. torch's own lock file
-        # would outlive a build that was killed (SIGKILL, the OOM killer) and make every later
-        # process wait on it forever; a half-built folder here is just never published.
-        build_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{tag}.building-", dir=build_dir.parent))
-        # torch finds ninja on PATH; a venv's own ninja is beside its interpreter even when the
-        # venv is not activated (.venv/bin/python run directly).
-        bindir = os.path.dirname(sys.executable)
-        if bindir not in os.environ.get("PATH", "").split(os.pathsep):
-            os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
-        try:
-            module = load(
-                name="llmpress_qgemm",
-                sources=[str(f) for f in _SOURCES],
-                extra_cflags=_CFLAGS,
-                extra_ldflags=["-fopenmp"],  # at::parallel_for is OpenMP, inlined into our code
-                build_directory=str(tmp),
-                verbose=False,
-            )
-            if build_dir.is_dir() and not library.is_file():  # a folder left by an older, interrupted build
-                shutil.rmtree(build_dir, ignore_errors=True)
-            try:
-                os.rename(tmp, build_dir)
-            except OSError:  # another process published first: ours is loaded already, drop its files
-                pass
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return module
-    except Exception as e:  # no compiler, no ninja, compile error: run, slowly, rather than crash
-        warnings.warn(f"llmpress kernels: building the C++ extension failed, using the reference path ({e})", stacklevel=3)
-        return None
-
-
-def _import_library(path: Path):
-    spec = importlib.util.spec_from_file_location("llmpress_qgemm", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def build() -> bool:
-    """Compile (or load the cached) extension now; True when the fast kernels can run."""
-    return _extension() is not None
-
-
-def available() -> bool:
-    """True when weights built now take the fast path: the extension is built and
-    LLMPRESS_KERNELS is not "reference"."""
-    return os.environ.get("LLMPRESS_KERNELS", "").lower() != "reference" and _extension() is not None
-
-
-def amx_available() -> bool:
-    """True when weights built now may use the AMX GEMMs (csrc/amx_gemm.cpp): the extension was
-    built for a CPU with AMX-BF16/INT8, Linux granted the tile state, and LLMPRESS_AMX is not "0"."""
-    ext = _extension() if available() else None
-    return ext is not None and os.environ.get("LLMPRESS_AMX", "") != "0" and ext.amx_available()
-
-
-def max_vector_bits() -> int:
-    """512 when the extension was built with AVX-512 (this CPU has it), else 256; 0 without it."""
-    ext = _extension()
-    return ext.max_vector_bits() if ext is not None else 0
-
-
-def set_vector_bits(bits: int) -> None:
-    """Run the float-decoded GEMMs (int4, int8, fp8, bf16) with 512- or 256-bit tiles; both are
-    exact decodes with float32 FMAs, tested against the reference. For tests and benchmarks."""
-    ext = _extension()
-    if ext is None or bits not in (256, 512) or bits > ext.max_vector_bits():
-        raise ValueError(f"vector width {bits} is not available (this build: {max_vector_bits()} bits at most)")
-    ext.set_vector_bits(bits)
 
 
 # ------------------------------------------------------------------------------------- layout helpers
