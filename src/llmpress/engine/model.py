@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ops
+from .extension import _extension as kernels_extension
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 
@@ -171,10 +172,12 @@ class Layer:
         self.gate_up, self.down = w["gate_up"], w["down_proj"]
 
     def forward(self, x: torch.Tensor, delta: torch.Tensor | None, meta: BatchMeta, cache: "KVLayer",
-                cos: torch.Tensor, sin: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+                cos: torch.Tensor, sin: torch.Tensor, scale: float, ext=None) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.cfg
         T = x.shape[0]
         eps = c.rms_norm_eps
+        if ext is not None:  # a decode step the kernels take whole (Model._decode_ext): no per-op checks
+            return self._decode(ext, x, delta, meta, cache, cos, sin, scale)
         h = ops.rms_norm(x, self.input_norm, eps) if delta is None else ops.add_rms_norm_(x, delta, self.input_norm, eps)
         qkv = self.qkv(h)  # [T, (H + 2 KVH) D]
         if self.qkv_bias is not None:
@@ -192,6 +195,20 @@ class Layer:
             attn[s.start : s.start + s.n] = prefill_attention(q[s.start : s.start + s.n], cache, s, scale, c.sliding_window)
         h = ops.add_rms_norm_(x, self.o(attn.reshape(T, -1)), self.post_norm, eps)
         return x, self.down(ops.silu_mul(self.gate_up(h)))
+
+    def _decode(self, ext, x, delta, meta, cache, cos, sin, scale):
+        """forward() for an all-decode step, calling the extension's ops directly. ops.py's wrappers
+        check dtypes, devices and layouts on every call (~5 us each, ~150 calls a step); here the
+        model checked them once (Model._decode_ext) and the kernels still check their arguments."""
+        c, eps = self.cfg, self.cfg.rms_norm_eps
+        h = ext.rms_norm(x, self.input_norm, eps) if delta is None else ext.add_rms_norm_(x, delta, self.input_norm, eps)
+        qkv = self.qkv(h)
+        if self.qkv_bias is not None:
+            qkv = qkv + self.qkv_bias
+        q = ext.rope_qkv_cache_(qkv, cos, sin, cache.k, cache.v, meta.slot_mapping, c.num_heads, c.num_kv_heads)
+        attn = ext.decode_attention(q.contiguous(), cache.k, cache.v, meta.decode_tables, meta.decode_lens, scale)
+        h = ext.add_rms_norm_(x, self.o(attn.reshape(x.shape[0], -1)), self.post_norm, eps)
+        return x, self.down(ext.silu_mul(self.gate_up(h)))
 
 
 def prefill_attention(q: torch.Tensor, cache: "KVLayer", s: AttnSegment, scale: float, window: int | None) -> torch.Tensor:
@@ -234,6 +251,7 @@ class Model:
         self.scale = 1.0 / math.sqrt(cfg.head_dim)
         self._rope_len = 0
         self._cos = self._sin = torch.empty(0)
+        self._ext_ok: bool | None = None  # decided on the first decode step (_decode_ext)
 
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         need = int(positions.max()) + 1
@@ -249,11 +267,26 @@ class Model:
         """input_ids [T] -> final hidden states [T, hidden] (normalised)."""
         x = F.embedding(input_ids, self.embed).to(self.dtype)  # a new tensor: the residual stream, updated in place
         cos, sin = self._rope(meta.positions)
+        ext = self._decode_ext(cache) if meta.all_decode else None
         delta = None
         for layer, kv in zip(self.layers, cache):
-            x, delta = layer.forward(x, delta, meta, kv, cos, sin, self.scale)
+            x, delta = layer.forward(x, delta, meta, kv, cos, sin, self.scale, ext)
         eps = self.cfg.rms_norm_eps
         return ops.rms_norm(x, self.norm, eps) if delta is None else ops.add_rms_norm_(x, delta, self.norm, eps)
+
+    def _decode_ext(self, cache: list["KVLayer"]):
+        """The extension when a decode step can call its ops directly: float32 activations, norms and
+        KV cache on the CPU, a head size the rotary kernel takes (what ops.py checks per call); else None."""
+        if self._ext_ok is None:
+            self._ext_ok = (
+                ops.kernels_enabled() and self.dtype == torch.float32 and self.cfg.head_dim % 16 == 0
+                and all(t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous()
+                        for layer in self.layers for t in (layer.input_norm, layer.post_norm))
+            )
+        kv = cache[0].k
+        if not (self._ext_ok and kv.dtype == torch.float32 and kv.device.type == "cpu" and kv.is_contiguous()):
+            return None
+        return kernels_extension()
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
