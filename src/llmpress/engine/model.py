@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from . import ops
-from .extension import _extension as kernels_extension
+from . import kernels, ops
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 
@@ -173,18 +172,20 @@ class Layer:
 
     def forward(self, x: torch.Tensor, delta: torch.Tensor | None, meta: BatchMeta, cache: "KVLayer",
                 cos: torch.Tensor, sin: torch.Tensor, scale: float, ext=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """ext: the extension, on decode steps whose inputs Model._decode_ext checked once. Its ops have
+        ops.py's names and arguments, and ops.py's wrappers re-check dtypes, devices and layouts on
+        every call (~5 us each, ~150 calls a step), so those steps call it directly."""
         c = self.cfg
+        o = ops if ext is None else ext
         T = x.shape[0]
         eps = c.rms_norm_eps
-        if ext is not None:  # a decode step the kernels take whole (Model._decode_ext): no per-op checks
-            return self._decode(ext, x, delta, meta, cache, cos, sin, scale)
-        h = ops.rms_norm(x, self.input_norm, eps) if delta is None else ops.add_rms_norm_(x, delta, self.input_norm, eps)
+        h = o.rms_norm(x, self.input_norm, eps) if delta is None else o.add_rms_norm_(x, delta, self.input_norm, eps)
         qkv = self.qkv(h)  # [T, (H + 2 KVH) D]
         if self.qkv_bias is not None:
             qkv = qkv + self.qkv_bias
-        q = ops.rope_qkv_cache_(qkv, cos, sin, cache.k, cache.v, meta.slot_mapping, c.num_heads, c.num_kv_heads)  # [T, H, D]
+        q = o.rope_qkv_cache_(qkv, cos, sin, cache.k, cache.v, meta.slot_mapping, c.num_heads, c.num_kv_heads)  # [T, H, D]
         if meta.all_decode:  # the common steady state: skip the scatter/gather of rows
-            attn = ops.decode_attention(q, cache.k, cache.v, meta.decode_tables, meta.decode_lens, scale)
+            attn = o.decode_attention(q, cache.k, cache.v, meta.decode_tables, meta.decode_lens, scale)
         else:
             attn = q.new_empty(q.shape)  # [T, H, D]
         if meta.decode_rows is not None and not meta.all_decode:
@@ -193,22 +194,8 @@ class Layer:
             )
         for s in meta.prefill:
             attn[s.start : s.start + s.n] = prefill_attention(q[s.start : s.start + s.n], cache, s, scale, c.sliding_window)
-        h = ops.add_rms_norm_(x, self.o(attn.reshape(T, -1)), self.post_norm, eps)
-        return x, self.down(ops.silu_mul(self.gate_up(h)))
-
-    def _decode(self, ext, x, delta, meta, cache, cos, sin, scale):
-        """forward() for an all-decode step, calling the extension's ops directly. ops.py's wrappers
-        check dtypes, devices and layouts on every call (~5 us each, ~150 calls a step); here the
-        model checked them once (Model._decode_ext) and the kernels still check their arguments."""
-        c, eps = self.cfg, self.cfg.rms_norm_eps
-        h = ext.rms_norm(x, self.input_norm, eps) if delta is None else ext.add_rms_norm_(x, delta, self.input_norm, eps)
-        qkv = self.qkv(h)
-        if self.qkv_bias is not None:
-            qkv = qkv + self.qkv_bias
-        q = ext.rope_qkv_cache_(qkv, cos, sin, cache.k, cache.v, meta.slot_mapping, c.num_heads, c.num_kv_heads)
-        attn = ext.decode_attention(q.contiguous(), cache.k, cache.v, meta.decode_tables, meta.decode_lens, scale)
-        h = ext.add_rms_norm_(x, self.o(attn.reshape(x.shape[0], -1)), self.post_norm, eps)
-        return x, self.down(ext.silu_mul(self.gate_up(h)))
+        h = o.add_rms_norm_(x, self.o(attn.reshape(T, -1)), self.post_norm, eps)
+        return x, self.down(o.silu_mul(self.gate_up(h)))
 
 
 def prefill_attention(q: torch.Tensor, cache: "KVLayer", s: AttnSegment, scale: float, window: int | None) -> torch.Tensor:
@@ -251,7 +238,7 @@ class Model:
         self.scale = 1.0 / math.sqrt(cfg.head_dim)
         self._rope_len = 0
         self._cos = self._sin = torch.empty(0)
-        self._ext_ok: bool | None = None  # decided on the first decode step (_decode_ext)
+        self._decode_kernels = False  # the extension or None, decided on the first decode step (_decode_ext)
 
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         need = int(positions.max()) + 1
@@ -275,18 +262,17 @@ class Model:
         return ops.rms_norm(x, self.norm, eps) if delta is None else ops.add_rms_norm_(x, delta, self.norm, eps)
 
     def _decode_ext(self, cache: list["KVLayer"]):
-        """The extension when a decode step can call its ops directly: float32 activations, norms and
-        KV cache on the CPU, a head size the rotary kernel takes (what ops.py checks per call); else None."""
-        if self._ext_ok is None:
-            self._ext_ok = (
-                ops.kernels_enabled() and self.dtype == torch.float32 and self.cfg.head_dim % 16 == 0
-                and all(t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous()
-                        for layer in self.layers for t in (layer.input_norm, layer.post_norm))
-            )
+        """The extension when a decode step can call its ops directly (what ops.py checks per call):
+        float32 activations, norms and KV cache on the CPU, a head size the rotary kernel takes."""
+        if self._decode_kernels is False:  # decided once per model
+            ok = self.dtype == torch.float32 and self.cfg.head_dim % 16 == 0 and all(
+                t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous()
+                for layer in self.layers for t in (layer.input_norm, layer.post_norm))
+            self._decode_kernels = kernels._extension() if ok and kernels.available() else None
         kv = cache[0].k
-        if not (self._ext_ok and kv.dtype == torch.float32 and kv.device.type == "cpu" and kv.is_contiguous()):
+        if self._decode_kernels is None or not (kv.dtype == torch.float32 and kv.device.type == "cpu" and kv.is_contiguous()):
             return None
-        return kernels_extension()
+        return self._decode_kernels
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

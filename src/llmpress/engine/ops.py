@@ -29,11 +29,6 @@ def _enabled() -> bool:
     return kernels.available()
 
 
-def kernels_enabled() -> bool:
-    """Whether these ops take the extension's kernels (kernels.available(), read once)."""
-    return _enabled()
-
-
 def _fast(*tensors: torch.Tensor) -> bool:
     return _enabled() and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
 
