@@ -46,14 +46,20 @@ def test_serve_process_answers_then_drains_on_sigterm(tiny_llama, tmp_path):
             time.sleep(0.2)
         auth = {"Authorization": "Bearer k"}
         assert httpx.get(f"{url}/v1/models", headers=auth).json()["data"][0]["id"] == "tiny-llama"  # the folder name
-        body = {"model": "tiny-llama", "prompt": "Hello", "max_tokens": 60, "temperature": 0, "ignore_eos": True, "stream": True}
+        body = {"model": "tiny-llama", "prompt": "Hello", "max_tokens": 200, "temperature": 0, "ignore_eos": True,
+                "stream": True, "stream_options": {"include_usage": True}}
         with httpx.stream("POST", f"{url}/v1/completions", json=body, headers=auth, timeout=60) as r:
             lines = r.iter_lines()
-            next(line for line in lines if line.startswith("data: "))
+            events = [next(line for line in lines if line.startswith("data: "))[6:]]
             proc.send_signal(signal.SIGTERM)  # mid-stream: uvicorn stops accepting, the stream finishes
-            events = [line[6:] for line in lines if line.startswith("data: ")]
+            events += [line[6:] for line in lines if line.startswith("data: ")]
+        # The stream coalesces tokens made between two sends, so on a fast machine the first event may
+        # already carry them all; what must hold either way is a complete stream: every token, the finish
+        # reason, the usage chunk and [DONE].
         assert events[-1] == "[DONE]"
-        assert json.loads(events[-2])["choices"][0]["finish_reason"] == "length"
+        chunks = [json.loads(e) for e in events[:-1]]
+        assert [c["choices"][0]["finish_reason"] for c in chunks[:-1]][-1] == "length"
+        assert chunks[-1]["usage"]["completion_tokens"] == 200
         # uvicorn re-raises the signal once it has shut down cleanly, so the exit status is SIGTERM's
         assert proc.wait(30) in (0, -signal.SIGTERM), log.read_text()
     finally:
