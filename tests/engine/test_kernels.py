@@ -115,6 +115,8 @@ SHAPES = [
     (67, 160, (32, None)),  # K padded to 192: a half-filled last step; odd N
     (67, 200, (None,)),     # K % 64 = 8
     (33, 100, (None,)),     # K % 8 = 4: a partial packed int4 word
+    (24, 2176, (64, 128, None)),  # x rows of 8.5 KiB: the 512-bit tiles take 2 rows, not 8 (L1)
+    (40, 2100, (None,)),    # ... with a padded last step
 ]
 CASES = [(n, k, gs) for n, k, groups in SHAPES for gs in groups]
 

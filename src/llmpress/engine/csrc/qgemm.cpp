@@ -199,14 +199,26 @@ void for_each_tile(int64_t M, int64_t N, int64_t row_bytes, const Tile& tile) {
 // ---------------------------------------------------------------------------------------------
 // Activation preparation.
 
+// These run once per call, on one thread, before the parallel GEMM, so they are written as
+// vector loops over whole 8-k chunks (a row's last K % 8 values one by one): as scalar loops,
+// with a division per element for the group index, they took ~70 us of a 1536 -> 576 call at
+// M = 16 (the whole GEMM: ~300 us).
+
 // x [M, K] -> float32 [M, Kp], zero-padded, times gain[(k / 8) % 8] (powers of two: exact).
 at::Tensor prepare_x(const at::Tensor& x, int64_t Kp, const float* gain = nullptr) {
-  const int64_t M = x.size(0), K = x.size(1);
+  const int64_t M = x.size(0), K = x.size(1), K8 = K & ~int64_t{7};
   at::Tensor out = K == Kp ? at::empty({M, Kp}, x.options()) : at::zeros({M, Kp}, x.options());  // padding: zeros
   const float* src = x.data_ptr<float>();
   float* dst = out.data_ptr<float>();
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t k = 0; k < K; ++k) dst[m * Kp + k] = gain ? src[m * K + k] * gain[(k >> 3) & 7] : src[m * K + k];
+  for (int64_t m = 0; m < M; ++m) {
+    const float* s = src + m * K;
+    float* d = dst + m * Kp;
+    for (int64_t k = 0; k < K8; k += 8) {
+      const __m256 v = _mm256_loadu_ps(s + k);
+      _mm256_storeu_ps(d + k, gain ? _mm256_mul_ps(v, _mm256_set1_ps(gain[(k >> 3) & 7])) : v);
+    }
+    for (int64_t k = K8; k < K; ++k) d[k] = gain ? s[k] * gain[(k >> 3) & 7] : s[k];
+  }
   return out;
 }
 
@@ -214,15 +226,21 @@ at::Tensor prepare_x(const at::Tensor& x, int64_t Kp, const float* gain = nullpt
 // (16 floats) = x[8p .. 8p + 7] · 16^-p, then x[8(p + 4) .. 8(p + 4) + 7] · 16^-(p + 4) (exact).
 at::Tensor prepare_x_interleaved(const at::Tensor& x, int64_t Kp) {
   static constexpr float kGain[8] = {1.0f, 0x1p-4f, 0x1p-8f, 0x1p-12f, 0x1p-16f, 0x1p-20f, 0x1p-24f, 0x1p-28f};
-  const int64_t M = x.size(0), K = x.size(1);
+  const int64_t M = x.size(0), K = x.size(1), K8 = K & ~int64_t{7};
   at::Tensor out = K == Kp ? at::empty({M, Kp}, x.options()) : at::zeros({M, Kp}, x.options());  // padding: zeros
   const float* src = x.data_ptr<float>();
   float* dst = out.data_ptr<float>();
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t k = 0; k < K; ++k) {
-      const int64_t c = (k >> 3) & 7, p = c & 3, half = c >> 2;  // chunk c lands in pair c % 4, half c / 4
-      dst[m * Kp + (k & ~63) + 16 * p + 8 * half + (k & 7)] = src[m * K + k] * kGain[c];
-    }
+  auto place = [](int64_t k) {  // chunk c = (k / 8) % 8 lands in pair c % 4, half c / 4
+    const int64_t c = (k >> 3) & 7;
+    return (k & ~int64_t{63}) + 16 * (c & 3) + 8 * (c >> 2) + (k & 7);
+  };
+  for (int64_t m = 0; m < M; ++m) {
+    const float* s = src + m * K;
+    float* d = dst + m * Kp;
+    for (int64_t k = 0; k < K8; k += 8)
+      _mm256_storeu_ps(d + place(k), _mm256_mul_ps(_mm256_loadu_ps(s + k), _mm256_set1_ps(kGain[(k >> 3) & 7])));
+    for (int64_t k = K8; k < K; ++k) d[place(k)] = s[k] * kGain[(k >> 3) & 7];
+  }
   return out;
 }
 
@@ -245,7 +263,15 @@ Offsets offsets_for(const at::Tensor& x, int64_t G, int64_t group_size, const in
   o.G = G, o.zp = zp, o.base = base;
   const float* xd = x.data_ptr<float>();
   for (int64_t m = 0; m < M; ++m)
-    for (int64_t k = 0; k < K; ++k) o.sums[m * G + k / group_size] += xd[m * K + k];
+    for (int64_t g = 0, k0 = 0; k0 < K; ++g, k0 += group_size) {  // group sizes are multiples of 8 (32 or 64j)
+      const float* r = xd + m * K;
+      const int64_t k1 = std::min(K, k0 + group_size), k8 = k0 + ((k1 - k0) & ~int64_t{7});
+      __m256 acc = _mm256_setzero_ps();
+      for (int64_t k = k0; k < k8; k += 8) acc = _mm256_add_ps(acc, _mm256_loadu_ps(r + k));
+      float total = hsum(acc);
+      for (int64_t k = k8; k < k1; ++k) total += r[k];
+      o.sums[m * G + g] = total;
+    }
   return o;
 }
 
@@ -275,7 +301,7 @@ at::Tensor float_gemm(const Decoder& dec, const at::Tensor& xp, int64_t N, int64
   float* yd = y.data_ptr<float>();
 #ifdef LLMPRESS_AVX512
   if (g_wide) {  // 32 registers: tiles of up to kMaxWideTile rows
-    for_each_tile<kMaxWideTile>(M, N, row_bytes, [&](auto mb, int64_t n, int64_t m0) {
+    auto tile = [&](auto mb, int64_t n, int64_t m0) {
       constexpr int MB = decltype(mb)::value;
       float out[MB];
       const float* sn = scale + n * G;
@@ -287,7 +313,18 @@ at::Tensor float_gemm(const Decoder& dec, const at::Tensor& xp, int64_t N, int64
       else
         wide_tile<MB, MB == 1 ? 4 : 2, false>(dec, n, xm, Kp, Kp / kStep, spg, sn, out);
       for (int m = 0; m < MB; ++m) yd[(m0 + m) * N + n] = off.none() ? out[m] : out[m] - offset_term(off, sn, n, m0 + m);
-    });
+    };
+    // A tile's activation rows (MB · Kp floats) are read once per weight row, so they must stay
+    // in L1. Measured (SmolLM2's 1536 -> 576 at M = 16, interleaved A/B): 8 rows (48 KiB) 381 us,
+    // 4 rows (24 KiB) 239 us; 4096 x 4096 int4: 8 rows 7.3 ms, 4 rows 6.4, 2 rows 6.0; 576 -> 1536
+    // does not care. So the most rows whose x fits in 32 KiB, and at least 2.
+    const int64_t fit = (int64_t{32} << 10) / (Kp * int64_t{sizeof(float)});
+    if (fit >= 8)
+      for_each_tile<kMaxWideTile>(M, N, row_bytes, tile);
+    else if (fit >= 4)
+      for_each_tile<4>(M, N, row_bytes, tile);
+    else
+      for_each_tile<2>(M, N, row_bytes, tile);
     return y;
   }
 #endif
