@@ -316,3 +316,19 @@ def test_amx_can_be_switched_off(monkeypatch):
     assert not kernels.amx_available() and not weight_for(tensors, scheme)._amx_ok
     monkeypatch.delenv("LLMPRESS_AMX")
     assert weight_for(tensors, scheme)._amx_ok == AMX
+
+
+@pytest.mark.skipif(not FAST, reason="the extension is not built here")
+@pytest.mark.parametrize("fmt,cls", [("int4", kernels.Int4Weight), ("int8", kernels.Int8Weight), ("w8a8", kernels.W8A8Weight),
+                                     ("fp8", kernels.FP8Weight)])
+def test_fused_rows_follow_the_vector_width(fmt, cls, width):
+    """The 512-bit tiles beat dequantize + sgemm up to more rows than the AVX2 ones: a weight takes
+    the crossover of the width set when it binds, and the call at the crossover's edge takes each path."""
+    tensors, scheme = make_checkpoint(fmt, 64, 128, None)
+    w = weight_for(tensors, scheme)
+    assert isinstance(w, cls)
+    assert w.small_m_max == (cls.small_m_max_wide if width == 512 else cls.small_m_max)
+    x = torch.randn(w.small_m_max + 1, 128)
+    ref = truth(x, tensors, scheme)
+    for m in (w.small_m_max, w.small_m_max + 1):  # fused, then prefill
+        assert sqnr_db(w(x[:m]), ref[:m]) >= MIN_SQNR_DB

@@ -3,10 +3,11 @@
 A weight W [N=out_features, K=in_features] stays at its compressed size (int4 packed, int8, fp8,
 bf16) and `w(x)` computes y = x @ W^T for float32 x [..., K]:
 
-  M = rows of x <= w.small_m_max (decode)   fused dequantize + GEMM in csrc/qgemm.cpp (AVX2/FMA,
-                                             512-bit tiles where the CPU has AVX-512):
+  M = rows of x <= w.small_m_max (decode:   fused dequantize + GEMM in csrc/qgemm.cpp (AVX2/FMA,
+  16-24 rows, 32-64 with AVX-512 tiles)      512-bit tiles where the CPU has AVX-512):
                                              reads each weight once, decodes it in registers and
-                                             reuses it over tiles of 4-8 rows (memory-bound at M = 1).
+                                             reuses it over tiles of 2-8 rows, as many as keep x in L1
+                                             (memory-bound at M = 1).
   M in w.amx_m, on CPUs with AMX             csrc/amx_gemm.cpp: the weight decoded to exact bf16
   (Sapphire Rapids on)                       16-row tiles, x split into two bf16 parts, products on
                                              AMX tiles: a batch of 16 costs about what one row does.
@@ -123,6 +124,10 @@ class QuantizedWeight:
     # `benchmarks/engine_kernels.py --crossover` (2 threads; 16-24 rows for the float-decoded
     # formats, ~50-64 for W8A8, whose int8 x int8 math is cheaper), per subclass below.
     small_m_max = 16
+    # ... with the 512-bit tiles (AVX-512 builds), which reuse each decoded weight over 2-8 rows:
+    # measured on a 2-core Zen 4 (interleaved, SmolLM2's shapes 576->1536, 1536->576, 576->576), the
+    # fused kernel still wins by 10-60% at these M. Taken when the weight binds, from the width set then.
+    small_m_max_wide = 48
     # On CPUs with AMX, rows in this range take the AMX GEMM (`_amx`) instead, where the format has
     # one: its cost hardly grows with M up to 16 (one tile of rows) where the register tiles' grows
     # linearly, and it beats dequantize + sgemm up to 256 rows at least. Crossovers measured per
@@ -137,6 +142,8 @@ class QuantizedWeight:
         too where it fits the layout and amx_available() (LLMPRESS_AMX, read now)."""
         self._ext = _extension() if kernels_fit and self.device.type == "cpu" and available() else None
         self._amx_ok = self._ext is not None and amx_fits and amx_available()
+        if self._ext is not None and self._ext.vector_bits() == 512:
+            self.small_m_max = self.small_m_max_wide
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         ext = self._ext
@@ -235,6 +242,7 @@ class Int4Weight(QuantizedWeight):
     float32 [N, Gp] and zero_point as int8 [N, Gp], Gp = ceil(Kp / group_size), zero-padded."""
 
     small_m_max = 20
+    small_m_max_wide = 32  # M=32 fused / sgemm us: 592 / 638 (576->1536), 433 / 619 (1536->576); M=48 847 / 832
     amx_m = (4, 256)  # 1536x576 g64, us: M=2 AMX 48 / fused 34; M=4 49 / 61; M=16 52 / 212; M=256 1095 / sgemm 1416
 
     def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, in_features: int):
@@ -302,6 +310,7 @@ class Int8Weight(_ByteWeight):
     """int8 weights, float activations (W8A16); channel or group scales, optional zero point."""
 
     small_m_max = 24
+    small_m_max_wide = 48  # M=48: 733 / 866 us (576->1536), 674 / 868 (1536->576)
     amx_m = (8, 256)  # M=4 AMX 60 / fused 39 us; M=8 58 / 69
 
     def _fused(self, x):
@@ -318,6 +327,7 @@ class W8A8Weight(Int8Weight):
     """int8 weights and dynamic per-token symmetric int8 activations: int8 x int8 with int32 sums."""
 
     small_m_max = 48
+    small_m_max_wide = 64  # M=64: 810 / 2486 us (576->1536), 850 / 2098 (1536->576)
     amx_m = (2, 256)  # M=1 AMX 20 / fused 18 us; M=2 17 / 26; M=16 51 / 155
 
     def __init__(self, weight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None = None):
@@ -340,6 +350,7 @@ class FP8Weight(_ByteWeight):
     (FP8_DYNAMIC). No fp8 arithmetic on CPU: weights are decoded in registers, math is float32."""
 
     small_m_max = 20
+    small_m_max_wide = 48  # M=48: 1027 / 2311 us (576->1536), 1207 / 1999 (1536->576)
     amx_m = (4, 256)  # M=2 AMX 52 / fused 39 us; M=4 54 / 61; M=16 94 / 208
 
     def __init__(self, weight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None = None, dynamic_act: bool = True):
