@@ -58,7 +58,7 @@ def test_serve_process_answers_then_drains_on_sigterm(tiny_llama, tmp_path):
         # reason, the usage chunk and [DONE].
         assert events[-1] == "[DONE]"
         chunks = [json.loads(e) for e in events[:-1]]
-        assert [c["choices"][0]["finish_reason"] for c in chunks[:-1]][-1] == "length"
+        assert chunks[-2]["choices"][0]["finish_reason"] == "length"  # the last choice chunk, then usage
         assert chunks[-1]["usage"]["completion_tokens"] == 200
         # uvicorn re-raises the signal once it has shut down cleanly, so the exit status is SIGTERM's
         assert proc.wait(30) in (0, -signal.SIGTERM), log.read_text()

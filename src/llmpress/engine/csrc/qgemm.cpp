@@ -204,44 +204,38 @@ void for_each_tile(int64_t M, int64_t N, int64_t row_bytes, const Tile& tile) {
 // with a division per element for the group index, they took ~70 us of a 1536 -> 576 call at
 // M = 16 (the whole GEMM: ~300 us).
 
-// x [M, K] -> float32 [M, Kp], zero-padded, times gain[(k / 8) % 8] (powers of two: exact).
-at::Tensor prepare_x(const at::Tensor& x, int64_t Kp, const float* gain = nullptr) {
+// x [M, K] -> float32 [M, Kp], zero-padded: x[m, k] · gain[(k / 8) % 8] (powers of two: exact)
+// stored at column place(k), a permutation within each 64-k step that keeps 8-k chunks whole.
+template <class Place>
+at::Tensor prepare_rows(const at::Tensor& x, int64_t Kp, const float* gain, const Place& place) {
   const int64_t M = x.size(0), K = x.size(1), K8 = K & ~int64_t{7};
   at::Tensor out = K == Kp ? at::empty({M, Kp}, x.options()) : at::zeros({M, Kp}, x.options());  // padding: zeros
   const float* src = x.data_ptr<float>();
   float* dst = out.data_ptr<float>();
-  for (int64_t m = 0; m < M; ++m) {
-    const float* s = src + m * K;
-    float* d = dst + m * Kp;
-    for (int64_t k = 0; k < K8; k += 8) {
-      const __m256 v = _mm256_loadu_ps(s + k);
-      _mm256_storeu_ps(d + k, gain ? _mm256_mul_ps(v, _mm256_set1_ps(gain[(k >> 3) & 7])) : v);
-    }
-    for (int64_t k = K8; k < K; ++k) d[k] = gain ? s[k] * gain[(k >> 3) & 7] : s[k];
-  }
-  return out;
-}
-
-// For the 512-bit int4 tile: x [M, K] -> float32 [M, Kp] with, in every step of 64 k, pair p
-// (16 floats) = x[8p .. 8p + 7] · 16^-p, then x[8(p + 4) .. 8(p + 4) + 7] · 16^-(p + 4) (exact).
-at::Tensor prepare_x_interleaved(const at::Tensor& x, int64_t Kp) {
-  static constexpr float kGain[8] = {1.0f, 0x1p-4f, 0x1p-8f, 0x1p-12f, 0x1p-16f, 0x1p-20f, 0x1p-24f, 0x1p-28f};
-  const int64_t M = x.size(0), K = x.size(1), K8 = K & ~int64_t{7};
-  at::Tensor out = K == Kp ? at::empty({M, Kp}, x.options()) : at::zeros({M, Kp}, x.options());  // padding: zeros
-  const float* src = x.data_ptr<float>();
-  float* dst = out.data_ptr<float>();
-  auto place = [](int64_t k) {  // chunk c = (k / 8) % 8 lands in pair c % 4, half c / 4
-    const int64_t c = (k >> 3) & 7;
-    return (k & ~int64_t{63}) + 16 * (c & 3) + 8 * (c >> 2) + (k & 7);
-  };
   for (int64_t m = 0; m < M; ++m) {
     const float* s = src + m * K;
     float* d = dst + m * Kp;
     for (int64_t k = 0; k < K8; k += 8)
-      _mm256_storeu_ps(d + place(k), _mm256_mul_ps(_mm256_loadu_ps(s + k), _mm256_set1_ps(kGain[(k >> 3) & 7])));
-    for (int64_t k = K8; k < K; ++k) d[place(k)] = s[k] * kGain[(k >> 3) & 7];
+      _mm256_storeu_ps(d + place(k), _mm256_mul_ps(_mm256_loadu_ps(s + k), _mm256_set1_ps(gain[(k >> 3) & 7])));
+    for (int64_t k = K8; k < K; ++k) d[place(k)] = s[k] * gain[(k >> 3) & 7];
   }
   return out;
+}
+
+// In k order, times gain (default 1).
+at::Tensor prepare_x(const at::Tensor& x, int64_t Kp, const float* gain = nullptr) {
+  static constexpr float kOnes[8] = {1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f};
+  return prepare_rows(x, Kp, gain ? gain : kOnes, [](int64_t k) { return k; });
+}
+
+// For the 512-bit int4 tile: in every step of 64 k, pair p (16 floats) = x[8p .. 8p + 7] · 16^-p,
+// then x[8(p + 4) .. 8(p + 4) + 7] · 16^-(p + 4), i.e. chunk c = (k / 8) % 8 in pair c % 4, half c / 4.
+at::Tensor prepare_x_interleaved(const at::Tensor& x, int64_t Kp) {
+  static constexpr float kGain[8] = {1.0f, 0x1p-4f, 0x1p-8f, 0x1p-12f, 0x1p-16f, 0x1p-20f, 0x1p-24f, 0x1p-28f};
+  return prepare_rows(x, Kp, kGain, [](int64_t k) {
+    const int64_t c = (k >> 3) & 7;
+    return (k & ~int64_t{63}) + 16 * (c & 3) + 8 * (c >> 2) + (k & 7);
+  });
 }
 
 // The zero-point term of w = (q - c) · s with c = base + zp[n, g] (int4: base 8, the unsigned
@@ -262,9 +256,9 @@ Offsets offsets_for(const at::Tensor& x, int64_t G, int64_t group_size, const in
   o.sums.assign(M * G, 0.0f);
   o.G = G, o.zp = zp, o.base = base;
   const float* xd = x.data_ptr<float>();
-  for (int64_t m = 0; m < M; ++m)
+  for (int64_t m = 0; m < M; ++m) {
+    const float* r = xd + m * K;
     for (int64_t g = 0, k0 = 0; k0 < K; ++g, k0 += group_size) {  // group sizes are multiples of 8 (32 or 64j)
-      const float* r = xd + m * K;
       const int64_t k1 = std::min(K, k0 + group_size), k8 = k0 + ((k1 - k0) & ~int64_t{7});
       __m256 acc = _mm256_setzero_ps();
       for (int64_t k = k0; k < k8; k += 8) acc = _mm256_add_ps(acc, _mm256_loadu_ps(r + k));
@@ -272,6 +266,7 @@ Offsets offsets_for(const at::Tensor& x, int64_t G, int64_t group_size, const in
       for (int64_t k = k8; k < k1; ++k) total += r[k];
       o.sums[m * G + g] = total;
     }
+  }
   return o;
 }
 
