@@ -36,11 +36,11 @@ def pack_int(q: torch.Tensor, num_bits: int, dim: int = 1) -> torch.Tensor:
     if 32 % num_bits == 0:  # fast path: whole elements per word (b = 1, 2, 4, 8)
         per = 32 // num_bits
         x = torch.nn.functional.pad(x, (0, words * per - cols)).view(rows, words, per)
-        shifts = torch.arange(per, dtype=torch.int64) * num_bits
+        shifts = torch.arange(per, dtype=torch.int64, device=x.device) * num_bits
         out = (x << shifts).sum(-1)
     else:  # general bitstream: an element may straddle two words
-        bit = torch.arange(cols, dtype=torch.int64) * num_bits
-        out = torch.zeros(rows, words + 1, dtype=torch.int64)
+        bit = torch.arange(cols, dtype=torch.int64, device=x.device) * num_bits
+        out = torch.zeros(rows, words + 1, dtype=torch.int64, device=x.device)
         out.scatter_add_(1, (bit // 32).expand(rows, -1), x << (bit % 32))
         # bits shifted past 32 belong to the next word
         out[:, 1:] += out[:, :-1] >> 32
@@ -56,7 +56,7 @@ def unpack_int(packed: torch.Tensor, num_bits: int, n: int, dim: int = 1) -> tor
     if dim == 0:
         x = x.T
     rows, words = x.shape
-    bit = torch.arange(n, dtype=torch.int64) * num_bits
+    bit = torch.arange(n, dtype=torch.int64, device=x.device) * num_bits
     w, off = bit // 32, bit % 32
     lo = x[:, w] >> off
     nxt = torch.clamp(w + 1, max=words - 1)

@@ -159,8 +159,8 @@ def gptq_quantize(
     if static:  # scales from the original weight, fixed before any update
         scale, zp = observe(W, args, scale_dtype, importance)
     else:  # filled group by group as GPTQ reaches each group
-        scale = torch.empty(rows, cols // group, dtype=scale_dtype)
-        zp = None if args.symmetric else torch.empty(rows, cols // group, dtype=torch.int8)
+        scale = torch.empty(rows, cols // group, dtype=scale_dtype, device=W.device)
+        zp = None if args.symmetric else torch.empty(rows, cols // group, dtype=torch.int8, device=W.device)
     perm = torch.argsort(importance, descending=True) if args.actorder is not None else None
     # H in the visiting order; the one [cols, cols] copy this function makes (plus a transient)
     H = H_in.index_select(0, perm).index_select(1, perm) if perm is not None else H_in.clone()
@@ -177,8 +177,8 @@ def gptq_quantize(
     zp_f = zp.float() if static and zp is not None else None
     qmin, qmax, is_float = args.qmin, args.qmax, args.type == "float"
     round_scale = scale_dtype != torch.float32
-    Q = torch.empty(rows, cols, dtype=torch.float8_e4m3fn if is_float else torch.int8)  # the codes
-    losses = torch.zeros(())
+    Q = torch.empty(rows, cols, dtype=torch.float8_e4m3fn if is_float else torch.int8, device=W.device)  # the codes
+    losses = torch.zeros((), device=W.device)
 
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)

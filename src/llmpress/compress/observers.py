@@ -100,8 +100,8 @@ def _mse_search(g, imp, args: QuantArgs, scale_dtype, grid: int, maxshrink: floa
     """mse_qparams over g [R, G, S] (imp: the same shape, or None)."""
     xmin, xmax = g.amin(-1), g.amax(-1)
     lowest = 1.0 - maxshrink
-    best_err = torch.full(xmin.shape, float("inf"))
-    best_p = torch.ones(xmin.shape)
+    best_err = torch.full(xmin.shape, float("inf"), device=g.device)
+    best_p = torch.ones(xmin.shape, device=g.device)
     best = qparams_from_range(xmin, xmax, args, scale_dtype)
     buf = torch.empty_like(g)
 

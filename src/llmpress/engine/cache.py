@@ -45,11 +45,13 @@ class BlockManager:
         return len(self.free)
 
 
-def allocate(cfg: ModelConfig, budget_bytes: int, block_size: int, dtype: torch.dtype, device: str) -> tuple[list[KVLayer], BlockManager]:
-    """One [num_blocks, block_size, KVH, D] pool per layer for K and for V."""
+def allocate(cfg: ModelConfig, budget_bytes: int, block_size: int, dtype: torch.dtype, device: str,
+             reserve: int = 0) -> tuple[list[KVLayer], BlockManager]:
+    """One [num_blocks, block_size, KVH, D] pool per layer for K and for V. The last `reserve` blocks are
+    kept out of the manager: scratch space (CUDA-graph padding rows write their K/V there)."""
     per_block = bytes_per_token(cfg, dtype) * block_size
     num_blocks = budget_bytes // per_block
-    if num_blocks < 1:
+    if num_blocks < 1 + reserve:
         raise ValueError(
             f"KV cache budget {budget_bytes} bytes holds no block of {block_size} tokens "
             f"({per_block} bytes); raise kv_cache_memory"
@@ -59,4 +61,4 @@ def allocate(cfg: ModelConfig, budget_bytes: int, block_size: int, dtype: torch.
     # every read is bounded by a sequence's context length, so garbage is never seen.
     layers = [KVLayer(torch.empty(shape, dtype=dtype, device=device), torch.empty(shape, dtype=dtype, device=device))
               for _ in range(cfg.num_layers)]
-    return layers, BlockManager(num_blocks, block_size)
+    return layers, BlockManager(num_blocks - reserve, block_size)

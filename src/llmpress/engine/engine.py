@@ -18,8 +18,9 @@ import torch
 
 from ..models import resolve_model
 from . import cache as kvcache
+from .cuda_graphs import DecodeGraphs
 from .loader import load_model
-from .model import AttnSegment, BatchMeta
+from .model import AttnSegment, BatchMeta, Model
 from .sampling import SamplingParams, apply_penalties, has_penalties, sample, top_logprobs
 from .scheduler import Scheduled, Scheduler, Sequence, Status
 
@@ -63,31 +64,50 @@ class EngineConfig:
     max_model_len: int | None = None
     max_num_seqs: int = 32
     max_num_batched_tokens: int = 512
-    kv_cache_memory_bytes: int | None = None  # None: min(2 GiB, 1/4 of available RAM)
+    kv_cache_memory_bytes: int | None = None  # None: CPU min(2 GiB, 1/4 of available RAM); CUDA see below
     block_size: int = 16
     device: str = "cpu"
     seed: int = 0
+    # CUDA only, as in vLLM: the fraction of the GPU's memory the engine may fill (weights, activations and
+    # KV cache); the KV cache gets what is left of it after loading. And: never capture CUDA graphs.
+    gpu_memory_utilization: float = 0.9
+    enforce_eager: bool = False
 
 
 DTYPES = {"float32": torch.float32, "float": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "half": torch.float16}
 
 
+# Decode batch sizes captured as CUDA graphs (up to max_num_seqs), as vLLM's default list starts.
+GRAPH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+
+
 class LLMEngine:
-    def __init__(self, config: EngineConfig):
+    def __init__(self, config: EngineConfig, model: Model | None = None, tokenizer=None):
+        """model / tokenizer: an already built Model and its tokenizer (benchmarks that make weights in
+        memory); otherwise both are loaded from config.model."""
         from transformers import AutoTokenizer
 
         self.config = c = config
+        if c.device not in ("cpu", "cuda") and not c.device.startswith("cuda:"):
+            raise ValueError(f"device={c.device!r}: choose cpu or cuda")
         if c.device != "cpu" and not torch.cuda.is_available():
             raise ValueError(f"device={c.device!r} but no CUDA GPU is visible; use device='cpu'")
         if c.dtype != "auto" and c.dtype not in DTYPES:
             raise ValueError(f"dtype={c.dtype!r}: choose auto, {', '.join(DTYPES)}")
+        if not 0 < c.gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization={c.gpu_memory_utilization}: must be in (0, 1]")
         self.dtype = DTYPES.get(c.dtype) or (torch.float32 if c.device == "cpu" else torch.bfloat16)
-        self.path = resolve_model(c.model)
-        self.model = load_model(self.path, self.dtype)
+        self.device = torch.device(c.device)
+        if model is None:
+            self.path = resolve_model(c.model)
+            self.model = load_model(self.path, self.dtype, self.device)
+            self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        else:
+            self.path, self.model, self.tokenizer = None, model, tokenizer
         self.cfg = self.model.cfg
-        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-        budget = c.kv_cache_memory_bytes or min(2 << 30, psutil.virtual_memory().available // 4)
-        self.kv, self.blocks = kvcache.allocate(self.cfg, budget, c.block_size, self.dtype, c.device)
+        graphs = self.device.type == "cuda" and not c.enforce_eager
+        self.kv, self.blocks = kvcache.allocate(self.cfg, self._kv_budget(), c.block_size, self.dtype, c.device,
+                                                reserve=1 if graphs else 0)
         capacity = self.blocks.num_blocks * c.block_size
         limit = c.max_model_len or self.cfg.max_position_embeddings
         if c.max_model_len and c.max_model_len > capacity:
@@ -101,11 +121,37 @@ class LLMEngine:
         self.requests: dict[str, list[Sequence]] = {}
         self.prompts: dict[str, str | None] = {}
         self.stats = {"prompt_tokens": 0, "generation_tokens": 0, "steps": 0, "preemptions": 0}
+        self.graphs: DecodeGraphs | None = None
+        if graphs:
+            sizes = [b for b in GRAPH_SIZES if b < c.max_num_seqs] + [c.max_num_seqs]
+            self.graphs = DecodeGraphs(self.model, self.kv, sizes, -(-self.max_model_len // c.block_size),
+                                       self.blocks.num_blocks, self.max_model_len)
+            self.graphs.capture()
+
+    def _kv_budget(self) -> int:
+        """Bytes for the KV cache. CPU: min(2 GiB, 1/4 of available RAM). CUDA, as vLLM: what is left of
+        gpu_memory_utilization x the GPU's memory after the weights, less room for one step's activations
+        (max_num_batched_tokens rows of the widest intermediate and the logits, float32)."""
+        c = self.config
+        if c.kv_cache_memory_bytes:
+            return c.kv_cache_memory_bytes
+        if self.device.type == "cpu":
+            return min(2 << 30, psutil.virtual_memory().available // 4)
+        free, total = torch.cuda.mem_get_info(self.device)
+        cfg = self.cfg
+        step = c.max_num_batched_tokens * 4 * (2 * cfg.intermediate_size + 6 * cfg.hidden_size + cfg.vocab_size)
+        budget = int(c.gpu_memory_utilization * total) - (total - free) - 2 * step - (512 << 20)
+        if budget <= 0:
+            raise ValueError(
+                f"gpu_memory_utilization={c.gpu_memory_utilization} of {total / 2**30:.1f} GiB leaves no room for a KV "
+                f"cache after the weights ({(total - free) / 2**30:.1f} GiB in use); raise it or set kv_cache_memory_bytes"
+            )
+        return budget
 
     def _eos_ids(self) -> set[int]:
         ids = set(self.cfg.eos_token_ids)
-        gen = self.path / "generation_config.json"
-        if gen.is_file():
+        gen = None if self.path is None else self.path / "generation_config.json"
+        if gen is not None and gen.is_file():
             e = json.loads(gen.read_text()).get("eos_token_id")
             ids |= set(e if isinstance(e, list) else [] if e is None else [e])
         if self.tokenizer.eos_token_id is not None:
@@ -175,9 +221,10 @@ class LLMEngine:
         self.blocks.grow(table, n)
         bs = self.blocks.block_size
         try:
-            meta = BatchMeta.build(list(range(n)), [table[p // bs] * bs + p % bs for p in range(n)], [AttnSegment(0, n, n, table)])
+            meta = BatchMeta.build(list(range(n)), [table[p // bs] * bs + p % bs for p in range(n)],
+                                   [AttnSegment(0, n, n, table)], self.device)
             hidden = self.model.forward(torch.tensor(prompt_ids, dtype=torch.long), meta, self.kv)
-            return self.model.logits(hidden[-1:] if last_only else hidden).float()
+            return self.model.logits(hidden[-1:] if last_only else hidden).float().cpu()
         finally:
             self.blocks.release(table)
 
@@ -208,8 +255,13 @@ class LLMEngine:
                 positions.append(p)
                 slots.append(seq.block_table[p // bs] * bs + p % bs)
             segments.append(AttnSegment(start, s.n, seq.num_computed + s.n, seq.block_table))
-        meta = BatchMeta.build(positions, slots, segments)
-        hidden = self.model.forward(torch.tensor(ids), meta, self.kv)
+        graphed = self.graphs is not None and len(ids) == len(batch) <= self.graphs.max_batch
+        if graphed:  # every row a single-token decode: replay the captured step, logits of every row
+            all_logits = self.graphs.run(ids, positions, slots, [s.block_table for s in segments],
+                                         [s.ctx_len for s in segments])
+        else:
+            meta = BatchMeta.build(positions, slots, segments, self.device)
+            hidden = self.model.forward(torch.tensor(ids), meta, self.kv)
         rows: list[int] = []  # hidden rows whose logits are needed
         spans = []  # per scheduled chunk: (first logits row, number of rows, wants prompt logprobs)
         for s, seg in zip(batch, segments):
@@ -223,7 +275,12 @@ class LLMEngine:
                 rows.append(seg.start + s.n - 1)
             else:
                 spans.append((len(rows), 0, False))
-        logits = self.model.logits(hidden[torch.tensor(rows)]) if rows else None
+        if not rows:
+            logits = None
+        elif graphed:
+            logits = all_logits[torch.tensor(rows, device=self.device)].cpu()
+        else:  # sampling and logprobs run on the host: one copy of the rows' logits per step
+            logits = self.model.logits(hidden[torch.tensor(rows, device=self.device)]).cpu()
         touched: set[str] = set()
         for s, (r, k, want_prompt) in zip(batch, spans):
             seq, samples = s.seq, s.samples  # read before num_computed moves

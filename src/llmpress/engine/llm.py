@@ -27,6 +27,13 @@ class LLM:
         self.engine = LLMEngine(EngineConfig(model=str(model), **kwargs))
         self._counter = 0
 
+    @classmethod
+    def from_engine(cls, engine: LLMEngine) -> "LLM":
+        """The offline API over an engine built elsewhere (say, over a Model made in memory)."""
+        llm = cls.__new__(cls)
+        llm.engine, llm._counter = engine, 0
+        return llm
+
     def get_tokenizer(self):
         return self.engine.tokenizer
 

@@ -68,8 +68,10 @@ def _matches(name: str, pattern: str) -> bool:
     return name == pattern or name.endswith("." + pattern)
 
 
-def _tensors(ckpt: LazyCheckpoint, prefix: str) -> dict[str, torch.Tensor]:
-    return {s: ckpt.get(f"{prefix}.{s}") for s in QUANT_SUFFIXES if f"{prefix}.{s}" in ckpt}
+def _tensors(ckpt: LazyCheckpoint, prefix: str, device: torch.device) -> dict[str, torch.Tensor]:
+    """One Linear's stored tensors, copied from the memory map straight to `device` (weight_shape stays on the host)."""
+    return {s: ckpt.get(f"{prefix}.{s}").to(device if s != "weight_shape" else "cpu")
+            for s in QUANT_SUFFIXES if f"{prefix}.{s}" in ckpt}
 
 
 def _fuse(parts: list[dict[str, torch.Tensor]], group: dict | None) -> dict[str, torch.Tensor] | None:
@@ -108,12 +110,12 @@ class Concat:
         return torch.cat([p(x) for p in self.parts], dim=-1)
 
 
-def _storage_dtype(stored: torch.dtype, dtype: torch.dtype) -> torch.dtype:
+def _storage_dtype(stored: torch.dtype, dtype: torch.dtype, device: torch.device) -> torch.dtype:
     """The dtype an unquantized matrix is kept in. A bf16 checkpoint run in float32 on the CPU
     stays bf16: widening bf16 is exact, so the float32 math sees the same values, and our bf16
     GEMV reads half the bytes (1.5x faster than torch's fp32 sgemv at one row, measured by
     benchmarks/engine_kernels.py). Otherwise: the engine dtype."""
-    if stored == torch.bfloat16 and dtype == torch.float32 and kernels.available():
+    if stored == torch.bfloat16 and dtype == torch.float32 and device.type == "cpu" and kernels.available():
         return torch.bfloat16
     return dtype
 
@@ -123,16 +125,16 @@ def _weight(tensors: dict[str, torch.Tensor], group: dict | None, name: str, dty
         if "weight" not in tensors:
             raise UnsupportedCheckpoint(f"{name}: no 'weight' tensor in the checkpoint")
         w = tensors["weight"]
-        return kernels.DenseWeight(w.to(_storage_dtype(w.dtype, dtype)))
+        return kernels.DenseWeight(w.to(_storage_dtype(w.dtype, dtype, w.device)))
     try:
         return kernels.make_weight(tensors, group["weights"], group.get("input_activations"))
     except ValueError as e:
         raise UnsupportedCheckpoint(f"{name}: {e}") from None
 
 
-def _linear(ckpt: LazyCheckpoint, qc: QuantConfig, names: list[str], dtype: torch.dtype):
+def _linear(ckpt: LazyCheckpoint, qc: QuantConfig, names: list[str], dtype: torch.dtype, device: torch.device):
     groups = [qc.scheme_for(n) for n in names]
-    parts = [_tensors(ckpt, n) for n in names]
+    parts = [_tensors(ckpt, n, device) for n in names]
     for n, p in zip(names, parts):
         if not p:
             raise UnsupportedCheckpoint(f"checkpoint has no weights for {n}")
@@ -145,9 +147,10 @@ def _linear(ckpt: LazyCheckpoint, qc: QuantConfig, names: list[str], dtype: torc
     return Concat([_weight(p, g, n, dtype) for p, g, n in zip(parts, groups, names)])
 
 
-def load_model(folder: str | Path, dtype: torch.dtype = torch.float32) -> Model:
-    """Build the engine Model from a local folder (config.json + safetensors)."""
-    folder = Path(folder)
+def load_model(folder: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Model:
+    """Build the engine Model from a local folder (config.json + safetensors) on `device`: each
+    tensor goes from the memory map to the device on its own, so host memory never holds the model."""
+    folder, device = Path(folder), torch.device(device)
     hf = json.loads((folder / "config.json").read_text())
     cfg = ModelConfig.from_hf(hf)
     qc = QuantConfig(hf.get("quantization_config"))
@@ -157,7 +160,7 @@ def load_model(folder: str | Path, dtype: torch.dtype = torch.float32) -> Model:
     def dense(name: str) -> torch.Tensor:
         if name not in ckpt:
             raise UnsupportedCheckpoint(f"checkpoint is missing tensor {name!r}")
-        return ckpt.get(name).to(dtype)
+        return ckpt.get(name).to(device, dtype)
 
     layers = []
     for i in range(cfg.num_layers):
@@ -166,10 +169,10 @@ def load_model(folder: str | Path, dtype: torch.dtype = torch.float32) -> Model:
         w = {
             "input_layernorm": dense(f"{p}.input_layernorm.weight"),
             "post_attention_layernorm": dense(f"{p}.post_attention_layernorm.weight"),
-            "qkv": _linear(ckpt, qc, [f"{a}.q_proj", f"{a}.k_proj", f"{a}.v_proj"], dtype),
-            "o_proj": _linear(ckpt, qc, [f"{a}.o_proj"], dtype),
-            "gate_up": _linear(ckpt, qc, [f"{m}.gate_proj", f"{m}.up_proj"], dtype),
-            "down_proj": _linear(ckpt, qc, [f"{m}.down_proj"], dtype),
+            "qkv": _linear(ckpt, qc, [f"{a}.q_proj", f"{a}.k_proj", f"{a}.v_proj"], dtype, device),
+            "o_proj": _linear(ckpt, qc, [f"{a}.o_proj"], dtype, device),
+            "gate_up": _linear(ckpt, qc, [f"{m}.gate_proj", f"{m}.up_proj"], dtype, device),
+            "down_proj": _linear(ckpt, qc, [f"{m}.down_proj"], dtype, device),
         }
         if f"{a}.q_proj.bias" in ckpt:
             w["qkv_bias"] = torch.cat([dense(f"{a}.{x}_proj.bias") for x in "qkv"])
@@ -178,10 +181,10 @@ def load_model(folder: str | Path, dtype: torch.dtype = torch.float32) -> Model:
     if name not in ckpt:
         raise UnsupportedCheckpoint(f"checkpoint is missing tensor {name!r}")
     embed = ckpt.get(name)
-    embed = embed.to(_storage_dtype(embed.dtype, dtype))  # rows are widened to `dtype` as they are looked up
+    embed = embed.to(device, _storage_dtype(embed.dtype, dtype, device))  # rows are widened to `dtype` as they are looked up
     if cfg.tie_word_embeddings or "lm_head.weight" not in ckpt and "lm_head.weight_scale" not in ckpt:
         lm_head = kernels.DenseWeight(embed)
         lm_head.shares_embedding = lm_head.weight.data_ptr() == embed.data_ptr()  # no padded copy
     else:
-        lm_head = _linear(ckpt, qc, ["lm_head"], dtype)
+        lm_head = _linear(ckpt, qc, ["lm_head"], dtype, device)
     return Model(cfg, embed, layers, dense(f"{pre}.norm.weight"), lm_head, dtype)

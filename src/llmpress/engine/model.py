@@ -141,17 +141,23 @@ class BatchMeta:
     decode_lens: torch.Tensor | None = None  # [B] int32
     prefill: list[AttnSegment] = field(default_factory=list)
     all_decode: bool = False  # every row is a single-token decode, rows in segment order
+    max_position: int = 0  # max(positions), known on the host: no device sync to size the rope table
 
     @classmethod
-    def build(cls, positions: list[int], slots: list[int], segments: list[AttnSegment]) -> "BatchMeta":
-        meta = cls(torch.tensor(positions), torch.tensor(slots), segments)
+    def build(cls, positions: list[int], slots: list[int], segments: list[AttnSegment],
+              device: torch.device | str = "cpu") -> "BatchMeta":
+        """From host lists; the tensors go to `device` (the model's) in one small copy each."""
+        def t(v, dtype=torch.int64):
+            return torch.tensor(v, dtype=dtype, device=device)
+
+        meta = cls(t(positions), t(slots), segments, max_position=max(positions))
         dec = [s for s in segments if s.n == 1]
         meta.prefill = [s for s in segments if s.n > 1]
         if dec:
             width = max(len(s.block_table) for s in dec)
-            meta.decode_rows = torch.tensor([s.start for s in dec])
-            meta.decode_tables = torch.tensor([s.block_table + [0] * (width - len(s.block_table)) for s in dec], dtype=torch.int32)
-            meta.decode_lens = torch.tensor([s.ctx_len for s in dec], dtype=torch.int32)
+            meta.decode_rows = t([s.start for s in dec])
+            meta.decode_tables = t([s.block_table + [0] * (width - len(s.block_table)) for s in dec], torch.int32)
+            meta.decode_lens = t([s.ctx_len for s in dec], torch.int32)
             meta.all_decode = len(dec) == len(positions)
         return meta
 
@@ -202,8 +208,8 @@ def prefill_attention(q: torch.Tensor, cache: "KVLayer", s: AttnSegment, scale: 
     """q [n, H, D] for positions [ctx-n, ctx) against the sequence's cached keys [0, ctx)."""
     k, v = cache.gather(s.block_table, s.ctx_len)  # [ctx, KVH, D]
     n, ctx = q.shape[0], s.ctx_len
-    qpos = torch.arange(ctx - n, ctx).unsqueeze(1)
-    kpos = torch.arange(ctx).unsqueeze(0)
+    qpos = torch.arange(ctx - n, ctx, device=q.device).unsqueeze(1)
+    kpos = torch.arange(ctx, device=q.device).unsqueeze(0)
     mask = kpos <= qpos  # [n, ctx] causal, offset by the cached prefix
     if window is not None:
         mask &= kpos > qpos - window
@@ -223,7 +229,7 @@ class KVLayer:
 
     def gather(self, table: list[int], n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The first n cached tokens of a sequence, [n, KVH, D] each."""
-        idx = torch.tensor(table[: -(-n // self.block_size)])
+        idx = torch.tensor(table[: -(-n // self.block_size)], device=self.k.device)
         k = self.k[idx].flatten(0, 1)[:n]
         v = self.v[idx].flatten(0, 1)[:n]
         return k, v
@@ -240,20 +246,25 @@ class Model:
         self._cos = self._sin = torch.empty(0)
         self._decode_kernels = False  # the extension or None, decided on the first decode step (_decode_ext)
 
-    def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        need = int(positions.max()) + 1
-        if need > self._rope_len:  # grow the table in powers of two
+    @property
+    def device(self) -> torch.device:
+        return self.embed.device
+
+    def reserve_rope(self, need: int) -> None:
+        """Make the cos / sin tables cover positions [0, need), growing in powers of two. A CUDA graph
+        captures the table's address, so the engine reserves max_model_len before capturing."""
+        if need > self._rope_len:
             n = max(1 << (need - 1).bit_length(), 256)
-            ang = torch.outer(torch.arange(n, dtype=torch.float32), self.inv_freq)
+            ang = torch.outer(torch.arange(n, dtype=torch.float32), self.inv_freq).to(self.device)
             self._cos, self._sin = (ang.cos() * self.mscale).to(self.dtype), (ang.sin() * self.mscale).to(self.dtype)
             self._rope_len = n
-        return self._cos[positions], self._sin[positions]  # [T, D/2] each
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, meta: BatchMeta, cache: list[KVLayer]) -> torch.Tensor:
         """input_ids [T] -> final hidden states [T, hidden] (normalised)."""
-        x = F.embedding(input_ids, self.embed).to(self.dtype)  # a new tensor: the residual stream, updated in place
-        cos, sin = self._rope(meta.positions)
+        x = F.embedding(input_ids.to(self.device), self.embed).to(self.dtype)  # the residual stream, updated in place
+        self.reserve_rope(meta.max_position + 1)
+        cos, sin = self._cos[meta.positions], self._sin[meta.positions]  # [T, D/2] each
         ext = self._decode_ext(cache) if meta.all_decode else None
         delta = None
         for layer, kv in zip(self.layers, cache):
