@@ -16,8 +16,10 @@ from pathlib import Path
 import psutil
 import torch
 
+from .. import plan
 from ..models import resolve_model
 from . import cache as kvcache
+from . import kernels
 from .loader import load_model
 from .model import AttnSegment, BatchMeta
 from .sampling import SamplingParams, apply_penalties, has_penalties, sample, top_logprobs
@@ -83,6 +85,9 @@ class LLMEngine:
             raise ValueError(f"dtype={c.dtype!r}: choose auto, {', '.join(DTYPES)}")
         self.dtype = DTYPES.get(c.dtype) or (torch.float32 if c.device == "cpu" else torch.bfloat16)
         self.path = resolve_model(c.model)
+        if c.device == "cpu":  # fail now with the numbers, not OOM-killed while loading
+            plan.check_engine(self.path, c.kv_cache_memory_bytes, c.max_num_batched_tokens, c.max_num_seqs,
+                              self.dtype.itemsize, kernels.available())
         self.model = load_model(self.path, self.dtype)
         self.cfg = self.model.cfg
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
