@@ -205,6 +205,61 @@ def _card(a: argparse.Namespace) -> int:
     return 0
 
 
+def _synth(a: argparse.Namespace) -> int:
+    from .synth import synth
+
+    out = synth(a.config, a.output, layers=a.layers, seed=a.seed, dtype=a.dtype, overwrite=a.overwrite)
+    stats = json.loads((out / "llmpress_synth.json").read_text())
+    print(f"wrote {out} ({stats['tensors']} tensors, {stats['bytes'] / 1e9:.2f} GB, {stats['wall_s']} s)")
+    return 0
+
+
+def _plan(a: argparse.Namespace) -> int:
+    from . import plan
+
+    cfg, stored, largest, source_bytes = plan.model_facts(a.model)
+    machine = plan.this_machine(a.output or ".", a.gpu)
+    where = (f"{machine.name} ({machine.device_memory / 2**30:.0f} GiB)" if a.gpu else
+             f"this CPU ({machine.cores} cores, {machine.gemm_flops / 1e9:.0f} GFLOP/s measured)")
+    if a.engine:
+        weights = stored if cfg.get("quantization_config") or source_bytes == 2 else stored * 4 // source_bytes
+        kv = a.kv_cache_memory_bytes or min(2 << 30, max(0, machine.ram_available - weights) // 4)
+        est = plan.plan_engine(cfg, plan.EngineRun(weights, largest, kv, a.max_num_batched_tokens, a.max_num_seqs), machine)
+        head = f"engine (LLM / serve), KV cache {kv / 1e9:.2f} GB, {a.max_num_seqs} seqs"
+        fix = plan.ENGINE_FIX
+    else:
+        from .compress import Recipe
+        from .compress.calibrate import fastest_cpu_dtype
+
+        fields = dict(scheme=a.scheme, group_size=a.group_size, num_samples=a.num_samples, max_seq_len=a.max_seq_len,
+                      dataset=a.dataset, smoothing_strength=a.smoothing_strength, dtype=a.dtype, gptq=a.gptq)
+        fields = {k: v for k, v in fields.items() if v is not None}
+        recipe = Recipe.from_yaml(a.recipe, **fields) if a.recipe else Recipe(**fields)
+        cb = {"float32": 4, "bfloat16": 2}.get(recipe.dtype) or (2 if a.gpu or fastest_cpu_dtype().itemsize == 2 else 4)
+        run = plan.compress_run(recipe, source_bytes, cb)
+        est = plan.plan_compress(cfg, run, machine)
+        head = (f"compress {run.scheme}" + (f" (group {run.group_size})" if run.scheme.startswith("W4") else "")
+                + f", {run.num_samples} samples x {run.max_seq_len} tokens, calibration in {'bfloat16' if cb == 2 else 'float32'}")
+        fix = plan.COMPRESS_FIX
+    print(f"{head}, on {where}; model {a.model}: {stored / 1e9:.2f} GB stored")
+    parts = ", ".join(f"{k} {v / 1e9:.2f}" for k, v in est.terms if v)
+    print(f"  peak RAM    {est.peak_ram / 1e9:6.2f} GB  at {est.peak_phase}: {parts} GB")
+    if est.peak_device is not None:
+        print(f"  GPU memory  {est.peak_device / 1e9:6.2f} GB  of {machine.device_memory / 1e9:.0f} GB")
+    if not a.engine:
+        print(f"  disk        {est.disk / 1e9:6.2f} GB  written")
+        steps = ", ".join(f"{k} {v / 60:.1f}" for k, v in est.time_terms)
+        print(f"  wall time   {est.wall_s / 60:6.1f} min ({steps} min)")
+    try:
+        plan.check(est, machine, fix)
+        verdict = f"fits: {machine.ram_available / 1e9:.1f} GB of RAM available"
+    except plan.PlanError as e:
+        verdict = f"does not fit: {e}"
+    print(f"  {verdict}")
+    print(json.dumps({**est.to_dict(), "ram_available_gb": round(machine.ram_available / 1e9, 2)}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmpress", description="Compress, run, evaluate and benchmark LLMs on your own machine.")
     sub = p.add_subparsers(dest="verb", required=True)
@@ -321,6 +376,34 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("dir", help="an `llmpress run` output folder")
     d.add_argument("--report", action="store_true", help="also write report.html")
     d.set_defaults(fn=_card)
+
+    y = sub.add_parser("synth", help="a random-weight checkpoint of a Llama-family config (any shape), with a full-vocabulary tokenizer")
+    y.add_argument("config", help="a config.json (or a folder with one), a built-in name (deepseek-r1-distill-llama-8b), or a hub id (online)")
+    y.add_argument("--output", required=True)
+    y.add_argument("--layers", type=int, help="keep every shape but write only the first N decoder layers")
+    y.add_argument("--seed", type=int, default=0)
+    y.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="default: the config's torch_dtype, else bfloat16")
+    y.add_argument("--overwrite", action="store_true")
+    y.set_defaults(fn=_synth)
+
+    n = sub.add_parser("plan", help="predict peak RAM, disk and wall time of compress (or the engine's memory) before any work")
+    n.add_argument("model", nargs="?", default="default", help="HF folder, 'default', or a config (synth built-in name or config.json)")
+    n.add_argument("--engine", action="store_true", help="plan LLM(...) / serve instead of compress")
+    n.add_argument("--scheme", help="W4A16 | W4A16_ASYM | W8A16 | W8A8 | FP8_DYNAMIC")
+    n.add_argument("--group-size", type=int)
+    n.add_argument("--num-samples", type=int)
+    n.add_argument("--max-seq-len", type=int)
+    n.add_argument("--dataset")
+    n.add_argument("--smoothing-strength", type=float)
+    n.add_argument("--gptq", action=argparse.BooleanOptionalAction, default=None)
+    n.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], help="calibration forward dtype")
+    n.add_argument("--recipe", help="YAML file of recipe fields (flags override it)")
+    n.add_argument("--output", help="where the checkpoint would go (for the free-disk check)")
+    n.add_argument("--gpu", help="plan for a named GPU instead of this CPU: H100 | H200 | A100")
+    n.add_argument("--max-num-seqs", type=int, default=32)
+    n.add_argument("--max-num-batched-tokens", type=int, default=512)
+    n.add_argument("--kv-cache-memory-bytes", type=int)
+    n.set_defaults(fn=_plan)
     return p
 
 
@@ -339,10 +422,12 @@ def main(argv: list[str] | None = None) -> int:
     from .models import ModelError
     from .card import CardError
     from .run import RunError, RunRecipeError
+    from .synth import SynthError
+    from .plan import PlanError
 
     errors: tuple[type[Exception], ...] = (RecipeError, DatasetError, ModelError, ModelStructureError, CheckpointError, OutputExistsError, TextError,
                                           EvalError, TaskDataError, BenchTargetError, WorkloadError,
-                                          RunRecipeError, RunError, CardError)
+                                          RunRecipeError, RunError, CardError, SynthError, PlanError)
     if args.verb in ("generate", "chat"):  # the engine validates its input with ValueError / TypeError
         errors += (ValueError, TypeError)
     try:

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoint.compressed_tensors import compress_linear, quantization_config
 from ..checkpoint.shards import LazyCheckpoint, ShardWriter, atomic_output_dir, copy_side_files
+from .. import plan
 from ..models import resolve_model
 from . import sequential
 from .calibrate import InputStats, capture_layer_inputs, fastest_cpu_dtype, run_layer
@@ -68,6 +69,7 @@ def compress(
             )
     device = torch.device("cuda" if recipe.device == "auto" and torch.cuda.is_available() else ("cpu" if recipe.device == "auto" else recipe.device))
     calib_dtype = _calibration_dtype(recipe.dtype, device)
+    plan.check_compress(src, recipe, device.type, calib_dtype.itemsize, output)  # fail now, not OOM-killed halfway
 
     with atomic_output_dir(output, overwrite) as tmp:
         # Only {"format": "pt"} in the header: safetensors writes metadata from a hash map whose

@@ -16,8 +16,10 @@ from pathlib import Path
 import psutil
 import torch
 
+from .. import plan
 from ..models import resolve_model
 from . import cache as kvcache
+from . import kernels
 from .cuda_graphs import DecodeGraphs
 from .loader import load_model
 from .model import AttnSegment, BatchMeta, Model
@@ -100,6 +102,9 @@ class LLMEngine:
         self.device = torch.device(c.device)
         if model is None:
             self.path = resolve_model(c.model)
+            if c.device == "cpu":  # fail now with the numbers, not OOM-killed while loading
+                plan.check_engine(self.path, c.kv_cache_memory_bytes, c.max_num_batched_tokens, c.max_num_seqs,
+                                  self.dtype.itemsize, kernels.available())
             self.model = load_model(self.path, self.dtype, self.device)
             self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         else:
