@@ -301,7 +301,8 @@ def linear(x: torch.Tensor, w: TritonWeight, split_k: int | None = None) -> torc
             if w.act == "int8" and k % 8 == 0 and n % 8 == 0:
                 y = torch._int_mm(q, w.qweight.T)  # [M, N] int32, exact sums
                 return (y.float() * xs[:, None] * w.scale_row).to(out_dtype).reshape(*lead, n)
-            if w.act == "fp8" and out_dtype == torch.bfloat16 and k % 16 == 0 and n % 16 == 0 and _has_fp8_mma(x.device):
+            fp8_ok = out_dtype == torch.bfloat16 and k % 16 == 0 and n % 16 == 0 and _has_fp8_mma(x.device)
+            if w.act == "fp8" and fp8_ok:
                 y = torch._scaled_mm(q, w.qweight.T, scale_a=xs[:, None], scale_b=w.scale_row, out_dtype=out_dtype)
                 return y.reshape(*lead, n)
         x2 = q
