@@ -128,6 +128,19 @@ def test_byte_formats(fmt, sym, group, cls, n, k, dtype):
     check_linear(w, dtype)
 
 
+@pytest.mark.parametrize("fmt", ["int4", "w8a8"])
+def test_leading_dims_and_row_stride(fmt):
+    """x [2, 3, K] -> [2, 3, N]; rows of a wider tensor (stride(0) > K, as slices of a fused output) are read
+    in place and give the rows' own results."""
+    w, _, _ = build(fmt, 64, 256, None)
+    x = torch.randn(2, 3, 256).to(DEVICE)
+    y = w(x)
+    assert y.shape == (2, 3, 64)
+    torch.testing.assert_close(y, w(x.reshape(6, 256)).reshape(2, 3, 64), rtol=0, atol=0)
+    wide = torch.randn(5, 300).to(DEVICE)
+    torch.testing.assert_close(w(wide[:, 20:276]), w(wide[:, 20:276].contiguous()), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("fmt,sym,group", [("int4", True, 64), ("int4", False, 32), ("int4", False, None),
                                            ("int8", False, 64), ("w8a8", True, None), ("fp8w", True, 32)])
 def test_dequantize_is_exact(fmt, sym, group):

@@ -60,6 +60,9 @@ DECODE = GemmConfig(block_m=16, block_n=64, block_k=128, num_warps=4, num_stages
 # Prefill: a standard tensor-core tile; the in-kernel decode is cheap next to the 64x128x64 MMA work per tile.
 PREFILL = GemmConfig(block_m=64, block_n=128, block_k=64, num_warps=4, num_stages=3)
 DECODE_MAX_M = 16
+# Split-K aims at SPLIT_K_WAVES programs per SM; more splits cost float32 partials (splits x M x N x 4 bytes, a
+# quarter of an 8 MiB int4 weight's traffic at 8 splits and M = 16) and a torch sum.
+SPLIT_K_WAVES = 2
 MAX_SPLIT_K = 16
 
 
@@ -276,11 +279,11 @@ def quantize_act(x: torch.Tensor, act: str) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def split_k_for(m: int, n: int, k: int, cfg: GemmConfig, block_k: int, device: torch.device) -> int:
-    """K splits so that the programs fill every SM about twice (decode shapes with few N tiles), each split
-    keeping at least two K tiles; 1 when the M x N tiles alone are enough."""
+    """K splits so that the programs fill every SM SPLIT_K_WAVES times (decode shapes with few N tiles), each
+    split keeping at least two K tiles; 1 when the M x N tiles alone are enough."""
     tiles = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n)
     k_tiles = triton.cdiv(k, block_k)
-    want = triton.cdiv(2 * _num_sms(device), tiles)
+    want = triton.cdiv(SPLIT_K_WAVES * _num_sms(device), tiles)
     return max(1, min(want, k_tiles // 2, MAX_SPLIT_K))
 
 
