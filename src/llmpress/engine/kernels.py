@@ -14,15 +14,23 @@ bf16) and `w(x)` computes y = x @ W^T for float32 x [..., K]:
   larger M (prefill)                         dequantize N-tiles to transient float32 and run
                                              torch's sgemm (compute-bound; MKL is faster there).
   no extension, LLMPRESS_KERNELS=reference,  the reference path: the project's own dequantize
-  CUDA tensors, or group sizes the kernels   (observers.dequantize, i.e. compressed-tensors'
-  do not tile (not 32 or a multiple of 64)   (q - zp) * s in float32) and x @ W^T in torch.
+  or group sizes the kernels do not tile     (observers.dequantize, i.e. compressed-tensors'
+  (not 32 or a multiple of 64)               (q - zp) * s in float32) and x @ W^T in torch.
 
-LLMPRESS_KERNELS and LLMPRESS_AMX ("0": no AMX) are read when a weight is built. The extension
+Weights built from CUDA tensors keep their own layout and run `triton_linear`'s kernels (W4A16, W8A16,
+W8A8, FP8; triton imported then, and only then: the CPU engine needs no triton); without triton
+installed they take the reference path. Dense bf16 / fp16 weights on CUDA run F.linear (cuBLAS).
+
+LLMPRESS_KERNELS ("reference": the torch path everywhere; "triton": the Triton kernels for every
+quantized weight, CPU tensors too, which only runs under Triton's interpreter, TRITON_INTERPRET=1,
+as the tests do) and LLMPRESS_AMX ("0": no AMX) are read when a weight is built. The extension
 itself is compiled and loaded by `extension.py`.
 """
 from __future__ import annotations
 
+import functools
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -67,6 +75,29 @@ def _scale_table(scale: torch.Tensor, n: int, k: int, kp: int) -> tuple[torch.Te
         raise ValueError(f"in_features {k} is not a whole number of {groups} groups")
     gs = k // groups
     return _pad_cols(scale, math.ceil(kp / gs)), gs, groups
+
+
+@functools.cache
+def _triton_modules():
+    """(triton_linear, triton_attention), imported on first use; None when triton is not installed."""
+    try:
+        from . import triton_attention, triton_linear
+    except ImportError:
+        return None
+    return triton_linear, triton_attention
+
+
+def triton_wanted(device: torch.device):
+    """The Triton kernel modules when tensors on `device` should use them, else None: CUDA tensors with
+    triton installed, or any tensors under LLMPRESS_KERNELS=triton (read now); never under "reference"."""
+    mode = os.environ.get("LLMPRESS_KERNELS", "").lower()
+    if mode == "reference" or (mode != "triton" and device.type != "cuda"):
+        return None
+    mods = _triton_modules()
+    if mods is None and mode == "triton":
+        raise ValueError("LLMPRESS_KERNELS=triton but triton is not installed: pip install triton==3.6.0, "
+                         "or unset LLMPRESS_KERNELS")
+    return mods
 
 
 def _kernel_group_ok(group_size: int) -> bool:
@@ -135,6 +166,13 @@ class QuantizedWeight:
     amx_m = (8, 256)
     _ext = None  # the extension when this weight takes the fast path
     _amx_ok = False  # ... and the AMX GEMM when this weight may use it
+    _tri = None  # the triton_linear.TritonWeight when this weight runs the Triton kernels (CUDA)
+
+    def _init_triton(self, tri) -> None:
+        """Become a Triton weight: `tri` holds the tensors, in triton_linear's layout, and nothing else does."""
+        self._tri = tri
+        self.out_features, self.in_features = tri.out_features, tri.in_features
+        self.group_size, self.groups = tri.group_size, tri.groups
 
     def _bind(self, kernels_fit: bool = True, amx_fits: bool = False) -> None:
         """Take the fast path if the layout suits the kernels, the weight is on the CPU, the extension
@@ -146,6 +184,8 @@ class QuantizedWeight:
             self.small_m_max = self.small_m_max_wide
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self._tri is not None:
+            return _triton_modules()[0].linear(x, self._tri)
         ext = self._ext
         if ext is not None and x.dim() == 2 and x.dtype == torch.float32 and x.is_cpu:  # the engine's case: no copies
             if not x.is_contiguous():
@@ -161,19 +201,26 @@ class QuantizedWeight:
 
     @property
     def nbytes(self) -> int:
+        if self._tri is not None:
+            return self._tri.nbytes
         return sum(t.nbytes for t in vars(self).values() if isinstance(t, torch.Tensor))
 
     @property
     def device(self) -> torch.device:
+        if self._tri is not None:
+            return self._tri.qweight.device
         return next(t for t in vars(self).values() if isinstance(t, torch.Tensor)).device
 
     def dequantize(self) -> torch.Tensor:
         """W as float32 [N, K], bit-exact with compressed-tensors' (q - zp) * scale in float32."""
+        if self._tri is not None:
+            return self._tri.dequantize()
         return self._dequant_fast(0, self.out_features) if self._ext is not None else self._dequant_torch()
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         """The torch path: activation fake-quant (W8A8 / FP8-dynamic), dequantize, x @ W^T in float32."""
-        return F.linear(self._quant_act_torch(x.float()), self._dequant_torch().to(x.device))
+        w = self._tri.dequantize() if self._tri is not None else self._dequant_torch()
+        return F.linear(self._quant_act_torch(x.float()), w.to(x.device))
 
     def _prefill(self, x: torch.Tensor) -> torch.Tensor:
         """Many rows: sgemm against float32 tiles of W, at most _PREFILL_TILE_FLOATS at a time."""
@@ -204,7 +251,7 @@ class DenseWeight(QuantizedWeight):
 
     def __init__(self, weight: torch.Tensor):
         self.out_features, self.in_features = weight.shape
-        if weight.dtype == torch.bfloat16:
+        if weight.dtype == torch.bfloat16 and weight.is_cpu:
             padded = _pad_cols(weight, _round_up(self.in_features, 64))
             self._bits = padded.view(torch.int16)  # what the kernel reads
             self.weight = padded[:, : self.in_features]  # a view of it, no second copy
@@ -215,11 +262,13 @@ class DenseWeight(QuantizedWeight):
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.weight.dtype == torch.float32 and x.dtype == torch.float32 and x.device == self.weight.device:
             return F.linear(x, self.weight)
+        if self.weight.is_cuda:  # cuBLAS in x's dtype; a weight of another dtype is converted (exactly, when wider)
+            return F.linear(x, self.weight if x.dtype == self.weight.dtype else self.weight.to(x.dtype))
         return super().__call__(x)
 
     @property
     def nbytes(self) -> int:
-        return self._bits.nbytes if self.weight.dtype == torch.bfloat16 else self.weight.nbytes
+        return self._bits.nbytes if self.weight.dtype == torch.bfloat16 and self.weight.is_cpu else self.weight.nbytes
 
     def _fused(self, x):
         return self._ext.bf16_gemm(x, self._bits)
@@ -263,6 +312,12 @@ class Int4Weight(QuantizedWeight):
         zp = tensors.get("weight_zero_point")
         if zp is not None:
             zp = unpack_int(zp, 4, n, dim=0)
+        mods = triton_wanted(packed.device)
+        tri = mods and mods[0].prepare("int4", packed, tensors["weight_scale"], zp, k)
+        if tri is not None:
+            self = cls.__new__(cls)
+            self._init_triton(tri)
+            return self
         return cls(_block_int4(packed, k), tensors["weight_scale"], zp, k)
 
     def _fused(self, x):
@@ -283,8 +338,18 @@ class _ByteWeight(QuantizedWeight):
     """The one-byte formats: weight [N, K], scale [N, G], zero_point int8 [N, G] or None. Kept:
     qweight [N, Kp] (the stored tensor itself when K % 64 == 0), scale float32 [N, Gp], zero_point."""
 
+    _triton_kind = "int8"  # triton_linear's name for the stored weight
+    _triton_act: str | None = None  # ... and for the activation quantization
+
     def __init__(self, weight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None = None):
         self.out_features, self.in_features = weight.shape
+        mods = triton_wanted(weight.device)
+        if mods is not None:
+            q = weight.view(FP8_DTYPE) if self._triton_kind == "fp8" else weight
+            tri = mods[0].prepare(self._triton_kind, q, scale, zero_point, self.in_features, self._triton_act)
+            if tri is not None:
+                self._init_triton(tri)
+                return
         kp = _round_up(self.in_features, 64)
         self.qweight = _pad_cols(weight, kp)
         self.scale, self.group_size, self.groups = _scale_table(scale, self.out_features, self.in_features, kp)
@@ -326,6 +391,7 @@ class Int8Weight(_ByteWeight):
 class W8A8Weight(Int8Weight):
     """int8 weights and dynamic per-token symmetric int8 activations: int8 x int8 with int32 sums."""
 
+    _triton_act = "int8"
     small_m_max = 48
     small_m_max_wide = 64  # M=64: 810 / 2486 us (576->1536), 850 / 2098 (1536->576)
     amx_m = (2, 256)  # M=1 AMX 20 / fused 18 us; M=2 17 / 26; M=16 51 / 155
@@ -349,6 +415,7 @@ class FP8Weight(_ByteWeight):
     """float8_e4m3fn weights; `dynamic_act` also fake-quantizes activations per token to fp8
     (FP8_DYNAMIC). No fp8 arithmetic on CPU: weights are decoded in registers, math is float32."""
 
+    _triton_kind = "fp8"
     small_m_max = 20
     small_m_max_wide = 48  # M=48: 1027 / 2311 us (576->1536), 1207 / 1999 (1536->576)
     amx_m = (4, 256)  # M=2 AMX 52 / fused 39 us; M=4 54 / 61; M=16 94 / 208
@@ -358,8 +425,12 @@ class FP8Weight(_ByteWeight):
             raise ValueError(f"FP8 weights must be float8_e4m3fn, got {weight.dtype}")
         if zero_point is not None:
             raise ValueError("FP8 weights are symmetric (no weight_zero_point)")
-        super().__init__(weight.view(torch.uint8), scale)
         self.dynamic_act = dynamic_act
+        super().__init__(weight.view(torch.uint8), scale)
+
+    @property
+    def _triton_act(self):
+        return "fp8" if self.dynamic_act else None
 
     def _q(self):
         return self.qweight[:, : self.in_features].view(FP8_DTYPE)

@@ -11,6 +11,10 @@ At decode a layer runs each on a handful of rows, where torch's dispatch of the 
 the GEMMs. The fast path needs the extension (kernels.available()), CPU float32 tensors and a
 float32 cache; anything else takes the reference, which is also what tests/engine/test_ops.py
 compares the kernels with on random inputs.
+
+decode_attention on CUDA tensors runs the Triton kernel (triton_attention.py; the reference when triton
+is not installed); LLMPRESS_KERNELS=triton (read at each call) sends CPU tensors there too, which runs
+only under Triton's interpreter (TRITON_INTERPRET=1), as tests/engine/test_triton_kernels.py does.
 """
 from __future__ import annotations
 
@@ -108,7 +112,11 @@ def decode_attention(
 
     q [B, H, D] float32; k_cache, v_cache [num_blocks, block_size, KVH, D] float32; block_tables
     int [B, max_blocks]; context_lens int [B] (tokens to attend, the new one included); H a
-    multiple of KVH (head h reads kv head h // (H / KVH)). -> out [B, H, D] = softmax(q K^T scale) V."""
+    multiple of KVH (head h reads kv head h // (H / KVH)). -> out [B, H, D] = softmax(q K^T scale) V.
+    On CUDA (or under LLMPRESS_KERNELS=triton) q and the caches may be float32, bfloat16 or float16."""
+    mods = kernels.triton_wanted(q.device)
+    if mods is not None:
+        return mods[1].decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale)
     fast = (
         q.device.type == "cpu" and _enabled() and q.dtype == k_cache.dtype == v_cache.dtype == torch.float32
         and k_cache.is_contiguous() and v_cache.is_contiguous() and q.shape[-1] % 8 == 0
