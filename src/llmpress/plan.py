@@ -197,7 +197,7 @@ def plan_compress(cfg: dict, run: CompressRun, machine: Machine) -> Estimate:
     name, terms = max(phases.items(), key=lambda kv: sum(kv[1].values()))
     peak = int(sum(terms.values()) * SLACK)
     flops = compress_flops(shape, run)
-    rate = machine.gemm_flops * GEMM_EFFICIENCY
+    rate = machine.gemm_flops * GEMM_EFFICIENCY or float("nan")  # not measured: times unknown, memory still checked
     times = {k: v / (rate if "element" not in k else rate / 8) for k, v in flops.items()}
     if run.gptq:
         cols = sum(c for _, c in shape.linears) * shape.layers
