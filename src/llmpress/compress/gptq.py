@@ -172,7 +172,7 @@ def gptq_quantize(
 
     # each column's scale / zero-point: looked up by group index (no [rows, cols] tables)
     gidx = torch.arange(cols) // group if group else torch.zeros(cols, dtype=torch.long)
-    gidx = (gidx[perm] if perm is not None else gidx).tolist()
+    gidx = (gidx[perm.cpu()] if perm is not None else gidx).tolist()
     scale_f = scale.float() if static else None
     zp_f = zp.float() if static and zp is not None else None
     qmin, qmax, is_float = args.qmin, args.qmax, args.type == "float"
