@@ -65,8 +65,8 @@ def log(msg: str) -> None:
 
 # ----------------------------------------------------------------------------------------------- machine
 def machine() -> dict:
-    n = 1 << 30 if DEV == "cuda" else 1 << 26  # 2 GiB read + 2 GiB written per copy
-    a = torch.empty(n // 2, dtype=torch.float32, device=DEV).normal_()
+    n = 1 << 29 if DEV == "cuda" else 1 << 24  # float32 elements: 2 GiB read + 2 GiB written per copy
+    a = torch.empty(n, dtype=torch.float32, device=DEV).normal_()
     b = torch.empty_like(a)
     for _ in range(3):
         b.copy_(a)
@@ -81,7 +81,7 @@ def machine() -> dict:
     return {"gpu": p.name if p else "cpu (smoke)", "sms": p.multi_processor_count if p else os.cpu_count(),
             "memory_gib": round(p.total_memory / 2**30, 1) if p else None,
             "torch": torch.__version__, "triton": _triton_version(),
-            "copy_gbps": round(2 * n / ms / 1e6, 1), "bf16_tflops": round(2 * s**3 / mm / 1e9, 1)}
+            "copy_gbps": round(8 * n / ms / 1e6, 1), "bf16_tflops": round(2 * s**3 / mm / 1e9, 1)}
 
 
 def _triton_version() -> str:
@@ -119,6 +119,24 @@ def _sync() -> None:
 def _empty_cache() -> None:
     if DEV == "cuda":
         torch.cuda.empty_cache()
+
+
+def _time_graph(fn, reps: int = 20) -> float:
+    """Median GPU milliseconds of one fn call, from a CUDA graph of `reps` calls (no host launch overhead:
+    what a decode step replayed from a graph pays). The host clock on the CPU."""
+    if DEV != "cuda":
+        return _time_cuda(fn, reps)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(reps):
+            fn()
+    g.replay()
+    return _time_cuda(g.replay, 5) / reps
 
 
 # ----------------------------------------------------------------------------------------------- weights
@@ -178,11 +196,15 @@ def _tokenizer(vocab: int, bos: int, eos: int):
 
 # ----------------------------------------------------------------------------------------------- sections
 def kernels_section(hf: dict, copy_gbps: float) -> list[dict]:
-    """Each linear of a layer at M = 1 and 16, per scheme: time and achieved bandwidth (weights + x + y)."""
+    """Each linear of a layer at M = 1 and 16, per scheme (and per int4 decode variant where triton_linear has
+    several): GPU time from a CUDA graph of calls, achieved bandwidth (weights + x + y), error vs the reference."""
+    from llmpress.engine import triton_linear
+
     h, i = hf["hidden_size"], hf["intermediate_size"]
     d = h // hf["num_attention_heads"]
     shapes = {"qkv": ((hf["num_attention_heads"] + 2 * hf["num_key_value_heads"]) * d, h), "o": (h, h),
               "gate_up": (2 * i, h), "down": (h, i)}
+    variants = list(getattr(triton_linear, "INT4_DECODE_VARIANTS", (None,)))
     g = torch.Generator(device=DEV).manual_seed(1)
     rows = []
     for scheme in ("bf16", "W4A16", "FP8_DYNAMIC"):
@@ -191,17 +213,29 @@ def kernels_section(hf: dict, copy_gbps: float) -> list[dict]:
             for m in (1, 16):
                 x = torch.randn(m, k, device=DEV, dtype=torch.bfloat16)
                 ref = w.reference(x.float())
-                y = w(x)
-                err = float((y.float() - ref).norm() / ref.norm())
-                for _ in range(3):
-                    w(x)
-                ms = _time_cuda(lambda: w(x), 50)
-                moved = w.nbytes + 2 * m * (n + k)
-                rows.append({"scheme": scheme, "linear": name, "N": n, "K": k, "M": m, "us": round(ms * 1e3, 1),
-                             "gbps": round(moved / ms / 1e6, 1), "of_copy": round(moved / ms / 1e6 / copy_gbps, 2),
-                             "rel_err": err})
-                log(f"kernel {scheme:12s} {name:8s} M={m:2d}: {ms * 1e3:7.1f} us, {moved / ms / 1e6:7.1f} GB/s, err {err:.2e}")
+                for variant in variants if scheme == "W4A16" else (None,):
+                    if variant is not None:
+                        if variant == "gemv" and m != 1:
+                            continue
+                        triton_linear.INT4_DECODE = variant
+                    y = w(x)
+                    err = float((y.float() - ref).norm() / ref.norm())
+                    ms = _time_graph(lambda: w(x))
+                    moved = w.nbytes + 2 * m * (n + k)
+                    rows.append({"scheme": scheme, "variant": variant, "linear": name, "N": n, "K": k, "M": m,
+                                 "us": round(ms * 1e3, 1), "gbps": round(moved / ms / 1e6, 1),
+                                 "of_copy": round(moved / ms / 1e6 / copy_gbps, 2), "rel_err": err})
+                    log(f"kernel {scheme:12s} {str(variant):8s} {name:8s} M={m:2d}: {ms * 1e3:7.1f} us, "
+                        f"{moved / ms / 1e6:7.1f} GB/s, err {err:.2e}")
             del w
+    if variants != [None]:  # the engine runs the int4 variant that was fastest over a layer at M = 1 (finite error)
+        def total(v):
+            r = [x for x in rows if x["variant"] == v and x["M"] == 1]
+            ok = r and all(x["rel_err"] < 2e-2 for x in r)
+            return sum(x["us"] for x in r) if ok else float("inf")
+        best = min(variants, key=total)
+        triton_linear.INT4_DECODE = best
+        log(f"int4 decode variant for the engine: {best} ({ {v: total(v) for v in variants} } us per layer at M=1)")
     return rows
 
 
@@ -254,6 +288,12 @@ def card_section(hf: dict, layers: int, results: dict, save) -> None:
                 if not eager:
                     row["graphs_16"] = _profile(llm, hf["vocab_size"], PROMPT, OUTPUT, STREAMS, 2, 1)
                     log(f"{scheme} graphs 16 streams: {row['graphs_16']}")
+                    gr = llm.engine.graphs
+                    if gr is not None and gr.graphs:  # GPU time of one decode step alone: ITL minus this is the host's
+                        for b in (1, 16):
+                            if b in gr.graphs:
+                                row[f"graph_step_ms_{b}"] = round(_time_cuda(gr.graphs[b].replay, 20), 3)
+                        log(f"{scheme} graph replay: {row.get('graph_step_ms_1')} ms @1, {row.get('graph_step_ms_16')} ms @16")
                 del llm
                 _empty_cache()
             # bytes one decode step must read: every weight once (embedding: one row) + the KV so far
@@ -374,8 +414,9 @@ def markdown(results: dict) -> str:
     m = results.get("machine", {})
     lines = [f"GPU: {m.get('gpu')} ({m.get('sms')} SMs), torch {m.get('torch')}, triton {m.get('triton')}; "
              f"measured copy {m.get('copy_gbps')} GB/s, bf16 matmul {m.get('bf16_tflops')} TFLOP/s.", "",
-             "| scheme | weights GB | 256/128 single-stream s (card H100) | TTFT ms | ITL ms | eager single s "
-             "| 16 streams tok/s | bytes/token GB | ITL vs copy floor |", "|---|---|---|---|---|---|---|---|---|"]
+             "| scheme | weights GB | 256/128 single-stream s (card H100) | TTFT ms | ITL ms | graph step ms "
+             "| eager single s | 16 streams tok/s | bytes/token GB | copy floor / ITL |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for scheme, row in results.get("card", {}).items():
         if "error" in row:
             lines.append(f"| {scheme} | error: {row['error'][:80]} |")
@@ -383,7 +424,8 @@ def markdown(results: dict) -> str:
         s, e, b = row.get("graphs_single", {}), row.get("eager_single", {}), row.get("graphs_16", {})
         floor_ms = row["bytes_per_token_gb"] / m.get("copy_gbps", float("nan")) * 1e3
         lines.append(f"| {scheme} | {row['weight_gb']} | {s.get('latency_s')} ({CARD_H100.get(scheme)}) | "
-                     f"{round(s.get('ttft_s', float('nan')) * 1e3, 1)} | {s.get('itl_ms')} | {e.get('latency_s')} | "
+                     f"{round(s.get('ttft_s', float('nan')) * 1e3, 1)} | {s.get('itl_ms')} | {row.get('graph_step_ms_1')} | "
+                     f"{e.get('latency_s')} | "
                      f"{b.get('output_tok_s')} | {row['bytes_per_token_gb']} | "
                      f"{round(floor_ms / s['itl_ms'], 2) if s.get('itl_ms') else '-'} |")
     if "parity" in results:
@@ -401,10 +443,11 @@ def markdown(results: dict) -> str:
         lines += [f"GPTQ W4A16 on the GPU: {g['per_layer_fixed_s']} s + {g['per_layer_per_sample_s']} s per 8192-token "
                   f"sample per layer; the card's 1024 x 8192 over 32 layers: ~{g['card_1024x8192_32_layers_min']} min."]
     if results.get("kernels"):
-        lines += ["", "| scheme | linear | N x K | M | us | GB/s | of copy |", "|---|---|---|---|---|---|---|"]
+        lines += ["", "| scheme | variant | linear | N x K | M | us (graph) | GB/s | of copy | rel err |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in results["kernels"]:
-            lines.append(f"| {r['scheme']} | {r['linear']} | {r['N']}x{r['K']} | {r['M']} | {r['us']} | {r['gbps']} | "
-                         f"{r['of_copy']} |")
+            lines.append(f"| {r['scheme']} | {r.get('variant') or ''} | {r['linear']} | {r['N']}x{r['K']} | {r['M']} | "
+                         f"{r['us']} | {r['gbps']} | {r['of_copy']} | {r['rel_err']:.1e} |")
     return "\n".join(lines) + "\n"
 
 

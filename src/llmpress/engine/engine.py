@@ -21,6 +21,7 @@ from ..models import resolve_model
 from . import cache as kvcache
 from . import kernels
 from .cuda_graphs import DecodeGraphs
+from .detokenizer import IncrementalDetokenizer
 from .loader import load_model
 from .model import AttnSegment, BatchMeta, Model
 from .sampling import SamplingParams, apply_penalties, has_penalties, sample, top_logprobs
@@ -337,10 +338,13 @@ class LLMEngine:
         n_out = len(seq.output_ids)
         prev = len(seq.text)
         stopped_by_token = (token in self.eos_ids and not p.ignore_eos) or token in p.stop_token_ids
-        ids = seq.output_ids[:-1] if stopped_by_token else seq.output_ids
-        seq.text = self.tokenizer.decode(ids, skip_special_tokens=p.skip_special_tokens)
+        if seq.detok is None:
+            seq.detok = IncrementalDetokenizer(self.tokenizer, p.skip_special_tokens)
+        if not stopped_by_token:  # the stop token itself is not part of the text
+            seq.text = seq.detok.add(token)
         if n_out >= p.min_tokens and stopped_by_token:
             reason = None if token in self.eos_ids and token not in p.stop_token_ids else token
+            seq.text = seq.detok.flush()
             return self.scheduler.finish(seq, "stop", reason)
         if p.stop_strings and n_out >= p.min_tokens:
             longest = max(map(len, p.stop_strings))
@@ -352,6 +356,7 @@ class LLMEngine:
                 seq.text = seq.text[: i + len(s)] if p.include_stop_str_in_output else seq.text[:i]
                 return self.scheduler.finish(seq, "stop", s)
         if (p.max_tokens is not None and n_out >= p.max_tokens) or seq.num_tokens >= self.max_model_len:
+            seq.text = seq.detok.flush()
             self.scheduler.finish(seq, "length")
 
     # -- outputs ----------------------------------------------------------------------

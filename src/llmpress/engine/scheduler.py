@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 import torch
 
@@ -46,6 +47,7 @@ class Sequence:
     generator: torch.Generator | None = None
     first_token_time: float | None = None
     num_preemptions: int = 0
+    detok: Any = None  # the engine's IncrementalDetokenizer of output_ids, made at the first token
 
     @property
     def num_tokens(self) -> int:
