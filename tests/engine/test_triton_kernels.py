@@ -114,6 +114,56 @@ def test_int4(n, k, group, sym, dtype):
     check_linear(w, dtype)
 
 
+# (N, K, group, sym): groups of 128 and 256 and channel-wise, the groups "planes" tiles; N off the 64 / 128-wide
+# tiles (136: a GEMV program past the end); K off the 128 / 256-deep tiles (384: one and a half GEMV tiles; 196
+# ends inside a word). test_int4 runs the default ("planes") on the reshape route's groups of 32 and 64.
+INT4_DECODE_CASES = [(72, 384, 128, True), (40, 512, 256, False), (136, 196, None, True), (136, 196, None, False)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n,k,group,sym", INT4_DECODE_CASES)
+@pytest.mark.parametrize("variant", triton_linear.INT4_DECODE_VARIANTS)
+def test_int4_decode_variants(variant, n, k, group, sym, dtype, monkeypatch):
+    """Each INT4_DECODE variant at decode sizes (M = 1, 3) matches the reference, K split as picked and forced."""
+    monkeypatch.setattr(triton_linear, "INT4_DECODE", variant)
+    w, _, _ = build("int4", n, k, group, sym)
+    check_linear(w, dtype, ms=(1, 3))
+
+
+@pytest.mark.parametrize("variant", triton_linear.INT4_DECODE_VARIANTS)
+def test_int4_decode_routes(variant, monkeypatch):
+    """The variant each decode batch takes: "gemv" at M = 1 only, "planes" where the K tile is >= 128 deep
+    (channel-wise, groups of 128 and 256), else "reshape"; prefill (M > 16) keeps its own route."""
+    monkeypatch.setattr(triton_linear, "INT4_DECODE", variant)
+    for group, tiled in [(None, "planes"), (128, "planes"), (256, "planes"), (64, "reshape"), (32, "reshape")]:
+        w = build("int4", 40, 512, group)[0]._tri
+        for m in (1, 3, 16):
+            want = "gemv" if variant == "gemv" and m == 1 else "reshape" if variant == "reshape" else tiled
+            assert triton_linear.int4_decode_route(m, w) == want, (group, m)
+        assert triton_linear.int4_decode_route(17, w) is None
+
+
+@pytest.mark.parametrize("variant", triton_linear.INT4_DECODE_VARIANTS)
+def test_int4_decode_configs(variant, monkeypatch):
+    """Other DECODE / GEMV tiles, as a benchmark sets them between calls, are read per call and stay exact:
+    256-deep planes over groups of 256, 32 columns, 512-deep GEMV tiles with 64 columns (K 640: a partial tile)."""
+    monkeypatch.setattr(triton_linear, "INT4_DECODE", variant)
+    monkeypatch.setattr(triton_linear, "DECODE", triton_linear.GemmConfig(16, 32, 256, num_warps=2, num_stages=2))
+    monkeypatch.setattr(triton_linear, "GEMV", triton_linear.GemmConfig(1, 64, 512, num_warps=8, num_stages=2))
+    w, _, _ = build("int4", 40, 640, None, sym=False)
+    check_linear(w, torch.float32, ms=(1, 2))
+    w, _, _ = build("int4", 40, 768, 256)
+    check_linear(w, torch.float32, ms=(1, 2))
+
+
+def test_int4_decode_variant_is_checked(monkeypatch):
+    """A misspelt INT4_DECODE is refused with the choices, not silently run as another variant."""
+    monkeypatch.setattr(triton_linear, "INT4_DECODE", "plane")
+    w, _, _ = build("int4", 40, 256, None)
+    with pytest.raises(ValueError, match="INT4_DECODE is 'plane'.*gemv"):
+        triton_linear.linear(torch.randn(1, 256).to(DEVICE), w._tri)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("fmt,sym,group,cls", [
     ("int8", True, None, kernels.Int8Weight), ("int8", False, 64, kernels.Int8Weight),

@@ -19,6 +19,7 @@ scales are applied once in the epilogue. A K tile never straddles a group (BLOCK
 Routes, picked per call by `linear` from shapes only:
   M <= 16 (decode)   DECODE config, one M tile, so the weight is read once for all rows; split-K (fp32 partials
                      summed after) when N / BLOCK_N tiles would not fill the GPU's SMs twice
+  int4, M <= 16      INT4_DECODE, read per call, picks the decode variant (below)
   M > 16 (prefill)   PREFILL config (tl.dot tiles with in-kernel dequantization)
   W8A8, M > 16       torch._int_mm (cuBLAS int8, needs M > 16 and K, N multiples of 8) for channel-wise scales
   FP8 dynamic, M>16  torch._scaled_mm with row-wise scales (fp8 tensor cores, compute capability >= 8.9) when x
@@ -30,6 +31,17 @@ On CPU tensors these kernels run only under Triton's interpreter (TRITON_INTERPR
 imported), which is how tests/engine/test_triton_kernels.py checks them: kernels.py takes this path for CUDA
 weights, or for every weight when LLMPRESS_KERNELS=triton. The interpreter stores bfloat16 as raw bits and
 cannot multiply it, so on CPU a bf16 dot runs in float32 (same products: bf16 x small integers is exact).
+
+int4 decode variants (issue 18: the reshape of [BLOCK_K/8, 8, BLOCK_N] nibbles into a [BLOCK_K, BLOCK_N] tl.dot
+operand is a layout conversion through shared memory per tile; the int4 GEMV streamed ~600 GB/s on an H200):
+  "reshape"  the general kernel as above, every group size; the fallback of the other two
+  "planes"   no reshape: nibble plane i of a word tile, (words >> 4i) & 15, is a [BLOCK_K/8, BLOCK_N] matrix of
+             rows k = 8j + i, multiplied by the x columns t * BLOCK_K + 8j + i (a stride-8 load, L1-resident):
+             8 tl.dots per tile. tl.dot needs K >= 16, so BLOCK_K >= 128 inside one group: channel-wise and
+             groups that are multiples of 128 (the default; other groups take "reshape")
+  "gemv"     M == 1 only (else "planes" where it applies): no tl.dot; BLOCK_N outputs per program, FMAs per
+             nibble plane into a float32 [BLOCK_K/8, BLOCK_N] tile, summed over the word axis once at the end;
+             the GEMV config, with split-K as for DECODE
 """
 from __future__ import annotations
 
@@ -60,6 +72,14 @@ DECODE = GemmConfig(block_m=16, block_n=64, block_k=128, num_warps=4, num_stages
 # Prefill: a standard tensor-core tile; the in-kernel decode is cheap next to the 64x128x64 MMA work per tile.
 PREFILL = GemmConfig(block_m=64, block_n=128, block_k=64, num_warps=4, num_stages=3)
 DECODE_MAX_M = 16
+# M == 1 int4 GEMV ("gemv" below): no tensor-core tile, so BLOCK_M is 1; 128 columns are 512-byte rows of words
+# and 256-deep tiles 16 KiB of int4 per program step (32 words a thread at 4 warps), 8 FMAs per loaded word.
+GEMV = GemmConfig(block_m=1, block_n=128, block_k=256, num_warps=4, num_stages=4)
+# The int4 decode variant (module docstring), read by `linear` at every call so a benchmark can switch it (and
+# DECODE / GEMV) in one process: "reshape" | "planes" | "gemv".
+INT4_DECODE = "planes"
+INT4_DECODE_VARIANTS = ("reshape", "planes", "gemv")
+PLANES_MIN_BLOCK_K = 128  # 8 planes of BLOCK_K / 8 rows each, and tl.dot wants K >= 16
 # Split-K aims at SPLIT_K_WAVES programs per SM; more splits cost float32 partials (splits x M x N x 4 bytes, a
 # quarter of an 8 MiB int4 weight's traffic at 8 splits and M = 16) and a torch sum.
 SPLIT_K_WAVES = 2
@@ -187,12 +207,24 @@ def _quant_act_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, QMAX: tl.constexpr, FP8
 
 
 @triton.jit
+def _planes_dot(acc, x_rows, m_ok, words, rw, zero, K, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
+    """acc [BLOCK_M, BLOCK_N] + x[:, k] @ (W^T[k, :] - zero) over one int4 tile without a reshape: plane i of
+    words [BLOCK_K/8, BLOCK_N] (rows rw) holds the rows k = 8 rw + i, matched by a stride-8 load of x's columns."""
+    for i in tl.static_range(8):
+        rk = rw * 8 + i
+        a = tl.load(x_rows + rk[None, :], mask=m_ok[:, None] & (rk < K)[None, :], other=0.0)
+        b = ((words >> (4 * i)) & 0xF) - zero
+        acc = tl.dot(a.to(DOT_DTYPE), b.to(DOT_DTYPE), acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
 def _qgemm_kernel(
     x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, y_ptr,
     M, N, K, stride_xm, tiles_per_split,
     KIND: tl.constexpr, HAS_ZERO: tl.constexpr, GROUP_SIZE: tl.constexpr, ACT_SCALED: tl.constexpr,
     DOT_DTYPE: tl.constexpr, INT_DOT: tl.constexpr, ACC_DTYPE: tl.constexpr, PART_DTYPE: tl.constexpr,
-    PRECISION: tl.constexpr, PARTIAL: tl.constexpr,
+    PRECISION: tl.constexpr, PARTIAL: tl.constexpr, PLANES: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """y = x @ W^T for x [M, K] (row stride stride_xm), W in the module's layout; KIND 4 (int4), 8 (int8), 9 (fp8).
@@ -201,7 +233,8 @@ def _qgemm_kernel(
     K tile. ACT_SCALED: x holds quantized activations with per-row scales xs [M] (int8 x int8 -> int32 dots when
     DOT_DTYPE is int8). Grid (M tiles, N tiles, splits): split s sums K tiles [s, s + 1) * tiles_per_split; with
     PARTIAL it writes float32 partials y [splits, M, N], else y [M, N] in y's dtype (contiguous). INT_DOT: int8
-    operands, int32 products (ACC_DTYPE int32 when channel-wise: exact sums over all of K)."""
+    operands, int32 products (ACC_DTYPE int32 when channel-wise: exact sums over all of K). PLANES (KIND 4,
+    BLOCK_K >= 128, float dots): `_planes_dot` instead of the nibble reshape."""
     pid_m, pid_n, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -211,34 +244,51 @@ def _qgemm_kernel(
     t1 = tl.minimum(t0 + tiles_per_split, tl.cdiv(K, BLOCK_K))
     x_rows = x_ptr + rm.to(tl.int64)[:, None] * stride_xm
     for t in range(t0, t1):
-        rk = t * BLOCK_K + tl.arange(0, BLOCK_K)
-        a = tl.load(x_rows + rk[None, :], mask=m_ok[:, None] & (rk < K)[None, :], other=0.0)
-        if KIND == 4:  # [BLOCK_K / 8, BLOCK_N] words -> [BLOCK_K, BLOCK_N] nibbles, k = 8 word + nibble
+        if PLANES:
             rw = t * (BLOCK_K // 8) + tl.arange(0, BLOCK_K // 8)
             words = tl.load(w_ptr + rw.to(tl.int64)[:, None] * N + rn[None, :],
                             mask=(rw < tl.cdiv(K, 8))[:, None] & n_ok[None, :], other=0)
-            q = (words[:, None, :] >> (tl.arange(0, 8) * 4)[None, :, None]) & 0xF
-            q = tl.reshape(q, (BLOCK_K, BLOCK_N))
+            g = 0
+            if GROUP_SIZE > 0:
+                g = t * BLOCK_K // GROUP_SIZE
+            zero = tl.full([1, BLOCK_N], 8, tl.int32)
+            if HAS_ZERO:
+                zero = tl.load(z_ptr + g * N + rn, mask=n_ok, other=0).to(tl.int32)[None, :]
+            if GROUP_SIZE == 0:
+                acc = _planes_dot(acc, x_rows, m_ok, words, rw, zero, K, DOT_DTYPE, PRECISION)
+            else:  # as below: a fresh sum per tile, scaled by its group's scales
+                part = _planes_dot(tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), x_rows, m_ok, words, rw, zero, K,
+                                   DOT_DTYPE, PRECISION)
+                acc += part * tl.load(s_ptr + g * N + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
         else:
-            q = tl.load(w_ptr + rn.to(tl.int64)[None, :] * K + rk[:, None], mask=(rk < K)[:, None] & n_ok[None, :],
-                        other=0.0)
-        g = 0
-        if GROUP_SIZE > 0:
-            g = t * BLOCK_K // GROUP_SIZE
-        if HAS_ZERO:
-            q = q.to(tl.int32) - tl.load(z_ptr + g * N + rn, mask=n_ok, other=0).to(tl.int32)[None, :]
-        elif KIND == 4:
-            q = q - 8
-        if INT_DOT:
-            b = q.to(tl.int8)
-        else:
-            a = a.to(DOT_DTYPE)
-            b = q.to(DOT_DTYPE)
-        if GROUP_SIZE == 0:
-            acc = tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=ACC_DTYPE)
-        else:  # a fresh dot per tile, scaled by its group's scales
-            part = tl.dot(a, b, input_precision=PRECISION, out_dtype=PART_DTYPE)
-            acc += part.to(tl.float32) * tl.load(s_ptr + g * N + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+            rk = t * BLOCK_K + tl.arange(0, BLOCK_K)
+            a = tl.load(x_rows + rk[None, :], mask=m_ok[:, None] & (rk < K)[None, :], other=0.0)
+            if KIND == 4:  # [BLOCK_K / 8, BLOCK_N] words -> [BLOCK_K, BLOCK_N] nibbles, k = 8 word + nibble
+                rw = t * (BLOCK_K // 8) + tl.arange(0, BLOCK_K // 8)
+                words = tl.load(w_ptr + rw.to(tl.int64)[:, None] * N + rn[None, :],
+                                mask=(rw < tl.cdiv(K, 8))[:, None] & n_ok[None, :], other=0)
+                q = (words[:, None, :] >> (tl.arange(0, 8) * 4)[None, :, None]) & 0xF
+                q = tl.reshape(q, (BLOCK_K, BLOCK_N))
+            else:
+                q = tl.load(w_ptr + rn.to(tl.int64)[None, :] * K + rk[:, None], mask=(rk < K)[:, None] & n_ok[None, :],
+                            other=0.0)
+            g = 0
+            if GROUP_SIZE > 0:
+                g = t * BLOCK_K // GROUP_SIZE
+            if HAS_ZERO:
+                q = q.to(tl.int32) - tl.load(z_ptr + g * N + rn, mask=n_ok, other=0).to(tl.int32)[None, :]
+            elif KIND == 4:
+                q = q - 8
+            if INT_DOT:
+                b = q.to(tl.int8)
+            else:
+                a = a.to(DOT_DTYPE)
+                b = q.to(DOT_DTYPE)
+            if GROUP_SIZE == 0:
+                acc = tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=ACC_DTYPE)
+            else:  # a fresh dot per tile, scaled by its group's scales
+                part = tl.dot(a, b, input_precision=PRECISION, out_dtype=PART_DTYPE)
+                acc += part.to(tl.float32) * tl.load(s_ptr + g * N + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     out = acc.to(tl.float32)
     if GROUP_SIZE == 0:
         out = out * tl.load(s_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
@@ -249,6 +299,63 @@ def _qgemm_kernel(
         tl.store(y_ptr + pid_s.to(tl.int64) * M * N + offs, out, mask=m_ok[:, None] & n_ok[None, :])
     else:
         tl.store(y_ptr + offs, out.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _nibble_plane(words, I: tl.constexpr):
+    """Nibble I of int32 words as float32 1 + q / 16 (q = 0..15): the nibble moved into the top 4 mantissa bits of
+    1.0 by a shift and a mask-or, exactly. An int -> float conversion runs at a quarter of the FMA rate on Hopper
+    (16 a clock per SM), below the ~32 nibbles a clock per SM that streaming int4 at HBM speed needs."""
+    if 4 * I <= 19:
+        m = words << (19 - 4 * I)
+    else:
+        m = words >> (4 * I - 19)  # arithmetic shift: the sign bits it brings in are masked off
+    return ((m & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _int4_gemv_kernel(
+    x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, N, K, tiles_per_split,
+    HAS_ZERO: tl.constexpr, GROUP_SIZE: tl.constexpr, PARTIAL: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """y [N] = W x for one row x [K] and an int4 W (module layout), without tl.dot: float32 FMAs per nibble plane.
+
+    Grid (N tiles, splits) as in _qgemm_kernel; PARTIAL writes float32 y [splits, 1, N]. With f = 1 + q / 16
+    (`_nibble_plane`) and z the subtracted code (8 + zero point), f - (1 + z / 16) = (q - z) / 16 exactly (both
+    in [1, 2) with 4 mantissa bits): one FADD and one FFMA a nibble into a [BLOCK_K/8, BLOCK_N] float32 tile,
+    scaled per group and summed over the word axis once, after the loop; times 16 in the epilogue."""
+    pid_n, pid_s = tl.program_id(0), tl.program_id(1)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = rn < N
+    acc = tl.zeros([BLOCK_K // 8, BLOCK_N], dtype=tl.float32)
+    t0 = pid_s * tiles_per_split
+    t1 = tl.minimum(t0 + tiles_per_split, tl.cdiv(K, BLOCK_K))
+    for t in range(t0, t1):
+        rw = t * (BLOCK_K // 8) + tl.arange(0, BLOCK_K // 8)
+        words = tl.load(w_ptr + rw.to(tl.int64)[:, None] * N + rn[None, :],
+                        mask=(rw < tl.cdiv(K, 8))[:, None] & n_ok[None, :], other=0)
+        g = 0
+        if GROUP_SIZE > 0:
+            g = t * BLOCK_K // GROUP_SIZE
+        zf = tl.full([BLOCK_N], 1.5, tl.float32)  # 1 + 8 / 16: symmetric codes are stored + 8
+        if HAS_ZERO:
+            zf = 1.0 + tl.load(z_ptr + g * N + rn, mask=n_ok, other=0).to(tl.float32) * 0.0625
+        r = tl.zeros([BLOCK_K // 8, BLOCK_N], dtype=tl.float32)
+        for i in tl.static_range(8):
+            rk = rw * 8 + i
+            a = tl.load(x_ptr + rk, mask=rk < K, other=0.0).to(tl.float32)  # [BLOCK_K/8], L1-resident
+            r += a[:, None] * (_nibble_plane(words, i) - zf[None, :])
+        if GROUP_SIZE > 0:
+            r = r * tl.load(s_ptr + g * N + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        acc += r
+    out = tl.sum(acc, axis=0) * 16.0
+    if GROUP_SIZE == 0:
+        out = out * tl.load(s_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
+    if PARTIAL:
+        tl.store(y_ptr + pid_s.to(tl.int64) * N + rn, out, mask=n_ok)
+    else:
+        tl.store(y_ptr + rn, out.to(y_ptr.dtype.element_ty), mask=n_ok)
 
 
 # ------------------------------------------------------------------------------------- launchers
@@ -287,9 +394,49 @@ def split_k_for(m: int, n: int, k: int, cfg: GemmConfig, block_k: int, device: t
     return max(1, min(want, k_tiles // 2, MAX_SPLIT_K))
 
 
+def _split(m: int, n: int, k: int, cfg: GemmConfig, block_k: int, split_k: int | None,
+           device: torch.device) -> tuple[int, int]:
+    """(splits, K tiles per split): `split_k` if given, else `split_k_for`'s, without empty splits."""
+    splits = split_k if split_k is not None else split_k_for(m, n, k, cfg, block_k, device)
+    k_tiles = triton.cdiv(k, block_k)
+    per_split = triton.cdiv(k_tiles, max(1, min(splits, k_tiles)))
+    return triton.cdiv(k_tiles, per_split), per_split
+
+
+def _int4_gemv(x: torch.Tensor, w: TritonWeight, split_k: int | None, out_dtype: torch.dtype) -> torch.Tensor:
+    """x [1, K] (last dim contiguous) -> y [1, N] in out_dtype, by `_int4_gemv_kernel` with the GEMV config."""
+    cfg = GEMV
+    n, k = w.out_features, w.in_features
+    bk = _block_k(cfg.block_k, w.group_size if w.groups > 1 else cfg.block_k)
+    splits, per_split = _split(1, n, k, cfg, bk, split_k, x.device)
+    y = torch.empty((splits, 1, n) if splits > 1 else (1, n), dtype=torch.float32 if splits > 1 else out_dtype,
+                    device=x.device)
+    if n:
+        _int4_gemv_kernel[(triton.cdiv(n, cfg.block_n), splits)](
+            x, w.qweight, w.scale, w.zero, y, n, k, per_split,
+            HAS_ZERO=w.zero is not None, GROUP_SIZE=w.group_size if w.groups > 1 else 0, PARTIAL=splits > 1,
+            BLOCK_N=cfg.block_n, BLOCK_K=bk, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+    return y.sum(0).to(out_dtype) if splits > 1 else y
+
+
+def int4_decode_route(m: int, w: TritonWeight) -> str | None:
+    """The kernel variant `linear` takes for M rows through int4 weight w: INT4_DECODE where it applies ("gemv"
+    at M == 1, "planes" where the DECODE K tile is >= 128 deep), else "reshape"; None off the int4 decode route."""
+    if INT4_DECODE not in INT4_DECODE_VARIANTS:
+        raise ValueError(f"triton_linear.INT4_DECODE is {INT4_DECODE!r}: set it to one of {INT4_DECODE_VARIANTS}")
+    if w.kind != "int4" or m > DECODE_MAX_M:
+        return None
+    if INT4_DECODE == "gemv" and m == 1:
+        return "gemv"
+    bk = _block_k(DECODE.block_k, w.group_size if w.groups > 1 else DECODE.block_k)
+    return "planes" if INT4_DECODE != "reshape" and bk >= PLANES_MIN_BLOCK_K else "reshape"
+
+
 def linear(x: torch.Tensor, w: TritonWeight, split_k: int | None = None) -> torch.Tensor:
     """y = x @ W^T: x [..., K] float32 / bfloat16 / float16 -> y [..., N] in x's dtype. `split_k` forces the
-    number of K splits of the Triton route (tests); by default `split_k_for` picks it."""
+    number of K splits of the Triton route (tests); by default `split_k_for` picks it. int4 decode (M <= 16)
+    takes the INT4_DECODE variant where it applies (module docstring), read here at every call."""
     n, k = w.out_features, w.in_features
     lead = x.shape[:-1]
     x2 = x.reshape(-1, k)
@@ -315,12 +462,12 @@ def linear(x: torch.Tensor, w: TritonWeight, split_k: int | None = None) -> torc
         dot = tl.float32  # the interpreter cannot multiply bf16 (module docstring)
     else:
         dot = _TL[x.dtype]
+    route = int4_decode_route(m, w)
+    if route == "gemv":
+        return _int4_gemv(x2, w, split_k, out_dtype).reshape(*lead, n)
     cfg = DECODE if m <= DECODE_MAX_M else PREFILL
     bk = _block_k(cfg.block_k, w.group_size if w.groups > 1 else cfg.block_k)
-    splits = split_k if split_k is not None else split_k_for(m, n, k, cfg, bk, x.device)
-    k_tiles = triton.cdiv(k, bk)
-    per_split = triton.cdiv(k_tiles, max(1, min(splits, k_tiles)))
-    splits = triton.cdiv(k_tiles, per_split)  # no empty split
+    splits, per_split = _split(m, n, k, cfg, bk, split_k, x.device)
     y = torch.empty((splits, m, n) if splits > 1 else (m, n), dtype=torch.float32 if splits > 1 else out_dtype,
                     device=x.device)
     if m and n:
@@ -331,7 +478,7 @@ def linear(x: torch.Tensor, w: TritonWeight, split_k: int | None = None) -> torc
             ACT_SCALED=xs is not None, DOT_DTYPE=dot, INT_DOT=dot == tl.int8,
             ACC_DTYPE=tl.int32 if dot == tl.int8 and w.groups == 1 else tl.float32,
             PART_DTYPE=tl.int32 if dot == tl.int8 else tl.float32, PRECISION="ieee" if dot == tl.float32 else None,
-            PARTIAL=splits > 1, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=bk,
+            PARTIAL=splits > 1, PLANES=route == "planes", BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=bk,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
     if splits > 1:
