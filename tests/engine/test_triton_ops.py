@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
 import types
 
 import pytest
@@ -210,3 +212,45 @@ def test_ops_dispatch_to_triton(monkeypatch):
         ops.add_rms_norm_(x.clone(), x, w, 1e-5)
         ops.silu_mul(x)
         assert calls == expected, mode
+
+
+# ------------------------------------------------------------------------------------- compiled, without a GPU
+_COMPILE = """
+import torch, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from llmpress.engine import triton_ops as T
+
+P = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float16: "*fp16"}
+
+
+def compile_(kernel, signature, constants, num_warps):
+    signature = {**signature, **{name: "constexpr" for name in constants}}
+    compiled = triton.compile(ASTSource(kernel, signature, constants), target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": num_warps})
+    assert compiled.asm["cubin"]
+
+
+for act, other in [(torch.bfloat16, torch.float32), (torch.float16, torch.float16)]:  # mixed, and not
+    compile_(T._rms_norm_kernel, {"x_ptr": P[act], "delta_ptr": P[other], "w_ptr": P[other],
+             "y_ptr": P[torch.promote_types(act, other)], "eps": "fp32", "H": "i32"}, {"ADD": True, "BLOCK": 4096}, 8)
+    compile_(T._rope_qkv_cache_kernel, {"qkv_ptr": P[act], "cos_ptr": P[act], "sin_ptr": P[act],
+             "k_ptr": P[other], "v_ptr": P[other], "slots_ptr": "*i32", "q_ptr": P[act], "H": "i32", "KVH": "i32"},
+             {"HALF": 64, "BLOCK": 64, "DT": T._TL[act]}, 1)
+    compile_(T._silu_mul_kernel, {"gate_up_ptr": P[act], "y_ptr": P[act], "I": "i32"}, {"BLOCK": 1024}, 4)
+"""
+
+
+@pytest.mark.skipif(CUDA, reason="on a GPU every other test compiles the kernels")
+def test_kernels_compile_for_hopper():
+    """The interpreter runs the kernels as Python; the compiler also types every `if` (a name bound in both
+    branches must keep one type) and lowers every cast. Compile each kernel, with mixed dtypes, to an sm_90
+    cubin: no GPU needed, but a process without TRITON_INTERPRET (this one's kernels are interpreted)."""
+    from triton.backends import backends
+
+    if "nvidia" not in backends:
+        pytest.skip("triton's CUDA backend is not installed")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    done = subprocess.run([sys.executable, "-c", _COMPILE], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -54,24 +54,25 @@ def _rope_qkv_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, k_ptr, v_ptr, slots_ptr, q
     x1 = tl.load(src + i, mask=ok, other=0.0)
     x2 = tl.load(src + HALF + i, mask=ok, other=0.0)
     slot = tl.load(slots_ptr + t).to(tl.int64)
+    # each branch stores through its own names: a name bound in both branches of an `if` must keep one type
     if h >= H + KVH:  # v: a copy into the cache
-        dst = v_ptr + (slot * KVH + (h - H - KVH)) * (2 * HALF)
-        tl.store(dst + i, x1.to(v_ptr.dtype.element_ty), mask=ok)
-        tl.store(dst + HALF + i, x2.to(v_ptr.dtype.element_ty), mask=ok)
+        v_row = v_ptr + (slot * KVH + (h - H - KVH)) * (2 * HALF)
+        tl.store(v_row + i, x1.to(v_ptr.dtype.element_ty), mask=ok)
+        tl.store(v_row + HALF + i, x2.to(v_ptr.dtype.element_ty), mask=ok)
     else:
-        x1, x2 = x1.to(tl.float32), x2.to(tl.float32)
+        a, b = x1.to(tl.float32), x2.to(tl.float32)
         c = tl.load(cos_ptr + t * HALF + i, mask=ok, other=0.0).to(tl.float32)
         s = tl.load(sin_ptr + t * HALF + i, mask=ok, other=0.0).to(tl.float32)
-        lo = ((x1 * c).to(DT).to(tl.float32) - (x2 * s).to(DT).to(tl.float32)).to(DT)
-        hi = ((x2 * c).to(DT).to(tl.float32) + (x1 * s).to(DT).to(tl.float32)).to(DT)
+        lo = ((a * c).to(DT).to(tl.float32) - (b * s).to(DT).to(tl.float32)).to(DT)
+        hi = ((b * c).to(DT).to(tl.float32) + (a * s).to(DT).to(tl.float32)).to(DT)
         if h < H:
-            dst = q_ptr + (t * H + h) * (2 * HALF)
-            tl.store(dst + i, lo.to(q_ptr.dtype.element_ty), mask=ok)
-            tl.store(dst + HALF + i, hi.to(q_ptr.dtype.element_ty), mask=ok)
+            q_row = q_ptr + (t * H + h) * (2 * HALF)
+            tl.store(q_row + i, lo.to(q_ptr.dtype.element_ty), mask=ok)
+            tl.store(q_row + HALF + i, hi.to(q_ptr.dtype.element_ty), mask=ok)
         else:
-            dst = k_ptr + (slot * KVH + (h - H)) * (2 * HALF)
-            tl.store(dst + i, lo.to(k_ptr.dtype.element_ty), mask=ok)
-            tl.store(dst + HALF + i, hi.to(k_ptr.dtype.element_ty), mask=ok)
+            k_row = k_ptr + (slot * KVH + (h - H)) * (2 * HALF)
+            tl.store(k_row + i, lo.to(k_ptr.dtype.element_ty), mask=ok)
+            tl.store(k_row + HALF + i, hi.to(k_ptr.dtype.element_ty), mask=ok)
 
 
 @triton.jit
