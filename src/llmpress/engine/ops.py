@@ -1,4 +1,4 @@
-"""The decoder's per-layer ops besides the Linears, each a fused C++ kernel with its torch reference.
+"""The decoder's per-layer ops besides the Linears: fused C++ kernels (CPU), Triton ones (CUDA), torch references.
 
     rms_norm(x, w, eps)                 transformers' LlamaRMSNorm
     add_rms_norm_(x, delta, w, eps)     x += delta (the residual stream, in place), then rms_norm(x)
