@@ -1,4 +1,4 @@
-"""The decoder's per-layer ops besides the Linears, each a fused C++ kernel with its torch reference.
+"""The decoder's per-layer ops besides the Linears: fused C++ kernels (CPU), Triton ones (CUDA), torch references.
 
     rms_norm(x, w, eps)                 transformers' LlamaRMSNorm
     add_rms_norm_(x, delta, w, eps)     x += delta (the residual stream, in place), then rms_norm(x)
@@ -12,9 +12,10 @@ the GEMMs. The fast path needs the extension (kernels.available()), CPU float32 
 float32 cache; anything else takes the reference, which is also what tests/engine/test_ops.py
 compares the kernels with on random inputs.
 
-decode_attention on CUDA tensors runs the Triton kernel (triton_attention.py; the reference when triton
-is not installed); LLMPRESS_KERNELS=triton (read at each call) sends CPU tensors there too, which runs
-only under Triton's interpreter (TRITON_INTERPRET=1), as tests/engine/test_triton_kernels.py does.
+On CUDA tensors every op runs its Triton kernel (triton_ops.py, triton_attention.py; the reference when
+triton is not installed, and for the other ops when an input is not contiguous float32 / bfloat16 / float16);
+LLMPRESS_KERNELS=triton (read at each call) sends CPU tensors there too, which runs only under Triton's
+interpreter (TRITON_INTERPRET=1), as tests/engine/test_triton_kernels.py and test_triton_ops.py do.
 """
 from __future__ import annotations
 
@@ -37,9 +38,26 @@ def _fast(*tensors: torch.Tensor) -> bool:
     return _enabled() and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
 
 
+_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _triton(*tensors: torch.Tensor):
+    """triton_ops when these tensors run the Triton kernels (kernels.triton_wanted: CUDA with triton installed,
+    or LLMPRESS_KERNELS=triton) and the kernels take them (contiguous float32 / bfloat16 / float16), else None."""
+    if kernels.triton_wanted(tensors[0].device) is None:
+        return None
+    if not all(t.is_contiguous() and t.dtype in _TRITON_DTYPES for t in tensors):
+        return None
+    from . import triton_ops  # imported on first use, as kernels imports the other Triton modules
+
+    return triton_ops
+
+
 # ------------------------------------------------------------------------------------- RMSNorm
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """x [T, hidden] -> normalised in float32, scaled by weight [hidden], in x's dtype."""
+    if x.dim() == 2 and (tri := _triton(x, weight)) is not None:
+        return tri.rms_norm(x, weight, eps)
     if x.dim() == 2 and _fast(x, weight):
         return kernels._extension().rms_norm(x.contiguous(), weight.contiguous(), eps)
     return rms_norm_reference(x, weight, eps)
@@ -53,6 +71,8 @@ def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tor
 
 def add_rms_norm_(x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """x += delta in place (the residual add), then rms_norm(x)."""
+    if x.dim() == 2 and delta.shape == x.shape and (tri := _triton(x, delta, weight)) is not None:
+        return tri.add_rms_norm_(x, delta, weight, eps)
     if x.dim() == 2 and x.is_contiguous() and _fast(x, delta, weight):
         return kernels._extension().add_rms_norm_(x, delta.contiguous(), weight.contiguous(), eps)
     x.add_(delta)
@@ -67,6 +87,10 @@ def rope_qkv_cache_(
     """qkv [T, (H + 2 KVH) D], cos / sin [T, D/2] -> q [T, H, D] rotated; the rotated k and v
     go to k_cache / v_cache [num_blocks, block_size, KVH, D] at flat slots [T]."""
     d = cos.shape[-1] * 2
+    if (qkv.dim() == 2 and cos.dim() == 2 and slots.dim() == 1 and slots.is_contiguous()
+            and slots.dtype in (torch.int32, torch.int64)
+            and (tri := _triton(qkv, cos, sin, k_cache, v_cache)) is not None):
+        return tri.rope_qkv_cache_(qkv, cos, sin, k_cache, v_cache, slots, num_heads, num_kv_heads)
     if d % 16 == 0 and qkv.is_contiguous() and k_cache.is_contiguous() and v_cache.is_contiguous() and _fast(qkv, cos, sin, k_cache, v_cache):
         return kernels._extension().rope_qkv_cache_(
             qkv, cos.contiguous(), sin.contiguous(), k_cache, v_cache, slots.to(torch.int64).contiguous(), num_heads, num_kv_heads
@@ -93,6 +117,8 @@ def rope_qkv_cache_reference(qkv, cos, sin, k_cache, v_cache, slots, num_heads, 
 # ------------------------------------------------------------------------------------- SwiGLU
 def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """gate_up [T, 2I] (gate, then up) -> silu(gate) * up [T, I]."""
+    if gate_up.dim() == 2 and (tri := _triton(gate_up)) is not None:
+        return tri.silu_mul(gate_up)
     if gate_up.dim() == 2 and gate_up.is_contiguous() and _fast(gate_up):
         return kernels._extension().silu_mul(gate_up)
     return silu_mul_reference(gate_up)
