@@ -60,13 +60,13 @@ def calib_file(tmp_path_factory) -> Path:
     return p
 
 
-# Tiny random decoders of other architectures, from transformers' own config classes: a few layers,
-# hidden 64, both attention kinds where the architecture mixes them, a short sliding window so it
-# binds on calibration-length sequences.
+# Tiny random decoders of other architectures, from transformers' own config classes: two layers,
+# hidden 64, both attention kinds where the architecture mixes them (Gemma 3), a sliding window of
+# 8 so that it binds on calibration-length sequences.
 TINY_ARCHS = {
     "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(
         head_dim=16, query_pre_attn_scalar=16, sliding_window=8, final_logit_softcapping=30.0,
-        layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"])),
+        layer_types=["sliding_attention", "full_attention"])),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(head_dim=16)),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", dict(pad_token_id=2)),
     "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", dict(pad_token_id=2)),
@@ -78,7 +78,7 @@ TINY_ARCHS = {
 }
 
 
-def make_tiny_model(arch: str, folder: Path, tokenizer_src: Path, add_bos: bool = False) -> Path:
+def make_tiny_model(arch: str, folder: Path, tokenizer_src: Path, add_bos: bool = False, **overrides) -> Path:
     """A random `arch` model (bf16 safetensors) with the default model's tokenizer; with add_bos the
     tokenizer prepends BOS, as Gemma's does."""
     import json
@@ -86,10 +86,11 @@ def make_tiny_model(arch: str, folder: Path, tokenizer_src: Path, add_bos: bool 
     import transformers
 
     config_cls, model_cls, extra = TINY_ARCHS[arch]
-    cfg = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+    cfg = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                num_key_value_heads=2, vocab_size=49152, max_position_embeddings=1024, tie_word_embeddings=True,
                bos_token_id=1, eos_token_id=2)
     cfg.update(extra)
+    cfg.update(overrides)
     torch.manual_seed(0)
     model = getattr(transformers, model_cls)(getattr(transformers, config_cls)(**cfg)).to(torch.bfloat16)
     with torch.no_grad():  # the spread of real weights (random init's 0.02 leaves layers near identity)
