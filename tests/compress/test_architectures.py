@@ -11,6 +11,7 @@ import torch
 from conftest import TINY_ARCHS, make_tiny_model
 
 from llmpress.checkpoint.compressed_tensors import compress_linear
+from llmpress.cli import main
 from llmpress.checkpoint.shards import LazyCheckpoint
 from llmpress.compress import oneshot
 from llmpress.compress.calibrate import _DROP_KWARGS, CalibrationError, run_layer
@@ -223,7 +224,8 @@ def test_compressed_checkpoint_reads_back_close_to_the_base(arch, scheme, tiny_m
         assert all(f"model.layers.0.mlp.experts.{e}.down_proj.weight_packed" in ckpt for e in range(4))
 
 
-def test_planted_fault_a_linear_without_calibration_tokens_names_it(tiny_models, calib_file, tmp_path, monkeypatch):
+def test_planted_fault_a_linear_without_calibration_tokens_names_it(tiny_models, calib_file, tmp_path, monkeypatch,
+                                                                     capsys):
     """Layer 1's MLP is skipped in the forward, so its Linears' hooks receive nothing."""
     skeleton = oneshot._skeleton
 
@@ -237,6 +239,13 @@ def test_planted_fault_a_linear_without_calibration_tokens_names_it(tiny_models,
         oneshot.compress(tiny_models["qwen3"], _recipe(calib_file, scheme="W4A16", group_size=32), tmp_path / "o",
                          progress=False)
     assert not (tmp_path / "o").exists()
+    # the CLI: exit code 2 and one line naming the layers and the way out, no traceback
+    code = main(["compress", str(tiny_models["qwen3"]), "--scheme", "W4A16", "--group-size", "32", "--num-samples", "6",
+                 "--max-seq-len", "40", "--dataset", str(calib_file), "--dtype", "float32", "--output", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and "Traceback" not in err
+    assert last.startswith("llmpress compress: error: model.layers.1.mlp.gate_proj") and "--no-gptq" in last
     # asked for round-to-nearest: no data needed, the run completes
     oneshot.compress(tiny_models["qwen3"], _recipe(calib_file, scheme="W4A16", group_size=32, gptq=False),
                      tmp_path / "rtn", progress=False)
