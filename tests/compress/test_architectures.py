@@ -344,3 +344,33 @@ def test_plain_text_calibration_is_said_once(tiny_models, calib_file):
     said = []
     samples = calibration_samples(str(calib_file), tok, 4, 32, log=said.append)
     assert len(samples) == 4 and len(said) == 1 and "no chat template" in said[0]
+
+
+@pytest.mark.parametrize("arch", ["gemma3", "olmo2"])
+def test_smoothquant_folds_exactly_or_not_at_all(arch, tiny_models, calib_file):
+    """The generic path's SmoothQuant: Gemma's x·(1 + w) norms are folded, OLMo 2's post-norms
+    (which feed no Linear) are not; either way the float layer computes the same outputs."""
+    from llmpress.compress.calibrate import InputStats
+
+    src, recipe = tiny_models[arch], _recipe(calib_file, scheme="W8A8")
+    config, prefix, layers, ckpt, calib = _ours(src, recipe)
+    layer = layers[0]
+    oneshot._materialize(layer, f"{prefix}.0", ckpt, "cpu", torch.float32)
+    inputs = calib.layer(0)
+    before = run_layer(layer, inputs)
+    linears = target_linears(layer, f"{prefix}.0", recipe.targets, recipe.ignore)
+    norms = {n: layer.get_submodule(n) for n, _ in oneshot.NORM_MAPPINGS + oneshot._EXTRA_NORMS
+             if oneshot._has_module(layer, n)}
+    stats = InputStats(linears, act_max=True, sources=norms)
+    run_layer(layer, inputs, before_each=stats.new_sample)
+    stats.remove()
+    hessians = {o: stats.hessians[o].hessian() for o in set(stats.owner.values())}
+    gate_norm = layer.get_submodule("pre_feedforward_layernorm" if arch == "gemma3" else "post_attention_layernorm")
+    w0 = gate_norm.weight.detach().clone()
+    skipped = oneshot._smooth_layer(layer, linears, stats, hessians, 0.8, config)
+    for a, b in zip(run_layer(layer, inputs), before):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    if arch == "gemma3":
+        assert skipped == [] and not torch.equal(gate_norm.weight, w0)
+    else:
+        assert skipped and torch.equal(gate_norm.weight, w0)

@@ -354,15 +354,16 @@ def _smooth_layer(layer, linears, stats: InputStats, hessians, alpha: float, con
     verified (by tensor identity, during calibration) to be what all its readers receive, and the
     norm's output scales with its weight (x·w, or Gemma's x·(1 + w)). Pairs found in the model but
     not foldable are returned, so that the run can say so."""
-    skipped = []
+    skipped, folded = {}, set()
     for norm_name, readers in NORM_MAPPINGS + _EXTRA_NORMS:
         if not _has_module(layer, norm_name) or not all(r in linears for r in readers):
             continue
         norm = layer.get_submodule(norm_name)
         offset = norm_weight_offset(norm)
         if any(stats.fed_by[r] != {norm_name} for r in readers) or offset is None:
-            skipped.append(f"{norm_name} -> {', '.join(readers)}")
+            skipped[readers] = f"{norm_name} -> {', '.join(readers)}"
             continue
+        folded.add(readers)
         owner = stats.owner[readers[0]]
         ws = [linears[r].weight for r in readers]
         s = smoothing_scales(stats.act_max[owner], ws, alpha)
@@ -376,7 +377,7 @@ def _smooth_layer(layer, linears, stats: InputStats, hessians, alpha: float, con
             s_kv = vo_smoothing_scales(stats.act_max[O_PROJ], o.weight, heads, kv, alpha)
             s_o = fold_into_v(v.weight, v.bias, o.weight, s_kv, heads, kv)
             hessians[O_PROJ] = move_hessian(hessians[O_PROJ], s_o)
-    return skipped
+    return [msg for readers, msg in skipped.items() if readers not in folded]
 
 
 def _activation_quant_hooks(linears: dict[str, nn.Linear], scheme) -> list:
