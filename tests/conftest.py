@@ -107,8 +107,9 @@ def make_tiny_model(arch: str, folder: Path, tokenizer_src: Path, add_bos: bool 
         tok = json.loads((folder / "tokenizer.json").read_text())
         bos = {"SpecialToken": {"id": "<|im_start|>", "type_id": 0}}
         seq = lambda s: {"Sequence": {"id": s, "type_id": 0}}  # noqa: E731
-        tok["post_processor"] = {"type": "TemplateProcessing", "single": [bos, seq("A")], "pair": [bos, seq("A"), bos, seq("B")],
-                                 "special_tokens": {"<|im_start|>": {"id": "<|im_start|>", "ids": [1], "tokens": ["<|im_start|>"]}}}
+        special = {"<|im_start|>": {"id": "<|im_start|>", "ids": [1], "tokens": ["<|im_start|>"]}}
+        tok["post_processor"] = {"type": "TemplateProcessing", "single": [bos, seq("A")],
+                                 "pair": [bos, seq("A"), bos, seq("B")], "special_tokens": special}
         (folder / "tokenizer.json").write_text(json.dumps(tok))
         tok_cfg = json.loads((folder / "tokenizer_config.json").read_text())
         tok_cfg.update(add_bos_token=True, bos_token="<|im_start|>")

@@ -240,8 +240,9 @@ def test_planted_fault_a_linear_without_calibration_tokens_names_it(tiny_models,
                          progress=False)
     assert not (tmp_path / "o").exists()
     # the CLI: exit code 2 and one line naming the layers and the way out, no traceback
-    code = main(["compress", str(tiny_models["qwen3"]), "--scheme", "W4A16", "--group-size", "32", "--num-samples", "6",
-                 "--max-seq-len", "40", "--dataset", str(calib_file), "--dtype", "float32", "--output", str(tmp_path / "o")])
+    code = main(["compress", str(tiny_models["qwen3"]), "--scheme", "W4A16", "--group-size", "32",
+                 "--num-samples", "6", "--max-seq-len", "40", "--dataset", str(calib_file), "--dtype", "float32",
+                 "--output", str(tmp_path / "o")])
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]
     assert code == 2 and "Traceback" not in err
@@ -304,9 +305,9 @@ def test_routers_are_not_quantized_unless_named():
 
     from llmpress.compress.moe import linearize_experts
 
-    cfg = Qwen2MoeConfig(hidden_size=32, intermediate_size=64, moe_intermediate_size=16, shared_expert_intermediate_size=32,
-                         num_experts=4, num_experts_per_tok=2, num_hidden_layers=1, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=100)
+    cfg = Qwen2MoeConfig(hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
+                         shared_expert_intermediate_size=32, num_experts=4, num_experts_per_tok=2,
+                         num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2, vocab_size=100)
     with init_empty_weights():
         layer = Qwen2MoeForCausalLM(cfg).model.layers[0]
     linearize_experts(layer)

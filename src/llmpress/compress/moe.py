@@ -42,7 +42,8 @@ class LinearExperts(nn.ModuleList):
         super().__init__(ExpertMLP(hidden, intermediate, act_fn) for _ in range(num_experts))
         self.num_experts = num_experts
         self.calibrate_all = False
-        self.routed_tokens = torch.zeros(num_experts, dtype=torch.long, device="cpu")  # tokens the router chose, per expert
+        # tokens the router chose, per expert (a plain attribute: not a parameter, not saved)
+        self.routed_tokens = torch.zeros(num_experts, dtype=torch.long, device="cpu")
 
     def forward(self, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
         out = torch.zeros_like(hidden)

@@ -33,7 +33,9 @@ from .gptq import GPTQResult, gptq_quantize, rtn_quantize
 from .moe import calibrate_all_experts, linearize_experts, unrouted_experts
 from .observers import dequantize, dynamic_per_token
 from .recipe import Recipe, RecipeError
-from .smoothquant import fold_into_norm, fold_into_v, move_hessian, norm_weight_offset, smoothing_scales, vo_smoothing_scales
+from .smoothquant import (
+    fold_into_norm, fold_into_v, move_hessian, norm_weight_offset, smoothing_scales, vo_smoothing_scales,
+)
 from .targets import (
     NORM_MAPPINGS, O_PROJ, V_PROJ, ModelStructureError, find_decoder_layers, group_size_problems, smooth_pairs,
     target_linears,
@@ -224,6 +226,9 @@ def _calibration_inputs(src, skeleton, layers, recipe: Recipe, ckpt, device, dty
     outside = [(n, m) for n, m in decoder.named_children() if m is not layers]
     for name, mod in outside:
         _materialize(mod, f"{decoder_prefix}.{name}" if decoder_prefix else name, ckpt, device, dtype)
+    for name, b in decoder._buffers.items():  # computed tables registered on the decoder itself
+        if b is not None:
+            decoder._buffers[name] = b.to(device)
     inputs = capture_decoder_inputs(decoder, layers, samples, device)
     for _, mod in outside:
         mod.to("meta")
@@ -233,7 +238,9 @@ def _calibration_inputs(src, skeleton, layers, recipe: Recipe, ckpt, device, dty
     return inputs
 
 
-def _quantize_layer(layer: nn.Module, prefix: str, linears: dict[str, nn.Linear], inputs, recipe: Recipe, config, dtypes):
+def _quantize_layer(
+    layer: nn.Module, prefix: str, linears: dict[str, nn.Linear], inputs, recipe: Recipe, config, dtypes
+):
     """SmoothQuant + GPTQ (or round-to-nearest) for one materialized layer. Each target's
     weight is replaced by its dequantized value. Returns (stats, tensors to save, the
     layer's outputs if the staged path already computed them, else None)."""

@@ -26,7 +26,9 @@ def smoothing_scales(
     return s.clamp(min=eps)
 
 
-def fold_into_norm(norm_weight: torch.Tensor, linears: list[torch.Tensor], s: torch.Tensor, offset: float = 0.0) -> None:
+def fold_into_norm(
+    norm_weight: torch.Tensor, linears: list[torch.Tensor], s: torch.Tensor, offset: float = 0.0
+) -> None:
     """In place: norm output channel j is divided by s_j, the readers' column j times s_j.
     The norm multiplies by (offset + w): 0 for Llama's RMSNorm, 1 for Gemma's x·(1 + w)."""
     norm_weight.data.copy_(((norm_weight.float() + offset) / s - offset).to(norm_weight.dtype))
