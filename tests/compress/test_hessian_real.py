@@ -18,15 +18,14 @@ def test_bf16_hessian_with_massive_activations(default_model):
     prefix, layers = find_decoder_layers(skeleton, config.num_hidden_layers)
     ckpt = LazyCheckpoint(default_model)
     dt = torch.bfloat16
-    inputs = oneshot._calibration_inputs(default_model, skeleton, layers, recipe, ckpt, torch.device("cpu"), dt)
+    calib = oneshot._calibration_inputs(default_model, skeleton, layers, recipe, ckpt, torch.device("cpu"), dt)
     xs = []
     for i in range(12):
         layer = layers[i]
         oneshot._materialize(layer, f"{prefix}.{i}", ckpt, "cpu", dt)
         if i == 11:
             layer.mlp.down_proj.register_forward_pre_hook(lambda m, a: xs.append(a[0].reshape(-1, a[0].shape[-1])))
-        outs = sequential.StagedLayer(layer).run(inputs, lambda *a: None)
-        inputs = [(o, kw) for o, (_, kw) in zip(outs, inputs)]
+        calib.hidden = sequential.StagedLayer(layer).run(calib.layer(i), lambda *a: None)
     x = torch.cat(xs)
     assert x.abs().max() > 1000  # the massive channel is there
     exact = 2 / x.shape[0] * (x.float().T @ x.float())

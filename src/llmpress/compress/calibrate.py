@@ -1,8 +1,8 @@
 """Layer-wise calibration without tracing.
 
-1. `capture_layer_inputs`: run the embeddings of each calibration sample and stop
-   at the first decoder layer's pre-hook, keeping its positional input (the
-   hidden states) and keyword inputs (position embeddings, masks).
+1. `capture_decoder_inputs`: the decoder's own forward over each calibration sample
+   with every layer swapped for a recorder, keeping the first layer's hidden states
+   and every layer's keyword inputs (position embeddings, masks, per-layer kwargs).
 2. `InputStats`: forward pre-hooks on a layer's target Linears that accumulate,
    per distinct input tensor, the GPTQ Hessian Σ x xᵀ and SmoothQuant's
    per-channel max |x|. Linears that read the same tensor (q/k/v; gate/up)
@@ -13,11 +13,13 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from .gptq import HessianAccumulator
+from .targets import ModelStructureError
 
 
 def _cpu_has_bf16_units() -> bool:
@@ -50,38 +52,81 @@ def fastest_cpu_dtype() -> torch.dtype:
     return torch.bfloat16 if best[torch.bfloat16] * 1.5 < best[torch.float32] else torch.float32
 
 
-class _Captured(Exception):
-    pass
+class CalibrationError(ModelStructureError):
+    """Calibration that would silently produce a wrong model (a Linear that saw no tokens)."""
 
 
-_DROP_KWARGS = ("past_key_values", "past_key_value", "use_cache", "cache_position")
+_DROP_KWARGS = ("past_key_values", "past_key_value", "cache", "use_cache", "cache_position")
+
+
+@dataclass
+class DecoderInputs:
+    """What every decoder layer receives, per calibration sample.
+
+    hidden: the current layer's input hidden states, per sample [1, T, hidden] (the first
+    layer's after capture; replaced by each layer's outputs as calibration walks the stack).
+    kwargs[i][s]: layer i's keyword inputs for sample s exactly as the decoder passed them:
+    models mix layer kinds (Gemma 3: sliding-window and global attention with their own masks
+    and rotary tables), so one layer's kwargs are not another's. Tensors shared between layers
+    (a mask, a rotary table) are held once."""
+
+    hidden: list[torch.Tensor]
+    kwargs: list[list[dict]]
+
+    def layer(self, i: int) -> list[tuple[torch.Tensor, dict]]:
+        return list(zip(self.hidden, self.kwargs[i]))
+
+
+def capture_decoder_inputs(
+    decoder: nn.Module, layers: nn.ModuleList, samples: list[torch.Tensor], device: torch.device
+) -> DecoderInputs:
+    """Run the decoder's own forward once per sample with every layer replaced by a recorder
+    that keeps its inputs and hands its hidden states on unchanged: the embeddings (and their
+    scaling), masks, rotary tables and any per-layer kwargs come from the model's own code, and
+    no layer weights are needed. The recorder is an instance attribute set for the duration
+    of the pass only."""
+    hidden: list[torch.Tensor] = []
+    kwargs: list[list[dict]] = [[] for _ in layers]
+
+    def recorder(i: int):
+        def forward(*args, **kw):
+            h = args[0] if args else kw.pop("hidden_states")
+            if i == 0:
+                hidden.append(h.detach())
+            elif h.shape != hidden[-1].shape:
+                raise ModelStructureError(
+                    f"{type(decoder).__name__}: layer {i} received hidden states of shape {tuple(h.shape)}, "
+                    f"layer 0 {tuple(hidden[-1].shape)}; this decoder loop is not supported"
+                )
+            kwargs[i].append({k: v for k, v in kw.items() if k not in _DROP_KWARGS})
+            return h
+
+        return forward
+
+    for i, layer in enumerate(layers):
+        layer.forward = recorder(i)
+    try:
+        with torch.no_grad():
+            for ids in samples:
+                decoder(input_ids=ids.to(device), use_cache=False)
+    finally:
+        for layer in layers:
+            del layer.forward
+    for i, kw in enumerate(kwargs):
+        if len(kw) != len(samples):
+            raise ModelStructureError(
+                f"{type(decoder).__name__}: decoder layer {i} was called {len(kw)} times for {len(samples)} samples; "
+                "llmpress calibrates decoders that call each layer once per forward"
+            )
+    return DecoderInputs(hidden, kwargs)
 
 
 def capture_layer_inputs(
     decoder: nn.Module, first_layer: nn.Module, samples: list[torch.Tensor], device: torch.device
 ) -> list[tuple[torch.Tensor, dict]]:
     """Per sample: (hidden_states [1, T, hidden], kwargs) as the first decoder layer receives them."""
-    captured: list[tuple[torch.Tensor, dict]] = []
-
-    def hook(_mod, args, kwargs):
-        h = args[0] if args else kwargs.pop("hidden_states")
-        kw = {k: v for k, v in kwargs.items() if k not in _DROP_KWARGS}
-        captured.append((h.detach(), kw))
-        raise _Captured
-
-    handle = first_layer.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        with torch.no_grad():
-            for ids in samples:
-                try:
-                    decoder(input_ids=ids.to(device), use_cache=False)
-                except _Captured:
-                    pass
-    finally:
-        handle.remove()
-    if len(captured) != len(samples):
-        raise RuntimeError("capturing the first decoder layer's inputs failed: its pre-hook did not fire")
-    return captured
+    layers = next(m for m in decoder.modules() if isinstance(m, nn.ModuleList) and first_layer in list(m))
+    return capture_decoder_inputs(decoder, layers, samples, device).layer(0)
 
 
 def run_layer(layer: nn.Module, inputs: list[tuple[torch.Tensor, dict]], before_each=None) -> list[torch.Tensor]:
@@ -97,23 +142,47 @@ def run_layer(layer: nn.Module, inputs: list[tuple[torch.Tensor, dict]], before_
 
 
 class InputStats:
-    """Hessian sums and per-channel |x| maxima of the inputs of a layer's target Linears."""
+    """Hessian sums and per-channel |x| maxima of the inputs of a layer's target Linears,
+    the number of tokens each Linear saw, and which of the `sources` modules (candidate
+    SmoothQuant norms) produced each Linear's input, by tensor identity."""
 
-    def __init__(self, linears: dict[str, nn.Linear], hessian: bool = True, act_max: bool = False):
+    def __init__(
+        self,
+        linears: dict[str, nn.Linear],
+        hessian: bool = True,
+        act_max: bool = False,
+        sources: dict[str, nn.Module] | None = None,
+    ):
         self.owner: dict[str, str] = {}  # Linear name -> the name whose accumulator it shares
         self.hessians: dict[str, HessianAccumulator] = {}
         self.act_max: dict[str, torch.Tensor] = {}
+        self.tokens: dict[str, int] = dict.fromkeys(linears, 0)
+        self.fed_by: dict[str, set[str]] = {n: set() for n in linears}  # Linear -> source modules of its input
         self._want_h, self._want_a = hessian, act_max
         # tensors stay referenced for the sample so their ids cannot be reused within it
         self._seen: dict[int, tuple[torch.Tensor, str]] = {}
+        self._produced: dict[int, tuple[torch.Tensor, str]] = {}
         self._handles = [m.register_forward_pre_hook(self._hook(n)) for n, m in linears.items()]
+        for n, m in (sources or {}).items():
+            self._handles.append(m.register_forward_hook(self._source_hook(n)))
 
     def new_sample(self) -> None:
         self._seen.clear()
+        self._produced.clear()
+
+    def _source_hook(self, name: str):
+        def hook(_mod, _args, out):
+            if isinstance(out, torch.Tensor):
+                self._produced[id(out)] = (out, name)
+
+        return hook
 
     def _hook(self, name: str):
         def hook(_mod, args):
             x = args[0]
+            src = self._produced.get(id(x))
+            self.fed_by[name].add(src[1] if src is not None and src[0] is x else "")
+            self.tokens[name] += x.numel() // x.shape[-1]
             seen = self._seen.get(id(x))
             if seen is not None and seen[0] is x:
                 self.owner.setdefault(name, seen[1])
@@ -133,6 +202,10 @@ class InputStats:
 
         return hook
 
+    def starved(self) -> list[str]:
+        """The Linears that saw no calibration token."""
+        return [n for n, t in self.tokens.items() if t == 0]
+
     def hessian(self, name: str) -> torch.Tensor:
         return self.hessians[self.owner[name]].hessian()
 
@@ -140,3 +213,4 @@ class InputStats:
         for h in self._handles:
             h.remove()
         self._seen.clear()
+        self._produced.clear()

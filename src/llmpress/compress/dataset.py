@@ -12,7 +12,7 @@ import importlib.util
 import json
 import random
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -113,10 +113,14 @@ def render(row, tokenizer, max_seq_len: int) -> list[int]:
 
 
 def calibration_samples(
-    source: str, tokenizer, num_samples: int, max_seq_len: int, seed: int = 42
+    source: str, tokenizer, num_samples: int, max_seq_len: int, seed: int = 42, log: Callable[[str], None] | None = None
 ) -> list[torch.Tensor]:
-    """num_samples token-id tensors [1, T<=max_seq_len], chosen by a seeded shuffle."""
+    """num_samples token-id tensors [1, T<=max_seq_len], chosen by a seeded shuffle. `log` hears,
+    once, that conversations become plain text when the tokenizer has no chat template."""
     rows, name = load_rows(source)
+    if log is not None and not getattr(tokenizer, "chat_template", None) and any(not isinstance(r, str) for r in rows):
+        log(f"calibration: the tokenizer has no chat template; {name} conversations are used as plain text "
+            "(turns joined by blank lines, with the tokenizer's own special tokens)")
     if num_samples > len(rows):
         raise DatasetError(f"num_samples={num_samples} but {name} has only {len(rows)} usable conversations; lower --num-samples")
     order = list(range(len(rows)))

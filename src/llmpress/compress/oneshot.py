@@ -27,14 +27,20 @@ from ..checkpoint.shards import LazyCheckpoint, ShardWriter, atomic_output_dir, 
 from .. import plan
 from ..models import resolve_model
 from . import sequential
-from .calibrate import InputStats, capture_layer_inputs, fastest_cpu_dtype, run_layer
+from .calibrate import CalibrationError, DecoderInputs, InputStats, capture_decoder_inputs, fastest_cpu_dtype, run_layer
 from .dataset import calibration_samples
 from .fp8 import fp8_quantize_weight
 from .gptq import GPTQResult, gptq_quantize, rtn_quantize
+from .moe import calibrate_all_experts, linearize_experts, unrouted_experts
 from .observers import dequantize, dynamic_per_token
 from .recipe import Recipe, RecipeError
-from .smoothquant import fold_into_norm, fold_into_v, move_hessian, smoothing_scales, vo_smoothing_scales
-from .targets import O_PROJ, V_PROJ, ModelStructureError, find_decoder_layers, group_size_problems, smooth_pairs, target_linears
+from .smoothquant import (
+    fold_into_norm, fold_into_v, move_hessian, norm_weight_offset, smoothing_scales, vo_smoothing_scales,
+)
+from .targets import (
+    NORM_MAPPINGS, O_PROJ, V_PROJ, ModelStructureError, find_decoder_layers, group_size_problems, smooth_pairs,
+    target_linears,
+)
 
 
 def _log(msg: str) -> None:
@@ -85,13 +91,15 @@ def compress(
         if scheme.uses_gptq:
             inputs = _calibration_inputs(src, skeleton, layers, recipe, ckpt, device, calib_dtype)
         stats = {"layers": []}
+        said: list[list[str]] = []
         bar = tqdm(range(len(layers)), desc=f"compress {scheme.name}", disable=not progress, unit="layer")
         for i in bar:
             prefix = f"{layers_prefix}.{i}"
             layer = layers[i]
             dtypes = _materialize(layer, prefix, ckpt, device, calib_dtype)
             linears = target_linears(layer, prefix, recipe.targets, recipe.ignore)
-            layer_stats, q_tensors, outs = _quantize_layer(layer, linears, inputs, recipe, config, dtypes)
+            layer_inputs = inputs.layer(i) if inputs is not None else None
+            layer_stats, q_tensors, outs = _quantize_layer(layer, prefix, linears, layer_inputs, recipe, config, dtypes)
             for name, p in layer.named_parameters():
                 mod_name, _, pname = name.rpartition(".")
                 if mod_name in linears and pname == "weight":
@@ -102,15 +110,21 @@ def compress(
             if inputs is not None and i + 1 < len(layers):
                 if outs is None:  # generic path: propagate through the quantized layer
                     hooks = _activation_quant_hooks(linears, scheme) if scheme.input_activations else []
-                    outs = run_layer(layer, inputs)
+                    outs = run_layer(layer, layer_inputs)
                     for h in hooks:
                         h.remove()
-                inputs = [(o, kw) for o, (_, kw) in zip(outs, inputs)]
+                inputs.hidden = outs
             layer.to("meta")
             _trim_heap()
             stats["layers"].append(layer_stats)
+            if (skipped := layer_stats.get("smoothquant_not_folded")) and skipped not in said:
+                said.append(skipped)
+                _log(f"{prefix}: SmoothQuant cannot fold exactly into {skipped} (the norm's output is not what "
+                     "those Linears read, or it does not scale with its weight); they are quantized unsmoothed")
             if layer_stats.get("gptq_loss") is not None:
                 bar.set_postfix(loss=f"{layer_stats['gptq_loss']:.3g}")
+                _log(f"{prefix}: GPTQ loss {layer_stats['gptq_loss']:.4g} over {len(linears)} Linears"
+                     + (f", {layer_stats['calibration_tokens']} tokens" if "calibration_tokens" in layer_stats else ""))
         writer.close()
 
         cfg = json.loads((src / "config.json").read_text())
@@ -156,25 +170,33 @@ def _calibration_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def _skeleton(src: Path):
-    """The model class on the meta device: structure and forward code, no memory."""
+    """The model class with its parameters on the meta device (structure and forward code, no
+    memory) and its computed buffers real: rotary tables, Gemma's embedding scale and the like
+    are not stored in checkpoints, so they must come from the model's own __init__. Fused
+    mixture-of-experts modules become per-expert Linears (moe.py)."""
+    from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(src)
     if getattr(config, "is_encoder_decoder", False):
         raise ModelStructureError(f"{src}: {config.model_type} is an encoder-decoder model; llmpress compresses decoder-only LMs")
     try:
-        with torch.device("meta"):
+        with init_empty_weights(include_buffers=False):
             model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
     except ValueError as e:
         raise ModelStructureError(f"{src}: {config.model_type} is not a causal (decoder-only) LM transformers knows: {e}") from None
     if not hasattr(config, "num_hidden_layers"):
         raise ModelStructureError(f"{src}: config has no num_hidden_layers; not a decoder-only LM")
+    model.eval()  # no dropout, no router jitter
+    _, layers = find_decoder_layers(model, config.num_hidden_layers)
+    for layer in layers:
+        linearize_experts(layer)
     return config, model
 
 
 def _materialize(module: nn.Module, prefix: str, ckpt: LazyCheckpoint, device, dtype) -> dict[str, torch.dtype]:
-    """Load `module`'s parameters from the checkpoint; returns their stored dtypes."""
-    module.to_empty(device=device)
+    """Load `module`'s parameters (and any stored buffers) from the checkpoint; computed buffers
+    keep their values and move to `device`. Returns the parameters' stored dtypes."""
     dtypes = {}
     for name, p in module.named_parameters():
         key = f"{prefix}.{name}"
@@ -182,32 +204,45 @@ def _materialize(module: nn.Module, prefix: str, ckpt: LazyCheckpoint, device, d
             raise ModelStructureError(f"{ckpt.folder}: tensor {key} is missing from the safetensors files")
         t = ckpt.get(key)
         dtypes[name] = t.dtype
-        p.data = t.to(device, dtype)
+        owner, _, pname = name.rpartition(".")
+        mod = module.get_submodule(owner) if owner else module
+        mod._parameters[pname] = nn.Parameter(t.to(device, dtype), requires_grad=False)
+    for name, b in module.named_buffers():
+        owner, _, bname = name.rpartition(".")
+        mod = module.get_submodule(owner) if owner else module
+        key = f"{prefix}.{name}"
+        mod._buffers[bname] = ckpt.get(key).to(device, b.dtype) if key in ckpt else b.to(device)
     return dtypes
 
 
-def _calibration_inputs(src, skeleton, layers, recipe: Recipe, ckpt, device, dtype):
+def _calibration_inputs(src, skeleton, layers, recipe: Recipe, ckpt, device, dtype) -> DecoderInputs:
+    """Every layer's calibration inputs from the decoder's own forward (calibrate.py): the
+    decoder's parameters outside the layers (embeddings, final norm) are loaded for the pass."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(src)
-    samples = calibration_samples(recipe.dataset, tokenizer, recipe.num_samples, recipe.max_seq_len, recipe.seed)
+    samples = calibration_samples(recipe.dataset, tokenizer, recipe.num_samples, recipe.max_seq_len, recipe.seed,
+                                  log=_log)
     decoder = skeleton.get_decoder()
-    embed = skeleton.get_input_embeddings()
-    embed_key = next(k for k in ckpt.keys() if k.endswith("embed_tokens.weight") or k.endswith("wte.weight"))
-    embed.to_empty(device=device)
-    embed.weight.data = ckpt.get(embed_key).to(device, dtype)
-    for name, mod in list(decoder.named_children()):  # rotary tables are computed, not stored
-        if "rotary" in type(mod).__name__.lower():
-            with torch.device(device):
-                setattr(decoder, name, type(mod)(config=skeleton.config))
-    inputs = capture_layer_inputs(decoder, layers[0], samples, device)
-    embed.to("meta")
+    decoder_prefix = next(n for n, m in skeleton.named_modules() if m is decoder)
+    outside = [(n, m) for n, m in decoder.named_children() if m is not layers]
+    for name, mod in outside:
+        _materialize(mod, f"{decoder_prefix}.{name}" if decoder_prefix else name, ckpt, device, dtype)
+    for name, b in decoder._buffers.items():  # computed tables registered on the decoder itself
+        if b is not None:
+            decoder._buffers[name] = b.to(device)
+    inputs = capture_decoder_inputs(decoder, layers, samples, device)
+    for _, mod in outside:
+        mod.to("meta")
     ntok = sum(s.shape[1] for s in samples)
     _log(f"calibration: {len(samples)} samples, {ntok} tokens from {recipe.dataset}, forward in {str(dtype).removeprefix('torch.')}")
-    return [(h.to(dtype), kw) for h, kw in inputs]
+    inputs.hidden = [h.to(dtype) for h in inputs.hidden]
+    return inputs
 
 
-def _quantize_layer(layer: nn.Module, linears: dict[str, nn.Linear], inputs, recipe: Recipe, config, dtypes):
+def _quantize_layer(
+    layer: nn.Module, prefix: str, linears: dict[str, nn.Linear], inputs, recipe: Recipe, config, dtypes
+):
     """SmoothQuant + GPTQ (or round-to-nearest) for one materialized layer. Each target's
     weight is replaced by its dequantized value. Returns (stats, tensors to save, the
     layer's outputs if the staged path already computed them, else None)."""
@@ -227,28 +262,60 @@ def _quantize_layer(layer: nn.Module, linears: dict[str, nn.Linear], inputs, rec
             elif H is None:
                 res = rtn_quantize(W, scheme.weights, scale_dtype)
             else:
+                if not H.diagonal().any():  # every input exactly zero: GPTQ would report loss 0 and learn nothing
+                    raise CalibrationError(
+                        f"{prefix}.{name}: every calibration input it received is zero (lost embeddings or a broken "
+                        "forward), so GPTQ has no data; quantize without data with --no-gptq (round-to-nearest)"
+                    )
                 res = gptq_quantize(W, H, scheme.weights, recipe.dampening_frac, scale_dtype, warn=_log)
                 losses.append(res.loss)
             zp = None if res.zero_point is None else res.zero_point.cpu()
             out[name] = compress_linear(res.q.cpu(), res.scale.cpu(), zp, scheme)
             lin.weight.data = dequantize(res.q, res.scale, res.zero_point).to(W.dtype)
 
-    outs = None
+    outs, skipped = None, []
     if not scheme.uses_gptq:
         quantize(list(linears), None)
     elif recipe.sequential and sequential.supports(layer, linears, config, recipe.max_seq_len):
         outs = _staged(layer, linears, inputs, recipe, config, scheme, smooth, quantize)
     else:
-        stats = InputStats(linears, hessian=True, act_max=smooth)
-        run_layer(layer, inputs, before_each=stats.new_sample)
-        stats.remove()
+        stats = _collect_stats(layer, prefix, linears, inputs, smooth)
         hessians = {o: stats.hessians[o].hessian() for o in set(stats.owner.values())}
         if smooth:
-            _smooth_layer(layer, linears, stats, hessians, recipe.smoothing_strength, config)
+            skipped = _smooth_layer(layer, linears, stats, hessians, recipe.smoothing_strength, config)
         for name in linears:
             quantize([name], hessians[stats.owner[name]])
     layer_stats = {"gptq_loss": float(sum(losses))} if losses else {}
+    if skipped:
+        layer_stats["smoothquant_not_folded"] = skipped
+    if inputs is not None:
+        layer_stats["calibration_tokens"] = sum(h.numel() // h.shape[-1] for h, _ in inputs)
     return layer_stats, out, outs
+
+
+def _collect_stats(layer: nn.Module, prefix: str, linears, inputs, smooth: bool) -> InputStats:
+    """One float forward of the layer over all samples with stat hooks (every MoE expert on every
+    token). A target Linear that saw no token would get a zero Hessian and a meaningless
+    "loss 0" result, so it stops the run with its name."""
+    norms = {n: layer.get_submodule(n) for n, _ in NORM_MAPPINGS + _EXTRA_NORMS if _has_module(layer, n)}
+    stats = InputStats(linears, hessian=True, act_max=smooth, sources=norms if smooth else None)
+    calibrate_all_experts(layer, True)
+    try:
+        run_layer(layer, inputs, before_each=stats.new_sample)
+    finally:
+        calibrate_all_experts(layer, False)
+        stats.remove()
+    for experts, idle in unrouted_experts(layer).items():
+        _log(f"{prefix}.{experts}: the router chose experts {idle} for no calibration token; "
+             "they were calibrated on all tokens (calibrate-all-experts)")
+    starved = stats.starved()
+    if starved:
+        raise CalibrationError(
+            f"{', '.join(f'{prefix}.{n}' for n in starved)}: received no calibration tokens, so GPTQ has no data for "
+            f"{'it' if len(starved) == 1 else 'them'}; add {'it' if len(starved) == 1 else 'them'} to `ignore` "
+            "(--ignore), or quantize without data with --no-gptq (round-to-nearest)"
+        )
+    return stats
 
 
 def _staged(layer, linears, inputs, recipe, config, scheme, smooth: bool, quantize):
@@ -280,12 +347,36 @@ def _staged(layer, linears, inputs, recipe, config, scheme, smooth: bool, quanti
     return staged.run(inputs, quantize_group, want_act_max=smooth, before_qkv=before_qkv if smooth else None)
 
 
-def _smooth_layer(layer, linears, stats: InputStats, hessians, alpha: float, config) -> None:
-    for norm_name, readers in smooth_pairs(layer, set(linears)):
+# Norms that feed Linears in other decoder layouts (Gemma 2/3: pre_feedforward_layernorm -> gate/up).
+_EXTRA_NORMS = (("pre_feedforward_layernorm", ("mlp.gate_proj", "mlp.up_proj")),)
+
+
+def _has_module(layer: nn.Module, name: str) -> bool:
+    try:
+        return isinstance(getattr(layer.get_submodule(name), "weight", None), torch.Tensor)
+    except AttributeError:
+        return False
+
+
+def _smooth_layer(layer, linears, stats: InputStats, hessians, alpha: float, config) -> list[str]:
+    """SmoothQuant folds on the generic path, only where they are exact: the norm's output is
+    verified (by tensor identity, during calibration) to be what all its readers receive, and the
+    norm's output scales with its weight (x·w, or Gemma's x·(1 + w)). Pairs found in the model but
+    not foldable are returned, so that the run can say so."""
+    skipped, folded = {}, set()
+    for norm_name, readers in NORM_MAPPINGS + _EXTRA_NORMS:
+        if not _has_module(layer, norm_name) or not all(r in linears for r in readers):
+            continue
+        norm = layer.get_submodule(norm_name)
+        offset = norm_weight_offset(norm)
+        if any(stats.fed_by[r] != {norm_name} for r in readers) or offset is None:
+            skipped[readers] = f"{norm_name} -> {', '.join(readers)}"
+            continue
+        folded.add(readers)
         owner = stats.owner[readers[0]]
         ws = [linears[r].weight for r in readers]
         s = smoothing_scales(stats.act_max[owner], ws, alpha)
-        fold_into_norm(layer.get_submodule(norm_name).weight, ws, s)
+        fold_into_norm(norm.weight, ws, s, offset)
         hessians[owner] = move_hessian(hessians[owner], s)
     if V_PROJ in linears and O_PROJ in linears and stats.owner.get(O_PROJ) == O_PROJ:
         heads = config.num_attention_heads
@@ -295,6 +386,7 @@ def _smooth_layer(layer, linears, stats: InputStats, hessians, alpha: float, con
             s_kv = vo_smoothing_scales(stats.act_max[O_PROJ], o.weight, heads, kv, alpha)
             s_o = fold_into_v(v.weight, v.bias, o.weight, s_kv, heads, kv)
             hessians[O_PROJ] = move_hessian(hessians[O_PROJ], s_o)
+    return [msg for readers, msg in skipped.items() if readers not in folded]
 
 
 def _activation_quant_hooks(linears: dict[str, nn.Linear], scheme) -> list:

@@ -26,9 +26,12 @@ def smoothing_scales(
     return s.clamp(min=eps)
 
 
-def fold_into_norm(norm_weight: torch.Tensor, linears: list[torch.Tensor], s: torch.Tensor) -> None:
-    """In place: norm output channel j is divided by s_j, the readers' column j times s_j."""
-    norm_weight.data.copy_((norm_weight.float() / s).to(norm_weight.dtype))
+def fold_into_norm(
+    norm_weight: torch.Tensor, linears: list[torch.Tensor], s: torch.Tensor, offset: float = 0.0
+) -> None:
+    """In place: norm output channel j is divided by s_j, the readers' column j times s_j.
+    The norm multiplies by (offset + w): 0 for Llama's RMSNorm, 1 for Gemma's x·(1 + w)."""
+    norm_weight.data.copy_(((norm_weight.float() + offset) / s - offset).to(norm_weight.dtype))
     for w in linears:
         w.data.copy_((w.float() * s).to(w.dtype))
 
@@ -80,3 +83,27 @@ def move_hessian(H: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """Hessian of inputs x, to the Hessian of the smoothed inputs x / s."""
     inv = 1.0 / s.float()
     return H * inv[:, None] * inv[None, :]
+
+
+@torch.no_grad()
+def norm_weight_offset(norm: torch.nn.Module) -> float | None:
+    """c such that norm(x) = n(x) · (c + w) for every weight w (0: x·w, 1: Gemma's x·(1 + w)),
+    found by probing the module at w = 0 and w = 1; None when the output does not scale that way
+    (a bias, a weight applied before normalizing), so a SmoothQuant fold would not be exact."""
+    w = norm.weight
+    if w is None or w.ndim != 1 or getattr(norm, "bias", None) is not None:
+        return None
+    x = torch.randn(4, w.numel(), generator=torch.Generator().manual_seed(0)).to(w.device, torch.float32)
+    saved = w.data
+    try:
+        outs = []
+        for value in (0.0, 1.0, 0.5):
+            w.data = torch.full_like(saved, value, dtype=torch.float32)
+            outs.append(norm(x).float())
+    finally:
+        w.data = saved
+    n = outs[1] - outs[0]  # n(x)
+    if not torch.isfinite(n).all() or n.abs().max() == 0:
+        return None
+    c = (outs[0] * n).sum().item() / (n * n).sum().item()
+    return c if torch.allclose(outs[2], n * (c + 0.5), rtol=1e-4, atol=1e-5) and abs(c - round(c)) < 1e-4 else None

@@ -23,16 +23,30 @@ def find_decoder_layers(model: nn.Module, num_layers: int) -> tuple[str, nn.Modu
     )
 
 
-def matches(full_name: str, module: nn.Module, patterns: tuple[str, ...]) -> bool:
+def matches(full_name: str, module: nn.Module, patterns: tuple[str, ...], by_class: bool = True) -> bool:
     """llm-compressor's matching: a class name ("Linear"), a full or dotted-suffix module
     name ("lm_head", "mlp.down_proj"), or a regex on the full name ("re:.*down_proj")."""
     for p in patterns:
         if p.startswith("re:"):
             if re.match(p[3:], full_name):
                 return True
-        elif p == type(module).__name__ or full_name == p or full_name.endswith("." + p):
+        elif (by_class and p == type(module).__name__) or full_name == p or full_name.endswith("." + p):
             return True
     return False
+
+
+ROUTER_NAMES = ("gate", "router", "shared_expert_gate")
+
+
+def is_router(name: str, layer: nn.Module) -> bool:
+    """A mixture-of-experts router / expert gate: a module named gate, router or
+    shared_expert_gate beside an experts module. Quantizing it changes which experts run,
+    so it stays in full precision unless a target names it."""
+    parent, _, child = name.rpartition(".")
+    if child not in ROUTER_NAMES:
+        return False
+    owner = layer.get_submodule(parent) if parent else layer
+    return any("expert" in n for n, _ in owner.named_children())
 
 
 def target_linears(
@@ -43,6 +57,8 @@ def target_linears(
     for name, mod in layer.named_modules():
         full = f"{prefix}.{name}"
         if isinstance(mod, nn.Linear) and matches(full, mod, targets) and not matches(full, mod, ignore):
+            if is_router(name, layer) and not matches(full, mod, targets, by_class=False):
+                continue
             out[name] = mod
     return out
 

@@ -1,8 +1,9 @@
 """Perplexity on held text, and KL divergence / top-1 agreement of next-token
 distributions against a base model, both models over the same tokens in one pass.
 
-Text is tokenized once and cut into non-overlapping windows of `window` tokens
-(the first token of each window has no prediction). Default text: the Lee
+Text is tokenized once and cut into non-overlapping windows of `window` tokens,
+each led by BOS where the tokenizer prepends one (the model was trained so; else the
+first token of each window has no prediction). Default text: the Lee
 news corpus shipped in gensim's test data (299 documents, ~60k words).
 
 Checkpoints are read with transformers (+ compressed-tensors for quantized
@@ -44,12 +45,32 @@ def held_text(path: str | Path | None = None) -> tuple[str, str]:
     return text, ("Lee corpus (gensim test data)" if path is None else str(p))
 
 
+def leading_bos(tokenizer) -> int | None:
+    """The BOS id when the tokenizer itself prepends BOS to text (Gemma, Llama 3, Mistral do):
+    those models were trained with it at the start of every sequence, and without it their
+    first positions are out of distribution (Gemma's perplexity goes from ~10 to thousands)."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return None
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bos if ids and ids[0] == bos else None
+
+
 def token_windows(tokenizer, text: str, window: int, max_tokens: int | None) -> list[torch.Tensor]:
+    """Non-overlapping windows of at most `window` tokens over the text's first max_tokens tokens;
+    each starts with BOS when the tokenizer prepends one (leading_bos), so every text token is
+    predicted in context; otherwise the first token of each window has no prediction."""
+    if window < 2:
+        raise TextError(f"window {window}: give --window 2 or more (tokens per scored window)")
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if max_tokens:
         ids = ids[:max_tokens]
     if len(ids) < 2:
         raise TextError("the held text tokenizes to fewer than 2 tokens")
+    bos = leading_bos(tokenizer)
+    if bos is not None:
+        step = window - 1
+        return [torch.tensor([[bos] + ids[i : i + step]]) for i in range(0, len(ids), step)]
     return [torch.tensor([ids[i : i + window]]) for i in range(0, len(ids) - 1, window) if len(ids[i : i + window]) > 1]
 
 
