@@ -218,7 +218,7 @@ def plan_compress(cfg: dict, run: CompressRun, machine: Machine) -> Estimate:
 @dataclass(frozen=True)
 class EngineRun:
     weight_bytes: int  # the checkpoint's tensors as the engine keeps them (quantized stay compressed)
-    largest_tensor: int  # bytes of the largest stored tensor (read transiently)
+    largest_tensor: int  # bytes of the largest stored tensor (reported; loading measured no transient copy)
     kv_cache_bytes: int
     max_num_batched_tokens: int = 512
     max_num_seqs: int = 32
@@ -226,15 +226,17 @@ class EngineRun:
 
 
 def plan_engine(cfg: dict, run: EngineRun, machine: Machine) -> Estimate:
-    """Resident memory of LLM(...) / serve: weights at their kept size, the KV cache budget (its pages
-    are touched as it fills, so a long run reaches all of it), a step's activations and logits."""
+    """Resident memory of LLM(...) / serve, an upper bound: weights at their kept size, the whole KV
+    cache budget and a step's activations and logits. Measured on a 2-layer 8B-shape synth (bf16,
+    3.0 GB, KV 256 MB): 2.50 GB resident after a generate against 3.87 GB planned, because the
+    embedding's rows and the KV cache's pages only become resident as tokens use them (the 1.05 GB
+    embedding and the KV budget make up the difference); loading adds no measurable transient."""
     shape = Shape.from_config(cfg)
     t, b = run.max_num_batched_tokens, run.dtype_bytes
     acts = t * (4 * shape.hidden + shape.qkv_out + 3 * shape.intermediate) * b + run.max_num_seqs * shape.vocab * 4
     terms = {"base": BASE_RSS, "weights": run.weight_bytes, "KV cache": run.kv_cache_bytes,
-             "step activations + logits": acts, "tensor being loaded": 2 * run.largest_tensor}
-    peak = int(sum(terms.values()) * SLACK)
-    return Estimate("engine", peak, "serving", tuple((k, int(v)) for k, v in terms.items()), 0, None)
+             "step activations + logits": acts}
+    return Estimate("engine", int(sum(terms.values())), "serving", tuple((k, int(v)) for k, v in terms.items()), 0, None)
 
 
 # -- facts of this machine and of a checkpoint ------------------------------------------------
