@@ -72,7 +72,8 @@ class Shape:
     @property
     def layer_linear_params(self) -> int:
         """q, k, v, o, gate, up, down of one layer."""
-        return self.hidden * self.qkv_out + self.heads * self.head_dim * self.hidden + 3 * self.hidden * self.intermediate
+        h = self.hidden
+        return h * self.qkv_out + self.heads * self.head_dim * h + 3 * h * self.intermediate
 
     @property
     def embed_params(self) -> int:
@@ -190,7 +191,8 @@ def plan_compress(cfg: dict, run: CompressRun, machine: Machine) -> Estimate:
     on_gpu = machine.device == "cuda"
     peak_device = None
     if on_gpu:  # the layer, activations and Hessians live on the GPU; the host keeps reads and the dataset
-        device_phases = {k: {t: b for t, b in v.items() if t not in ("base", "calibration rows")} for k, v in phases.items()}
+        host_only = ("base", "calibration rows")
+        device_phases = {k: {t: b for t, b in v.items() if t not in host_only} for k, v in phases.items()}
         peak_device = int(max(sum(v.values()) for v in device_phases.values()) * SLACK) + GiB  # + CUDA context
         phases = {"host": {"base": BASE_RSS, "calibration rows": SHAREGPT_RSS if run.sharegpt else 0,
                            "largest tensor read": shape.embed_params * run.source_bytes}}
@@ -204,7 +206,7 @@ def plan_compress(cfg: dict, run: CompressRun, machine: Machine) -> Estimate:
         times["GPTQ column loop"] = cols * (60e-6 if not on_gpu else 150e-6)  # measured per column per Linear
         if run.sharegpt:
             times["calibration data"] = SHAREGPT_S
-    src = shape.layer_linear_params * shape.layers * run.source_bytes + shape.embed_params * (1 if shape.tied else 2) * 2
+    src = (shape.layer_linear_params * shape.layers + shape.embed_params * (1 if shape.tied else 2)) * run.source_bytes
     disk = output_bytes(shape, run)
     times["read + write"] = (src + disk) / 140e6  # measured: FP8_DYNAMIC (read, round, write) ran at ~140 MB/s here
     if on_gpu:
@@ -236,7 +238,8 @@ def plan_engine(cfg: dict, run: EngineRun, machine: Machine) -> Estimate:
     acts = t * (4 * shape.hidden + shape.qkv_out + 3 * shape.intermediate) * b + run.max_num_seqs * shape.vocab * 4
     terms = {"base": BASE_RSS, "weights": run.weight_bytes, "KV cache": run.kv_cache_bytes,
              "step activations + logits": acts}
-    return Estimate("engine", int(sum(terms.values())), "serving", tuple((k, int(v)) for k, v in terms.items()), 0, None)
+    parts = tuple((k, int(v)) for k, v in terms.items())
+    return Estimate("engine", int(sum(terms.values())), "serving", parts, 0, None)
 
 
 # -- facts of this machine and of a checkpoint ------------------------------------------------

@@ -68,7 +68,8 @@ def test_weights_have_trained_looking_scales(small_config, tmp_path):
     assert rows.max() / rows.min() > 1.5  # per-output-channel spread
     stds = [t[f"model.layers.{i}.self_attn.q_proj.weight"].float().std().item() for i in range(4)]
     assert max(stds) / min(stds) > 1.1  # per-layer scale
-    o, q = t["model.layers.0.self_attn.o_proj.weight"].float().std(), t["model.layers.0.self_attn.q_proj.weight"].float().std()
+    o = t["model.layers.0.self_attn.o_proj.weight"].float().std()
+    q = t["model.layers.0.self_attn.q_proj.weight"].float().std()
     assert o < q / 2  # residual writers scaled by 1/sqrt(2 * depth)
     for name in ("input_layernorm", "post_attention_layernorm"):
         w = t[f"model.layers.1.{name}.weight"].float()
@@ -82,7 +83,8 @@ def test_tokenizer_covers_the_vocabulary_and_round_trips(synth_8b_2layers):
     cfg = json.loads((synth_8b_2layers / "config.json").read_text())
     assert len(tok) == cfg["vocab_size"]
     assert tok.bos_token_id == cfg["bos_token_id"] and tok.eos_token_id == cfg["eos_token_id"]
-    texts = ["Hello world!", "  spaces\tand\nnewlines\r\n", "numbers 1234567 and 3.14159", "Café 日本語 🙂 ÿ\x00\x7f",
+    texts = ["Hello world!", "  spaces\tand\nnewlines\r\n", "numbers 1234567 and 3.14159",
+             "Café 日本語 🙂 ÿ\x00\x7f",
              "def f(x):\n    return x ** 2  # code", "<think>reasoning</think> answer"]
     for text in texts:
         ids = tok(text, add_special_tokens=False).input_ids
