@@ -224,7 +224,8 @@ def _plan(a: argparse.Namespace) -> int:
     if a.engine:
         weights = stored if cfg.get("quantization_config") or source_bytes == 2 else stored * 4 // source_bytes
         kv = a.kv_cache_memory_bytes or min(2 << 30, max(0, machine.ram_available - weights) // 4)
-        est = plan.plan_engine(cfg, plan.EngineRun(weights, largest, kv, a.max_num_batched_tokens, a.max_num_seqs), machine)
+        run = plan.EngineRun(weights, largest, kv, a.max_num_batched_tokens, a.max_num_seqs)
+        est = plan.plan_engine(cfg, run, machine)
         head = f"engine (LLM / serve), KV cache {kv / 1e9:.2f} GB, {a.max_num_seqs} seqs"
         fix = plan.ENGINE_FIX
     else:
@@ -239,7 +240,8 @@ def _plan(a: argparse.Namespace) -> int:
         run = plan.compress_run(recipe, source_bytes, cb)
         est = plan.plan_compress(cfg, run, machine)
         head = (f"compress {run.scheme}" + (f" (group {run.group_size})" if run.scheme.startswith("W4") else "")
-                + f", {run.num_samples} samples x {run.max_seq_len} tokens, calibration in {'bfloat16' if cb == 2 else 'float32'}")
+                + f", {run.num_samples} samples x {run.max_seq_len} tokens"
+                + f", calibration in {'bfloat16' if cb == 2 else 'float32'}")
         fix = plan.COMPRESS_FIX
     print(f"{head}, on {where}; model {a.model}: {stored / 1e9:.2f} GB stored")
     parts = ", ".join(f"{k} {v / 1e9:.2f}" for k, v in est.terms if v)
@@ -377,17 +379,22 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--report", action="store_true", help="also write report.html")
     d.set_defaults(fn=_card)
 
-    y = sub.add_parser("synth", help="a random-weight checkpoint of a Llama-family config (any shape), with a full-vocabulary tokenizer")
-    y.add_argument("config", help="a config.json (or a folder with one), a built-in name (deepseek-r1-distill-llama-8b), or a hub id (online)")
+    y = sub.add_parser("synth", help="a random-weight checkpoint of a Llama-family config (any shape), "
+                       "with a full-vocabulary tokenizer")
+    y.add_argument("config", help="a config.json (or a folder with one), a built-in name "
+                   "(deepseek-r1-distill-llama-8b), or a hub id (online)")
     y.add_argument("--output", required=True)
     y.add_argument("--layers", type=int, help="keep every shape but write only the first N decoder layers")
     y.add_argument("--seed", type=int, default=0)
-    y.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="default: the config's torch_dtype, else bfloat16")
+    y.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
+                   help="default: the config's torch_dtype, else bfloat16")
     y.add_argument("--overwrite", action="store_true")
     y.set_defaults(fn=_synth)
 
-    n = sub.add_parser("plan", help="predict peak RAM, disk and wall time of compress (or the engine's memory) before any work")
-    n.add_argument("model", nargs="?", default="default", help="HF folder, 'default', or a config (synth built-in name or config.json)")
+    n = sub.add_parser("plan", help="predict peak RAM, disk and wall time of compress (or the engine's memory) "
+                       "before any work")
+    n.add_argument("model", nargs="?", default="default",
+                   help="HF folder, 'default', or a config (synth built-in name or config.json)")
     n.add_argument("--engine", action="store_true", help="plan LLM(...) / serve instead of compress")
     n.add_argument("--scheme", help="W4A16 | W4A16_ASYM | W8A16 | W8A8 | FP8_DYNAMIC")
     n.add_argument("--group-size", type=int)

@@ -22,7 +22,7 @@ from .tokenizer import write_tokenizer
 from .weights import InitConfig, init_tensor
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-SHARD_BYTES = 1 << 30  # shards of ~1 GiB (Hugging Face uses ~5 GB; smaller keeps the writer's buffer small)
+SHARD_BYTES = 512 << 20  # Hugging Face uses ~5 GB shards; smaller ones keep the writer's buffer (peak RSS) small
 SIDE_FILES_BYTES = 32 << 20  # tokenizer.json (~7 MB at 128k) and the small JSON files, with room to spare
 
 
@@ -91,6 +91,7 @@ def synth(
     dtype: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    shard_bytes: int = SHARD_BYTES,
 ) -> Path:
     """Write a random-weight checkpoint of `config` (path, built-in name or hub id) to `output`."""
     t0 = time.time()
@@ -108,11 +109,11 @@ def synth(
     init = InitConfig(cfg["hidden_size"], cfg["llmpress_synth"]["num_hidden_layers_of_source"],
                       float(cfg.get("initializer_range") or 0.02), seed)
     with atomic_output_dir(out, overwrite) as tmp:
-        writer = ShardWriter(tmp, SHARD_BYTES)
+        writer = ShardWriter(tmp, shard_bytes)
         bar = tqdm(total=plan.nbytes, desc="synth", unit="B", unit_scale=True, disable=not progress)
         for name, shape in plan.tensors:
             size = _numel(shape) * torch.empty(0, dtype=plan.dtype).element_size()
-            if writer.buf_bytes + size > SHARD_BYTES:  # never hold a shard plus a big tensor at once
+            if writer.buf_bytes + size > shard_bytes:  # never hold a shard plus a big tensor at once
                 writer.flush()
             writer.add(name, init_tensor(name, shape, plan.dtype, init))
             bar.update(size)

@@ -60,7 +60,7 @@ _MAX_LETTERS = 8
 @cache
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible byte -> printable character map (byte-level BPE's alphabet)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -183,7 +183,8 @@ def tokenizer_json(vocab_size: int, bos_id: int | None, eos_id: int | None) -> d
               "special": s} for i, (c, s) in sorted(specials.items())]
     bos = specials[bos_id][0] if bos_id is not None else None
     single = ([{"SpecialToken": {"id": bos, "type_id": 0}}] if bos else []) + [{"Sequence": {"id": "A", "type_id": 0}}]
-    pair = single + ([{"SpecialToken": {"id": bos, "type_id": 1}}] if bos else []) + [{"Sequence": {"id": "B", "type_id": 1}}]
+    pair = single + ([{"SpecialToken": {"id": bos, "type_id": 1}}] if bos else [])
+    pair += [{"Sequence": {"id": "B", "type_id": 1}}]
     return {
         "version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
         "pre_tokenizer": {"type": "Sequence", "pretokenizers": [

@@ -1,0 +1,110 @@
+"""llmpress plan: the shapes it reads, its predictions against a measured compress, and the
+up-front checks in compress() and LLMEngine that refuse runs that cannot fit."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from llmpress import plan
+from llmpress.cli import main
+from llmpress.synth import load_config
+
+CFG_8B, _ = load_config("deepseek-r1-distill-llama-8b")
+
+
+def test_8b_shape_numbers():
+    s = plan.Shape.from_config(CFG_8B)
+    # Llama 3.1 8B: 4096 x (4096 + 2 x 1024) + 4096 x 4096 + 3 x 4096 x 14336 per layer; 8.03B in all
+    assert s.layer_linear_params == 218_103_808
+    total = s.layer_linear_params * s.layers + 2 * s.embed_params + (2 * s.layers + 1) * s.hidden
+    assert total == 8_030_261_248
+    w4 = plan.output_bytes(s, plan.CompressRun(scheme="W4A16", group_size=128))
+    fp8 = plan.output_bytes(s, plan.CompressRun(scheme="FP8_DYNAMIC", group_size=None))
+    assert 5.6e9 < w4 < 5.8e9 and 9.0e9 < fp8 < 9.2e9  # Neural Magic's W4A16 / FP8 8B checkpoints: 5.7 / 9.1 GB
+
+
+def test_peak_grows_with_calibration_size_and_fits_check():
+    m = plan.Machine("test", 24 << 30, None, 2, 1e11)
+    small = plan.plan_compress(CFG_8B, plan.CompressRun(num_samples=32, max_seq_len=512, calib_bytes=2), m)
+    big = plan.plan_compress(CFG_8B, plan.CompressRun(num_samples=512, max_seq_len=2048, calib_bytes=2), m)
+    assert big.peak_ram > small.peak_ram + 512 * 2048 * (2 * 4096 + 14336) * 2 // 2
+    plan.check(small, m, "fix")
+    with pytest.raises(plan.PlanError, match="num-samples|fix"):
+        plan.check(big, m, "lower --num-samples")
+    fp8 = plan.plan_compress(CFG_8B, plan.CompressRun(scheme="FP8_DYNAMIC", group_size=None, gptq=False), m)
+    assert fp8.peak_ram < small.peak_ram and fp8.wall_s < small.wall_s
+
+
+@pytest.fixture(scope="module")
+def mid_model(tmp_path_factory):
+    """A 1-layer synth model whose down_proj Hessian (4096²) is a visible part of the peak."""
+    from llmpress.synth import synth
+
+    cfg = dict(CFG_8B, hidden_size=1024, intermediate_size=4096, num_attention_heads=8, num_key_value_heads=4,
+               head_dim=128, vocab_size=32000, bos_token_id=31744, eos_token_id=31745)
+    d = tmp_path_factory.mktemp("mid")
+    (d / "config.json").write_text(json.dumps(cfg))
+    return synth(str(d / "config.json"), d / "m", layers=1, progress=False)
+
+
+def test_predicted_peak_within_25_percent_of_measured(mid_model, calib_file, tmp_path):
+    """A real compress in a subprocess (its peak RSS from the kernel) against the plan."""
+    from llmpress.compress import Recipe
+
+    recipe = Recipe(scheme="W4A16", group_size=128, num_samples=8, max_seq_len=128, dataset=str(calib_file),
+                    dtype="float32", observer="minmax")
+    cfg, _, _, sb = plan.checkpoint_facts(mid_model)
+    est = plan.plan_compress(cfg, plan.compress_run(recipe, sb, 4), plan.Machine("t", 1 << 40, None, 2, 0.0))
+    code = textwrap.dedent(f"""
+        import resource
+        from llmpress.compress import Recipe, compress
+        compress({str(mid_model)!r}, Recipe(scheme="W4A16", group_size=128, num_samples=8, max_seq_len=128,
+                 dataset={str(calib_file)!r}, dtype="float32", observer="minmax"), {str(tmp_path / 'out')!r},
+                 progress=False)
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    measured = int(r.stdout.split()[-1])
+    print(f"plan {est.peak_ram / 1e9:.3f} GB, measured {measured / 1e9:.3f} GB")
+    assert abs(est.peak_ram - measured) <= 0.25 * measured, (est.peak_ram, measured, est.terms)
+
+
+def test_compress_that_cannot_fit_fails_before_work(capsys, tiny_llama, calib_file, tmp_path, monkeypatch):
+    monkeypatch.delenv("LLMPRESS_SKIP_PLAN", raising=False)
+    argv = ["compress", str(tiny_llama), "--group-size", "64", "--num-samples", "100000", "--max-seq-len", "100000",
+            "--dataset", str(calib_file), "--output", str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "GB of RAM" in err and "available" in err and "--num-samples" in err and "LLMPRESS_SKIP_PLAN=1" in err
+    assert not (tmp_path / "o").exists() and list(tmp_path.iterdir()) == []
+    monkeypatch.setenv("LLMPRESS_SKIP_PLAN", "1")  # the escape hatch: past the plan, to the next check
+    assert main(argv) == 2
+    assert "num_samples=100000" in capsys.readouterr().err
+
+
+def test_engine_that_cannot_fit_fails_before_loading(tiny_llama, monkeypatch):
+    from llmpress import LLM
+
+    monkeypatch.delenv("LLMPRESS_SKIP_PLAN", raising=False)
+    with pytest.raises(plan.PlanError, match="kv-cache-memory-bytes.*LLMPRESS_SKIP_PLAN"):
+        LLM(str(tiny_llama), kv_cache_memory_bytes=1 << 50)
+
+
+def test_cli_plan_for_the_8b_config(capsys):
+    assert main(["plan", "deepseek-r1-distill-llama-8b", "--scheme", "W4A16", "--group-size", "128",
+                 "--num-samples", "32", "--max-seq-len", "512", "--dtype", "bfloat16"]) == 0
+    out = capsys.readouterr().out
+    d = json.loads(out.strip().splitlines()[-1])
+    assert d["what"] == "compress W4A16" and 5.6 < d["disk_gb"] < 5.8 and d["peak_ram_gb"] > 3 and d["wall_s"] > 0
+    assert "peak RAM" in out and "wall time" in out
+    assert main(["plan", "deepseek-r1-distill-llama-8b", "--engine", "--kv-cache-memory-bytes", str(1 << 30)]) == 0
+    d = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert d["what"] == "engine" and 16 < d["terms_gb"]["weights"] < 16.2
+    assert main(["plan", "deepseek-r1-distill-llama-8b", "--scheme", "W4A16", "--gpu", "H200"]) == 0
+    d = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert d["peak_device_gb"] is not None
