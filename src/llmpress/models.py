@@ -15,7 +15,6 @@ import importlib.util
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -67,9 +66,11 @@ def default_model_dir() -> Path:
     out = cache_dir() / "models" / DEFAULT_MODEL_NAME
     if (out / "model.safetensors").is_file() and (out / "config.json").is_file():
         return out
+    from .checkpoint.shards import make_temp_dir
+
     gguf = packaged_gguf()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent))
+    tmp = make_temp_dir(out.parent, ".tmp-")  # readable per the umask once renamed: a container may serve it
     try:
         _convert_gguf(gguf, tmp)
         if out.exists():  # another process won the race; keep theirs
