@@ -46,6 +46,7 @@ def resolve_model(model: str | os.PathLike | None) -> Path:
     if path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():
             raise ModelError(f"model {str(model)!r} is not a Hugging Face folder (no config.json in it)")
+        check_model_folder(path)
         return path
     if os.environ.get("HF_HUB_OFFLINE") == "1" or str(model).startswith((".", "/", "~")):
         raise ModelError(
@@ -59,6 +60,35 @@ def resolve_model(model: str | os.PathLike | None) -> Path:
     except Exception as e:  # noqa: BLE001 - hub errors are many; say what failed
         raise ModelError(f"model {str(model)!r}: not a local folder and the hub download failed: {e}") from e
     return Path(local)
+
+
+def check_model_folder(path: Path) -> None:
+    """Fail fast, naming the file, on a config.json that is not JSON or a .safetensors file cut short
+    (an interrupted download or copy): the readers behind us raise tracebacks that name neither.
+    Reads only the headers: an 8-byte little-endian length, then that many bytes of JSON
+    (https://github.com/huggingface/safetensors#format)."""
+    cfg = path / "config.json"
+    try:
+        if not isinstance(json.loads(cfg.read_text()), dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ModelError(f"{cfg} is not valid JSON ({e}); restore it from the model's source "
+                         "(re-download or copy the folder again)") from None
+    for f in sorted(path.glob("*.safetensors")):
+        size = f.stat().st_size
+        try:
+            with f.open("rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                if size < 8 or n > size - 8:
+                    raise ValueError(f"{size} bytes, shorter than its header")
+                header = json.loads(fh.read(n))
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError) as e:
+            raise ModelError(f"{f} is not a readable safetensors file ({e}); it was probably cut short: "
+                             "re-download or copy it again") from None
+        if size < 8 + n + end:
+            raise ModelError(f"{f} is cut short: {size} bytes, its header says {8 + n + end}; "
+                             "re-download or copy it again")
 
 
 def default_model_dir() -> Path:

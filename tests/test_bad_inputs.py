@@ -1,0 +1,58 @@
+"""Bad inputs across the verbs: each gets one line on stderr naming the value and the fix, exit code 2,
+never a traceback, and no work or output before the check. One row per input: the argv (with {tiny},
+{trunc}, {empty}, {badcfg}, {tmp} filled in) and the words the line must hold."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from llmpress.cli import main
+
+
+@pytest.fixture(scope="module")
+def broken(tiny_llama, tmp_path_factory):
+    """A truncated, an empty .safetensors, and a config.json that is not JSON, beside copies of tiny_llama."""
+    root = tmp_path_factory.mktemp("broken")
+    out = {}
+    for name in ("trunc", "empty", "badcfg"):
+        out[name] = shutil.copytree(tiny_llama, root / name)
+    w = out["trunc"] / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    (out["empty"] / "model.safetensors").write_bytes(b"")
+    (out["badcfg"] / "config.json").write_text('{"hidden_size": 128,')
+    return out
+
+
+CASES = [
+    # model folders cut short or corrupt, every verb that loads one
+    ("compress {trunc} --group-size 64 --output {tmp}/o", ["model.safetensors", "cut short", "again"]),
+    ("ppl {trunc}", ["model.safetensors", "cut short"]),
+    ("generate {trunc} hi", ["model.safetensors", "cut short"]),
+    ("serve {trunc}", ["model.safetensors", "cut short"]),
+    ("compress {empty} --group-size 64 --output {tmp}/o", ["model.safetensors", "0 bytes"]),
+    ("generate {empty} hi", ["model.safetensors", "0 bytes"]),
+    ("compress {badcfg} --group-size 64 --output {tmp}/o", ["config.json", "not valid JSON"]),
+    ("ppl {badcfg}", ["config.json", "not valid JSON"]),
+    ("generate {badcfg} hi", ["config.json", "not valid JSON"]),
+    ("serve {badcfg}", ["config.json", "not valid JSON"]),
+]
+
+
+@pytest.mark.parametrize("argv,words", CASES, ids=[c[0].split(" {tmp}")[0] for c in CASES])
+def test_bad_input_one_line(capsys, broken, tiny_llama, tmp_path, argv, words):
+    args = [a.format(tiny=tiny_llama, tmp=tmp_path, **broken) for a in argv.split(" ")]
+    code = main(args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "Traceback" not in err and len(err.splitlines()) == 1, err
+    for w in words:
+        assert w in err, (w, err)
+    assert not (tmp_path / "o").exists()
+
+
+def test_cut_short_weights_through_a_subprocess(broken):
+    p = subprocess.run([sys.executable, "-m", "llmpress.cli", "generate", str(broken["trunc"]), "hi"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and str(broken["trunc"]) in p.stderr, p.stderr
