@@ -38,6 +38,11 @@ CASES = [
     ("ppl {badcfg}", ["config.json", "not valid JSON"]),
     ("generate {badcfg} hi", ["config.json", "not valid JSON"]),
     ("serve {badcfg}", ["config.json", "not valid JSON"]),
+    # every task name checked before any work
+    ("eval {tiny} --tasks mmlu,arcc --output {tmp}/o", ["unknown task 'arcc'", "mmlu,gsm,bbh,humaneval,ppl"]),
+]
+CASES_RUN_RECIPES = [
+    ("model: {tiny}\nschemes:\n  - scheme: W4A16\n    group_size: 96\n", "r.yaml:4", "group_size 96 does not divide"),
 ]
 
 
@@ -56,3 +61,13 @@ def test_cut_short_weights_through_a_subprocess(broken):
     p = subprocess.run([sys.executable, "-m", "llmpress.cli", "generate", str(broken["trunc"]), "hi"],
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and "Traceback" not in p.stderr and str(broken["trunc"]) in p.stderr, p.stderr
+
+
+def test_run_recipe_that_cannot_run_leaves_no_folder(tiny_llama, tmp_path):
+    """group_size against the model's widths is checked at load, with the line, before the run folder exists."""
+    (tmp_path / "r.yaml").write_text(CASES_RUN_RECIPES[0][0].format(tiny=tiny_llama))
+    p = subprocess.run([sys.executable, "-m", "llmpress.cli", "run", str(tmp_path / "r.yaml"), "--output", str(tmp_path / "run")],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert CASES_RUN_RECIPES[0][1] in p.stderr and CASES_RUN_RECIPES[0][2] in p.stderr
+    assert not (tmp_path / "run").exists()
