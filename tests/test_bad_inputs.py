@@ -38,6 +38,17 @@ CASES = [
     ("ppl {badcfg}", ["config.json", "not valid JSON"]),
     ("generate {badcfg} hi", ["config.json", "not valid JSON"]),
     ("serve {badcfg}", ["config.json", "not valid JSON"]),
+    # options out of range, or that the scheme would ignore
+    ("ppl {tiny} --window 0", ["--window 0", "at least 2"]),
+    ("ppl {tiny} --max-tokens -5", ["--max-tokens -5", ">= 0"]),
+    ("generate {tiny} hi --max-model-len 20000", ["max_model_len=20000", "max_position_embeddings=1024",
+                                                  "LLMPRESS_ALLOW_LONG_MAX_MODEL_LEN"]),
+    ("generate {tiny} hi --max-model-len 0", ["max_model_len=0", "positive"]),
+    ("compress {tiny} --scheme W8A8 --group-size 64 --output {tmp}/o", ["group_size", "W8A8", "per channel"]),
+    ("compress {tiny} --scheme FP8_DYNAMIC --smoothing-strength 0.5 --output {tmp}/o", ["smoothing_strength", "FP8_DYNAMIC"]),
+    ("compress {tiny} --scheme FP8_DYNAMIC --num-samples 8 --output {tmp}/o", ["num_samples", "no calibration data", "--gptq"]),
+    ("compress {tiny} --scheme FP8_DYNAMIC --dampening-frac 0.2 --output {tmp}/o", ["dampening_frac", "GPTQ"]),
+    ("compress {tiny} --scheme FP8_DYNAMIC --no-actorder --output {tmp}/o", ["actorder", "GPTQ"]),
     # every task name checked before any work
     ("eval {tiny} --tasks mmlu,arcc --output {tmp}/o", ["unknown task 'arcc'", "mmlu,gsm,bbh,humaneval,ppl"]),
 ]
@@ -71,3 +82,10 @@ def test_run_recipe_that_cannot_run_leaves_no_folder(tiny_llama, tmp_path):
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     assert CASES_RUN_RECIPES[0][1] in p.stderr and CASES_RUN_RECIPES[0][2] in p.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_generate_without_a_prompt_is_an_error(tmp_path):
+    """`generate --max-tokens 4 default` took "default" as the prompt of the default model."""
+    p = subprocess.run([sys.executable, "-m", "llmpress.cli", "generate", "--max-tokens", "4", "default"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "required: prompt" in p.stderr and "Traceback" not in p.stderr, p.stderr

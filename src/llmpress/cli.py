@@ -24,6 +24,7 @@ def _compress(a: argparse.Namespace) -> int:
         recipe = Recipe.from_yaml(a.recipe, **overrides)
     else:
         recipe = Recipe(**{k: v for k, v in overrides.items() if v is not None})
+        recipe.check_applies([k for k, v in overrides.items() if v is not None])
     out = compress(a.model, recipe, a.output, overwrite=a.overwrite)
     stats = json.loads((out / "llmpress_compress.json").read_text())
     print(f"wrote {out} ({stats['scheme']}, {stats['wall_s']} s, peak RSS {stats['peak_rss_mb']} MB, "
@@ -32,9 +33,13 @@ def _compress(a: argparse.Namespace) -> int:
 
 
 def _ppl(a: argparse.Namespace) -> int:
-    from .eval.perplexity import perplexity
+    from .eval.perplexity import TextError, perplexity
     from .models import resolve_model
 
+    if a.window < 2:  # each window predicts its tokens after the first
+        raise TextError(f"--window {a.window}: must be at least 2 tokens, e.g. --window 512")
+    if a.max_tokens < 0:
+        raise TextError(f"--max-tokens {a.max_tokens}: must be >= 0 (0 = the whole text)")
     model = resolve_model(a.model)
     base = resolve_model(a.base) if a.base else None
     r = perplexity(model, base, a.text, window=a.window, max_tokens=a.max_tokens or None)
@@ -46,8 +51,10 @@ def _ppl(a: argparse.Namespace) -> int:
     return 0
 
 
-def _engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", nargs="?", default="default", help="HF folder (dense or compressed-tensors), hub id (online), or 'default'")
+def _engine_args(p: argparse.ArgumentParser, model_optional: bool = True) -> None:
+    # generate's MODEL is required: with it optional, `generate default` took "default" as the prompt
+    p.add_argument("model", nargs="?" if model_optional else None, default="default" if model_optional else None,
+                   help="HF folder (dense or compressed-tensors), hub id (online), or 'default'")
     p.add_argument("--dtype", default="auto", help="auto (float32 on CPU) | float32 | bfloat16")
     p.add_argument("--max-model-len", type=int)
     p.add_argument("--max-num-seqs", type=int, default=32)
@@ -240,8 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(fn=_ppl)
 
     g = sub.add_parser("generate", help="complete a prompt with the embedded engine")
-    _engine_args(g)
-    g.add_argument("prompt")
+    _engine_args(g, model_optional=False)
+    g.add_argument("prompt", help="the text to complete")
     _sampling_args(g)
     g.set_defaults(fn=_generate)
 

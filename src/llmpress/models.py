@@ -91,6 +91,24 @@ def check_model_folder(path: Path) -> None:
                              "re-download or copy it again")
 
 
+def check_max_model_len(path: Path, max_model_len: int | None) -> None:
+    """Refuse a context longer than the model was trained for (its config's max_position_embeddings):
+    positions beyond it give garbage, silently. As in vLLM, an environment variable allows it."""
+    if max_model_len is None:
+        return
+    if max_model_len <= 0:
+        raise ModelError(f"max_model_len={max_model_len}: must be a positive number of tokens")
+    limit = json.loads((path / "config.json").read_text()).get("max_position_embeddings")
+    allowed = any(os.environ.get(v, "0").lower() in ("1", "true") for v in ALLOW_LONG_ENV)
+    if limit and max_model_len > limit and not allowed:
+        raise ModelError(f"max_model_len={max_model_len} is beyond the model's max_position_embeddings={limit} "
+                         f"({path / 'config.json'}); lower --max-model-len, or set {ALLOW_LONG_ENV[0]}=1 "
+                         "to allow it anyway (outputs may be wrong)")
+
+
+ALLOW_LONG_ENV = ("LLMPRESS_ALLOW_LONG_MAX_MODEL_LEN", "VLLM_ALLOW_LONG_MAX_MODEL_LEN")
+
+
 def default_model_dir() -> Path:
     """The cached bf16 SmolLM2 folder, converting the packaged GGUF on first use (~30 s)."""
     out = cache_dir() / "models" / DEFAULT_MODEL_NAME

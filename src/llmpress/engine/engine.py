@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import torch
 
-from ..models import resolve_model
+from ..models import check_max_model_len, resolve_model
 from . import cache as kvcache
 from .loader import load_model
 from .model import AttnSegment, BatchMeta
@@ -83,6 +83,7 @@ class LLMEngine:
             raise ValueError(f"dtype={c.dtype!r}: choose auto, {', '.join(DTYPES)}")
         self.dtype = DTYPES.get(c.dtype) or (torch.float32 if c.device == "cpu" else torch.bfloat16)
         self.path = resolve_model(c.model)
+        check_max_model_len(self.path, c.max_model_len)
         self.model = load_model(self.path, self.dtype)
         self.cfg = self.model.cfg
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)

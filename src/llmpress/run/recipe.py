@@ -137,6 +137,7 @@ def load(path: str | os.PathLike) -> RunRecipe:
             fail(("schemes", i), "each scheme mapping needs a `scheme:` key")
         try:
             r = Recipe(**{**shared, **fields_})
+            r.check_applies(fields_)  # a scheme's own keys; shared `compress:` keys apply where they can
         except (RecipeError, TypeError, ValueError) as e:
             fail(("schemes", i), str(e))
         if r.dataset.endswith((".json", ".jsonl")) and not Path(r.dataset).expanduser().is_file():
