@@ -334,6 +334,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    try:  # Ctrl-C anywhere, the imports below included: one line and 130 (128 + SIGINT), as shells expect
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        print(f"\nllmpress {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     from .checkpoint.shards import CheckpointError, OutputExistsError
     from .compress.dataset import DatasetError
     from .compress.recipe import RecipeError

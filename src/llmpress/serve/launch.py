@@ -9,6 +9,7 @@ import importlib.util
 import ipaddress
 import logging
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,12 +102,36 @@ def _run_embedded(o: ServeOptions, path: Path) -> int:
     app = create_app(engine, names, api_key=o.api_key, max_queue=o.max_queue)
     config = uvicorn.Config(app, host=o.host, port=o.port, log_level="info",
                             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
-    server = uvicorn.Server(config)
-    try:
-        server.run()
-    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown; uvicorn.run() hides it too
-        pass
+    logging.getLogger("uvicorn.error").addFilter(_one_line_cancellations)  # after Config: it configures logging
+    server = _server_class(uvicorn)(config)
+    server.run()  # uvicorn re-raises Ctrl-C after its graceful shutdown: cli.main prints one line, exits 130
     return 0 if server.started else 1  # e.g. the port is taken (uvicorn logged why)
+
+
+def _one_line_cancellations(record: logging.LogRecord) -> bool:
+    """Requests still running when the graceful shutdown times out are cancelled; uvicorn logs a
+    traceback for each. One line says the same."""
+    import asyncio
+
+    if record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError):
+        record.msg, record.args = f"a request in flight was cancelled at shutdown (after {GRACEFUL_SHUTDOWN_S} s)", ()
+        record.exc_info = record.exc_text = None
+    return True
+
+
+def _server_class(uvicorn):
+    class Server(uvicorn.Server):
+        """A second Ctrl-C (during the graceful shutdown) ends the process at once with one line:
+        uvicorn's own force quit cancels the requests in flight and logs a traceback for each."""
+
+        def handle_exit(self, sig, frame) -> None:
+            if self.should_exit and sig == signal.SIGINT:
+                print("\nllmpress serve: interrupted again: exiting without waiting for the requests in flight",
+                      file=sys.stderr, flush=True)
+                os._exit(130)
+            super().handle_exit(sig, frame)
+
+    return Server
 
 
 def _is_loopback(host: str) -> bool:
