@@ -63,13 +63,15 @@ def _engine_args(p: argparse.ArgumentParser, model_optional: bool = True) -> Non
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--min-p", type=float, default=0.0)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--seed", type=int)
+    # None: the model's generation_config.json value, else vLLM's default (as vLLM's --generation-config auto)
+    model_default = "(default: the model's generation_config.json, else %s)"
+    p.add_argument("--max-tokens", type=int, default=256, help="most tokens to generate per reply (default: %(default)s)")
+    p.add_argument("--temperature", type=float, help="0 = greedy " + model_default % "1.0")
+    p.add_argument("--top-p", type=float, help=model_default % "1.0")
+    p.add_argument("--top-k", type=int, help="0 = off " + model_default % "0")
+    p.add_argument("--min-p", type=float, help=model_default % "0.0")
+    p.add_argument("--repetition-penalty", type=float, help=model_default % "1.0")
+    p.add_argument("--seed", type=int, help="sampling seed, for reproducible samples (default: random)")
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
 
 
@@ -80,36 +82,27 @@ def _llm(a: argparse.Namespace):
                kv_cache_memory_bytes=a.kv_cache_memory_bytes, device=a.device)
 
 
-def _params(a: argparse.Namespace):
+def _params(a: argparse.Namespace, llm):
     from .engine import SamplingParams
+    from .engine.sampling import generation_defaults
 
-    return SamplingParams(max_tokens=a.max_tokens, temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, min_p=a.min_p,
-                          repetition_penalty=a.repetition_penalty, seed=a.seed, stop=a.stop)
+    given = dict(temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, min_p=a.min_p, repetition_penalty=a.repetition_penalty)
+    fields = {**generation_defaults(llm.engine.path), "max_tokens": a.max_tokens, "seed": a.seed, "stop": a.stop}
+    return SamplingParams(**{**fields, **{k: v for k, v in given.items() if v is not None}})
 
 
 def _generate(a: argparse.Namespace) -> int:
-    params = _params(a)
-    out = _llm(a).generate(a.prompt, params, use_tqdm=False)[0].outputs[0]
+    llm = _llm(a)
+    out = llm.generate(a.prompt, _params(a, llm), use_tqdm=False)[0].outputs[0]
     print(out.text)
     return 0
 
 
 def _chat(a: argparse.Namespace) -> int:
-    params, llm = _params(a), _llm(a)
-    messages = [{"role": "system", "content": a.system}] if a.system else []
-    print("chat with the model; an empty line or Ctrl-D ends", file=sys.stderr)
-    while True:
-        try:
-            user = input("> ").strip()
-        except EOFError:
-            break
-        if not user:
-            break
-        messages.append({"role": "user", "content": user})
-        reply = llm.chat(messages, params, use_tqdm=False)[0].outputs[0].text
-        print(reply)
-        messages.append({"role": "assistant", "content": reply})
-    return 0
+    from .chat import chat_loop
+
+    llm = _llm(a)
+    return chat_loop(llm, _params(a, llm), a.system)
 
 
 def _serve(a: argparse.Namespace) -> int:
