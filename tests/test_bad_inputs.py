@@ -49,6 +49,13 @@ CASES = [
     ("compress {tiny} --scheme FP8_DYNAMIC --num-samples 8 --output {tmp}/o", ["num_samples", "no calibration data", "--gptq"]),
     ("compress {tiny} --scheme FP8_DYNAMIC --dampening-frac 0.2 --output {tmp}/o", ["dampening_frac", "GPTQ"]),
     ("compress {tiny} --scheme FP8_DYNAMIC --no-actorder --output {tmp}/o", ["actorder", "GPTQ"]),
+    # vLLM's serve flags that the embedded engine cannot honour
+    ("serve {tiny} --tensor-parallel-size 2", ["--tensor-parallel-size 2", "one device", "--engine vllm"]),
+    ("serve {tiny} --gpu-memory-utilization 0.9", ["--gpu-memory-utilization", "--kv-cache-memory-bytes"]),
+    ("serve {tiny} --enable-prefix-caching", ["--enable-prefix-caching", "no prefix cache"]),
+    ("serve {tiny} --trust-remote-code", ["--trust-remote-code", "no model code"]),
+    ("serve {tiny} --quantization awq", ["--quantization awq", "compressed-tensors"]),
+    ("serve {tiny} --chat-template {tmp}/nope.jinja", ["nope.jinja", "no such file"]),
     # every task name checked before any work
     ("eval {tiny} --tasks mmlu,arcc --output {tmp}/o", ["unknown task 'arcc'", "mmlu,gsm,bbh,humaneval,ppl"]),
 ]
@@ -89,3 +96,18 @@ def test_generate_without_a_prompt_is_an_error(tmp_path):
     p = subprocess.run([sys.executable, "-m", "llmpress.cli", "generate", "--max-tokens", "4", "default"],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "required: prompt" in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def test_vllm_flags_pass_through_unchanged():
+    from pathlib import Path
+
+    from llmpress.serve.launch import ServeOptions, vllm_argv
+
+    argv = vllm_argv(ServeOptions(tensor_parallel_size=2, gpu_memory_utilization=0.85, chat_template="t.jinja", seed=7,
+                                  enable_prefix_caching=False, trust_remote_code=True, quantization="fp8",
+                                  max_num_batched_tokens=4096), Path("/m"))
+    joined = " ".join(argv)
+    for flag in ("--tensor-parallel-size 2", "--gpu-memory-utilization 0.85", "--chat-template t.jinja", "--seed 7",
+                 "--no-enable-prefix-caching", "--trust-remote-code", "--quantization fp8", "--max-num-batched-tokens 4096"):
+        assert flag in joined, (flag, joined)
+    assert argv[-3] == "--served-model-name"  # nargs="+" stays last

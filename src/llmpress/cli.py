@@ -263,6 +263,18 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--engine", choices=["embedded", "vllm"], default="embedded", help="vllm: exec vLLM's server with these flags")
     v.add_argument("--served-model-name", help="model id clients use (default: the model folder's name)")
     v.add_argument("--max-queue", type=int, default=256, help="requests waiting beyond --max-num-seqs before new ones get 503")
+    vl = v.add_argument_group("vLLM's flags", "passed to vLLM unchanged with --engine vllm; the embedded engine "
+                                              "honours those that apply and refuses the rest, saying why")
+    vl.add_argument("--tensor-parallel-size", type=int, help="GPUs per model (embedded: 1)")
+    vl.add_argument("--gpu-memory-utilization", type=float, help="vLLM's KV cache share of GPU memory (embedded: use "
+                                                                 "--kv-cache-memory-bytes)")
+    vl.add_argument("--chat-template", help="a Jinja file (or the template text) replacing the model's chat template")
+    vl.add_argument("--seed", type=int, help="engine seed for requests without their own")
+    vl.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, help="(embedded: not available)")
+    vl.add_argument("--trust-remote-code", action="store_true", help="run the model's own code from the hub "
+                                                                    "(vLLM only; off by default)")
+    vl.add_argument("--quantization", help="vLLM's quantization method (embedded: compressed-tensors, from config.json)")
+    vl.add_argument("--max-num-batched-tokens", type=int, help="tokens per engine step (chunked prefill)")
     v.set_defaults(fn=_serve)
 
     e = sub.add_parser("eval", help="accuracy and recovery against a base: lm-eval tasks, HumanEval, perplexity / KL")
