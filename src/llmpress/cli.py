@@ -119,6 +119,8 @@ def _serve(a: argparse.Namespace) -> int:
 def _eval(a: argparse.Namespace) -> int:
     from .eval.run import EvalConfig, EvalError, evaluate
 
+    if a.api_key:  # where lm-eval's local-completions reads it; kept out of EvalConfig so eval.json never holds it
+        os.environ["OPENAI_API_KEY"] = a.api_key
     limit, per_task = None, {}
     for item in (a.limit or "").split(","):
         if "=" in item:
@@ -287,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--backend", choices=["embedded", "vllm", "openai"], default="embedded")
     e.add_argument("--base-url", help="openai backend: MODEL's endpoint, e.g. http://127.0.0.1:8000/v1")
     e.add_argument("--base-base-url", help="openai backend: BASE's endpoint")
+    e.add_argument("--api-key", help="openai backend: the servers' API key (default: $OPENAI_API_KEY)")
     e.add_argument("--apply-chat-template", action="store_true")
     e.add_argument("--fewshot-as-multiturn", action="store_true")
     e.add_argument("--batch-size", type=int, default=16)

@@ -128,6 +128,22 @@ def _cache_path(fingerprint: str, task: str, cfg: EvalConfig) -> Path:
     return cache_dir() / "eval" / "results" / f"{hashlib.sha256(blob.encode()).hexdigest()[:24]}.json"
 
 
+def check_endpoint(url: str) -> None:
+    """One request before any work: a wrong key or address is one line now, not lm-eval retrying
+    every request (hundreds of warnings) and then crashing. The key is OPENAI_API_KEY, as lm-eval's
+    local-completions reads it (never stored in eval.json)."""
+    import httpx
+
+    key = os.environ.get("OPENAI_API_KEY", "")
+    try:
+        r = httpx.get(url.rstrip("/") + "/models", headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=30)
+    except httpx.HTTPError as e:
+        raise EvalError(f"cannot reach {url} ({e}); start the server or fix --base-url") from None
+    if r.status_code in (401, 403):
+        raise EvalError(f"{url} answered {r.status_code} ({'wrong' if key else 'no'} API key): pass the server's key "
+                        "with --api-key KEY or OPENAI_API_KEY")
+
+
 def check_task_names(names: tuple[str, ...]) -> None:
     """Every task name is known before any work: a typo must not surface as a KeyError after the
     first task ran for minutes. Names beyond ours are looked up in the task / group / tag names of
@@ -274,6 +290,9 @@ def evaluate(cfg: EvalConfig, output: str | Path, overwrite: bool = False, progr
             raise EvalError("--backend openai with --base needs --base-base-url (the base model's endpoint)")
         sides["base"] = (cfg.base or "base", cfg.base_base_url)
     paths = {s: (resolve_model(m) if cfg.backend != "openai" else None) for s, (m, _) in sides.items()}
+    if cfg.backend == "openai":
+        for _, url in sides.values():
+            check_endpoint(url)
     prints = {s: (model_fingerprint(p) if p else f"url:{sides[s][1]}:{sides[s][0]}") for s, p in paths.items()}
     result = EvalResult(config=asdict(cfg), versions=_versions())
     t_all = time.monotonic()
