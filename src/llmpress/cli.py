@@ -56,10 +56,11 @@ def _engine_args(p: argparse.ArgumentParser, model_optional: bool = True) -> Non
     p.add_argument("model", nargs="?" if model_optional else None, default="default" if model_optional else None,
                    help="HF folder (dense or compressed-tensors), hub id (online), or 'default'")
     p.add_argument("--dtype", default="auto", help="auto (float32 on CPU) | float32 | bfloat16")
-    p.add_argument("--max-model-len", type=int)
-    p.add_argument("--max-num-seqs", type=int, default=32)
-    p.add_argument("--kv-cache-memory-bytes", type=int)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-model-len", type=int, help="context length (default: the config's max_position_embeddings, "
+                   "capped by the KV cache)")
+    p.add_argument("--max-num-seqs", type=int, default=32, help="sequences decoded together")
+    p.add_argument("--kv-cache-memory-bytes", type=int, help="KV cache budget (default: min(2 GiB, 1/4 of free RAM))")
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
@@ -207,37 +208,58 @@ def _card(a: argparse.Namespace) -> int:
     return 0
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every flag's help ends with its default, unless the text already says it or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("llmpress")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="llmpress", description="Compress, run, evaluate and benchmark LLMs on your own machine.")
+    p = argparse.ArgumentParser(prog="llmpress", description="Compress, run, evaluate and benchmark LLMs on your own machine.",
+                                formatter_class=_HelpFormatter)
+    p.add_argument("--version", action="version", version=f"llmpress {_version()}")
     sub = p.add_subparsers(dest="verb", required=True)
 
     c = sub.add_parser("compress", help="one-shot quantization into a compressed-tensors checkpoint")
     c.add_argument("model", nargs="?", default="default", help="HF folder, hub id (online), or 'default' (SmolLM2-135M-Instruct)")
     c.add_argument("--scheme", help="W4A16 | W4A16_ASYM | W8A16 | W8A8 | FP8_DYNAMIC")
-    c.add_argument("--group-size", type=int)
-    c.add_argument("--num-samples", type=int)
-    c.add_argument("--max-seq-len", type=int)
+    c.add_argument("--group-size", type=int, help="weights per scale for group-wise schemes (default: the scheme's, 128)")
+    c.add_argument("--num-samples", type=int, help="calibration samples (default: 128)")
+    c.add_argument("--max-seq-len", type=int, help="tokens per calibration sample (default: 512)")
     c.add_argument("--dataset", help="'sharegpt' (default), a .json/.jsonl file, or hub:NAME[:split]")
-    c.add_argument("--dampening-frac", type=float)
-    c.add_argument("--observer", choices=["mse", "minmax"])
+    c.add_argument("--dampening-frac", type=float, help="GPTQ dampening, a fraction of mean(diag H) (default: 0.1)")
+    c.add_argument("--observer", choices=["mse", "minmax"], help="weight range search (default: the scheme's: mse for int, minmax for fp8)")
     c.add_argument("--smoothing-strength", type=float, help="SmoothQuant alpha for W8A8 (0 = off)")
     c.add_argument("--gptq", action=argparse.BooleanOptionalAction, default=None,
                    help="GPTQ error compensation (default: on for int schemes, off for FP8_DYNAMIC)")
     c.add_argument("--no-actorder", action="store_true", help="quantize columns in order, with error-compensated group scales")
     c.add_argument("--ignore", help="comma-separated module names / re: patterns left unquantized")
-    c.add_argument("--seed", type=int)
+    c.add_argument("--seed", type=int, help="calibration sample draw (default: 42)")
     c.add_argument("--device", help="auto | cpu | cuda")
     c.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], help="calibration forward dtype (auto: measured)")
     c.add_argument("--recipe", help="YAML file of recipe fields (flags override it)")
-    c.add_argument("--output", required=True)
-    c.add_argument("--overwrite", action="store_true")
+    c.add_argument("--output", required=True, metavar="DIR", help="the checkpoint folder to write (required)")
+    c.add_argument("--overwrite", action="store_true", help="replace DIR if llmpress wrote it (never a folder it did not write)")
     c.set_defaults(fn=_compress)
 
     q = sub.add_parser("ppl", help="perplexity on held text; KL divergence and top-1 agreement with --base")
-    q.add_argument("model", nargs="?", default="default")
-    q.add_argument("--base")
+    q.add_argument("model", nargs="?", default="default", help="HF folder, hub id (online), or 'default'")
+    q.add_argument("--base", help="a base model: adds KL divergence and top-1 agreement against it")
     q.add_argument("--text", help="a text file (default: the Lee corpus from gensim's test data)")
-    q.add_argument("--window", type=int, default=512)
+    q.add_argument("--window", type=int, default=512, help="tokens per non-overlapping window")
     q.add_argument("--max-tokens", type=int, default=16384, help="0 = the whole text")
     q.set_defaults(fn=_ppl)
 
@@ -256,11 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("serve", help="OpenAI-compatible HTTP server on the embedded engine (or exec vLLM's)")
     v.add_argument("model", nargs="?", default="default", help="HF folder (dense or compressed-tensors), hub id (online), or 'default'")
     v.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--port", type=int, default=8000, help="TCP port")
     v.add_argument("--api-key", help="require `Authorization: Bearer KEY` on /v1 routes")
-    v.add_argument("--max-model-len", type=int)
-    v.add_argument("--max-num-seqs", type=int, default=32)
-    v.add_argument("--kv-cache-memory-bytes", type=int)
+    v.add_argument("--max-model-len", type=int, help="context length (default: the config's max_position_embeddings, "
+                   "capped by the KV cache)")
+    v.add_argument("--max-num-seqs", type=int, default=32, help="sequences decoded together")
+    v.add_argument("--kv-cache-memory-bytes", type=int, help="KV cache budget (default: min(2 GiB, 1/4 of free RAM))")
     v.add_argument("--dtype", default="auto", help="auto (float32 on CPU) | float32 | bfloat16")
     v.add_argument("--engine", choices=["embedded", "vllm"], default="embedded", help="vllm: exec vLLM's server with these flags")
     v.add_argument("--served-model-name", help="model id clients use (default: the model folder's name)")
@@ -286,20 +309,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma list of mmlu,gsm,bbh,humaneval,ppl (offline) or any lm-eval task/group name (online)")
     e.add_argument("--limit", help="documents per task (BBH: per subtask; HumanEval: problems): N, or TASK=N,... e.g. mmlu=500,gsm=50")
     e.add_argument("--num-fewshot", help="K or TASK=K,... (default: each task's own: MMLU 5, GSM 5, BBH 3)")
-    e.add_argument("--backend", choices=["embedded", "vllm", "openai"], default="embedded")
+    e.add_argument("--backend", choices=["embedded", "vllm", "openai"], default="embedded",
+                   help="what runs the model: the embedded engine, vLLM, or a server (--base-url)")
     e.add_argument("--base-url", help="openai backend: MODEL's endpoint, e.g. http://127.0.0.1:8000/v1")
     e.add_argument("--base-base-url", help="openai backend: BASE's endpoint")
     e.add_argument("--api-key", help="openai backend: the servers' API key (default: $OPENAI_API_KEY)")
-    e.add_argument("--apply-chat-template", action="store_true")
-    e.add_argument("--fewshot-as-multiturn", action="store_true")
-    e.add_argument("--batch-size", type=int, default=16)
-    e.add_argument("--seed", type=int, default=1234)
+    e.add_argument("--apply-chat-template", action="store_true", help="wrap prompts in the model's chat template (lm-eval's flag)")
+    e.add_argument("--fewshot-as-multiturn", action="store_true", help="few-shot examples as chat turns (needs --apply-chat-template)")
+    e.add_argument("--batch-size", type=int, default=16, help="sequences in flight")
+    e.add_argument("--seed", type=int, default=1234, help="few-shot draw and sampling seed")
     e.add_argument("--humaneval-samples", type=int, default=10, help="samples per problem for pass@10 (0: pass@1 only)")
-    e.add_argument("--ppl-tokens", type=int, default=16384)
-    e.add_argument("--max-model-len", type=int)
+    e.add_argument("--ppl-tokens", type=int, default=16384, help="held-text tokens for perplexity / KL")
+    e.add_argument("--max-model-len", type=int, help="context length of the embedded / vLLM engine (default: the model's)")
     e.add_argument("--print-commands", action="store_true", help="print the cards' lm_eval commands for MODEL and exit")
-    e.add_argument("--output")
-    e.add_argument("--overwrite", action="store_true")
+    e.add_argument("--output", metavar="DIR", help="folder for eval.json and eval.md (required unless --print-commands)")
+    e.add_argument("--overwrite", action="store_true", help="replace DIR if llmpress wrote it")
     e.set_defaults(fn=_eval)
 
     b = sub.add_parser("bench", help="the cards' performance tables: latency, max QPS and QPD per use-case profile")
@@ -307,22 +331,23 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--launch", metavar="MODEL", help="serve MODEL on a free port for the run (embedded engine unless --engine vllm)")
     b.add_argument("--base", help="base model to launch and benchmark the same way (cost-reduction column)")
     b.add_argument("--base-target", help="... or the base model's running server")
-    b.add_argument("--engine", choices=["embedded", "vllm"], default="embedded")
+    b.add_argument("--engine", choices=["embedded", "vllm"], default="embedded", help="server for --launch")
     b.add_argument("--profiles", help="e.g. 256/128,512/256 (default: the cards' eight)")
     b.add_argument("--scale", type=float, help="multiply the profiles' token counts (e.g. 0.25 on a CPU)")
-    b.add_argument("--mode", choices=["synchronous", "concurrent", "constant", "poisson", "throughput", "sweep"])
+    b.add_argument("--mode", choices=["synchronous", "concurrent", "constant", "poisson", "throughput", "sweep"],
+                   help="load pattern, as in GuideLLM (default: sweep)")
     b.add_argument("--concurrency", type=int, help="concurrent mode, and the saturation level (default 16)")
     b.add_argument("--rate", type=float, help="req/s for constant / poisson")
-    b.add_argument("--sweep-points", type=int)
+    b.add_argument("--sweep-points", type=int, help="load settings between synchronous and throughput in sweep mode")
     b.add_argument("--max-seconds", type=float, help="per load setting (default 60)")
     b.add_argument("--max-requests", type=int, help="per load setting")
     b.add_argument("--sync-requests", type=int, help="single-stream requests per profile (default 5)")
     b.add_argument("--gpu", choices=["A6000", "A100", "H100"], help="price from the cards' tables")
     b.add_argument("--cost-per-hour", type=float, help="$/hour of the machine")
     b.add_argument("--max-model-len", type=int, help="skip profiles longer than this")
-    b.add_argument("--api-key")
-    b.add_argument("--output")
-    b.add_argument("--overwrite", action="store_true")
+    b.add_argument("--api-key", help="the target servers' API key")
+    b.add_argument("--output", required=True, metavar="DIR", help="folder for bench.json and bench.md (required)")
+    b.add_argument("--overwrite", action="store_true", help="replace DIR if llmpress wrote it")
     b.set_defaults(fn=_bench)
 
     r = sub.add_parser("run", help="every stage of a run recipe (compress, eval, bench, card); resumes where it stopped")
@@ -336,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("dir", help="an `llmpress run` output folder")
     d.add_argument("--report", action="store_true", help="also write report.html")
     d.set_defaults(fn=_card)
+    for sp in sub.choices.values():
+        sp.formatter_class = _HelpFormatter
     return p
 
 
