@@ -102,3 +102,15 @@ def test_serve(tiny_llama, signals):
                                signals=signals, gap=1.0 if signals == 2 else 0, then=lambda: _stream_in_flight(port, 60 if signals == 1 else 1000))
     assert code == 130 and "Traceback" not in err, err[-3000:]
     assert _last_line(err).startswith("llmpress serve: interrupted")
+
+
+def test_bench_progress_moves_per_request(tiny_llama, tmp_path):
+    """The bar counts requests as they finish (1 warm-up + 3 timed), not profiles."""
+    import re
+
+    p = subprocess.run([sys.executable, "-m", "llmpress.cli", "bench", "--launch", str(tiny_llama), "--profiles", "16/4",
+                        "--mode", "synchronous", "--sync-requests", "3", "--output", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    counts = [int(m) for m in re.findall(r"bench: (\d+)req", p.stderr)]
+    assert counts and max(counts) == 4, p.stderr[-3000:]  # tqdm may skip redraws between requests, never the last
