@@ -58,6 +58,47 @@ CASES = [
     ("serve {tiny} --chat-template {tmp}/nope.jinja", ["nope.jinja", "no such file"]),
     # every task name checked before any work
     ("eval {tiny} --tasks mmlu,arcc --output {tmp}/o", ["unknown task 'arcc'", "mmlu,gsm,bbh,humaneval,ppl"]),
+    # more bad inputs across the verbs (the siblings); {tmp} holds empty.jsonl, bin.txt, a file named
+    # notadir and bad.yaml (see _files)
+    ("compress {tiny} --group-size 64 --dataset {tmp}/empty.jsonl --output {tmp}/o", ["empty.jsonl", "no usable conversations"]),
+    ("compress {tiny} --group-size 64 --ignore re:[ --output {tmp}/o", ["bad regular expression", "re:["]),
+    ("compress {tiny} --group-size 64 --output {tmp}/notadir --overwrite", ["notadir", "not a folder"]),
+    ("compress {tiny} --group-size 64 --output /proc/llmpress-nope/o", ["cannot write output", "--output"]),
+    ("compress {tiny} --group-size 64 --device cuda --output {tmp}/o", ["no CUDA GPU", "--device cpu"]),
+    ("compress {tiny} --group-size 64 --max-seq-len 4 --output {tmp}/o", ["max_seq_len", ">= 8"]),
+    ("compress {tiny} --recipe {tmp}/nope.yaml --output {tmp}/o", ["nope.yaml", "not found"]),
+    ("compress {tiny} --recipe {tmp}/bad.yaml --output {tmp}/o", ["bad.yaml:2", "not valid YAML"]),
+    ("ppl {tiny} --text {tmp}/nope.txt", ["nope.txt", "not found"]),
+    ("ppl {tiny} --text {tmp}/bin.txt", ["bin.txt", "binary"]),
+    ("ppl {tiny} --base /nope/model", ["/nope/model", "no such folder"]),
+    ("generate {tiny} hi --temperature -1", ["temperature=-1.0", ">= 0"]),
+    ("generate {tiny} hi --max-tokens 0", ["max_tokens=0", "positive"]),
+    ("generate {tiny} hi --dtype float8", ["dtype='float8'", "bfloat16"]),
+    ("generate {tiny} hi --device cuda", ["no CUDA GPU", "cpu"]),
+    ("generate {tiny} hi --kv-cache-memory-bytes 10", ["KV cache budget 10 bytes"]),
+    ("generate {tiny} hi --max-num-seqs 0", ["--max-num-seqs 0", "at least 1"]),
+    ("generate {tiny} hi --top-k -5", ["top_k=-5"]),
+    ("generate {tmp} hi", ["not a Hugging Face folder", "config.json"]),
+    ("chat {tiny} --max-model-len 0", ["max_model_len=0", "positive"]),
+    ("serve {tiny} --port 99999", ["--port 99999", "1..65535"]),
+    ("serve {tiny} --kv-cache-memory-bytes 1", ["KV cache budget 1 bytes"]),
+    ("serve {tiny} --max-queue -1", ["--max-queue=-1", ">= 0"]),
+    ("serve {tiny} --max-num-seqs 0", ["--max-num-seqs 0", "at least 1"]),
+    ("eval {tiny} --limit 0 --output {tmp}/o", ["limit", "positive", "0"]),
+    ("eval {tiny} --batch-size 0 --output {tmp}/o", ["batch_size", "positive"]),
+    ("eval {tiny} --backend openai --output {tmp}/o", ["--backend openai needs --base-url"]),
+    ("eval {tiny} --num-fewshot -1 --output {tmp}/o", ["num_fewshot", ">= 0"]),
+    ("eval {tiny} --tasks mmlu --limit mmlu=x --output {tmp}/o", ["--limit 'mmlu=x'", "mmlu=500"]),
+    ("eval {tiny} --base /nope/model --output {tmp}/o", ["/nope/model", "no such folder"]),
+    ("bench --launch {tiny} --profiles 10x --output {tmp}/o", ["'10x'", "256/128"]),
+    ("bench --launch {tiny} --scale 0 --output {tmp}/o", ["scale", "positive"]),
+    ("bench --launch {tiny} --mode constant --rate -1 --output {tmp}/o", ["--rate -1.0", "positive"]),
+    ("bench --launch {tiny} --concurrency 0 --output {tmp}/o", ["--concurrency 0", "positive"]),
+    ("bench --launch {tiny} --max-seconds 0 --output {tmp}/o", ["--max-seconds 0.0", "positive"]),
+    ("bench --target http://127.0.0.1:1/v1 --output {tmp}/o", ["no OpenAI-compatible server", "--launch"]),
+    ("run {tmp}/nope.yaml", ["nope.yaml", "not found"]),
+    ("run {tmp}/bad.yaml", ["bad.yaml:2", "not valid YAML"]),
+    ("card {tmp}", ["not an llmpress run folder"]),
 ]
 CASES_RUN_RECIPES = [
     ("model: {tiny}\nschemes:\n  - scheme: W4A16\n    group_size: 96\n", "r.yaml:4", "group_size 96 does not divide"),
@@ -66,6 +107,11 @@ CASES_RUN_RECIPES = [
 
 @pytest.mark.parametrize("argv,words", CASES, ids=[c[0].split(" {tmp}")[0] for c in CASES])
 def test_bad_input_one_line(capsys, broken, tiny_llama, tmp_path, argv, words):
+    import torch
+
+    if "cuda" in argv and torch.cuda.is_available():
+        pytest.skip("the machine has a GPU")
+    _files(tmp_path)
     args = [a.format(tiny=tiny_llama, tmp=tmp_path, **broken) for a in argv.split(" ")]
     code = main(args)
     err = capsys.readouterr().err.strip()
@@ -73,6 +119,13 @@ def test_bad_input_one_line(capsys, broken, tiny_llama, tmp_path, argv, words):
     for w in words:
         assert w in err, (w, err)
     assert not (tmp_path / "o").exists()
+
+
+def _files(tmp):
+    (tmp / "empty.jsonl").write_text("")
+    (tmp / "bin.txt").write_bytes(b"\x00\x01\x02 binary")
+    (tmp / "notadir").write_text("a file")
+    (tmp / "bad.yaml").write_text("scheme: [W4A16\n")
 
 
 def test_cut_short_weights_through_a_subprocess(broken):

@@ -79,6 +79,8 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
 def _llm(a: argparse.Namespace):
     from .engine import LLM
 
+    if a.max_num_seqs < 1:
+        raise ValueError(f"--max-num-seqs {a.max_num_seqs}: must be at least 1")
     return LLM(a.model, dtype=a.dtype, max_model_len=a.max_model_len, max_num_seqs=a.max_num_seqs,
                kv_cache_memory_bytes=a.kv_cache_memory_bytes, device=a.device)
 
@@ -111,6 +113,10 @@ def _serve(a: argparse.Namespace) -> int:
 
     opts = ServeOptions(**{k: v for k, v in vars(a).items() if k in ServeOptions.__dataclass_fields__})
     try:
+        if opts.max_num_seqs < 1:
+            raise ValueError(f"--max-num-seqs {opts.max_num_seqs}: must be at least 1")
+        if not 0 < opts.port < 65536:
+            raise ValueError(f"--port {opts.port}: must be 1..65535")
         return run(opts)
     except (ValueError, TypeError) as e:  # engine config errors (dtype, max_model_len vs the KV budget, ...)
         print(f"llmpress serve: error: {e}", file=sys.stderr)

@@ -63,6 +63,10 @@ class BenchConfig:
             raise WorkloadError(f"mode {self.mode!r} is not one of {', '.join(MODES)}")
         if self.mode in ("constant", "poisson") and not self.rate:
             raise WorkloadError(f"--mode {self.mode} needs --rate REQ_PER_S")
+        for name in ("rate", "concurrency", "max_seconds", "max_requests", "sync_requests", "sweep_points", "cost_per_hour"):
+            v = getattr(self, name, None)
+            if v is not None and not v > 0 and not (name == "sweep_points" and v == 0):
+                raise WorkloadError(f"--{name.replace('_', '-')} {v}: must be positive")
         if self.scale <= 0:
             raise WorkloadError(f"scale must be positive, got {self.scale}")
         if self.engine not in ("embedded", "vllm"):

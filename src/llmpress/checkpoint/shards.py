@@ -188,8 +188,11 @@ def atomic_output_dir(output: str | os.PathLike, overwrite: bool = False) -> Ite
         if not overwrite:
             raise OutputExistsError(f"output {out} already exists; pass --overwrite to replace it or pick another --output")
         check_replaceable(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = make_temp_dir(out.parent, f".{out.name}.tmp-")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = make_temp_dir(out.parent, f".{out.name}.tmp-")
+    except OSError as e:
+        raise CheckpointError(f"cannot write output {out} ({e.strerror}); pick a --output in a folder you can write") from None
     try:
         yield tmp
         mark_output(tmp)

@@ -109,7 +109,7 @@ class Recipe:
             node = yaml.compose(text, Loader=yaml.SafeLoader)
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
-            raise RecipeError(f"{path}: not valid YAML: {e}") from None
+            raise RecipeError(yaml_error(path, e)) from None
         if not isinstance(data, dict):
             raise RecipeError(f"{path}: a recipe is a mapping of fields ({', '.join(FIELD_NAMES)})")
         lines = {k.value: k.start_mark.line + 1 for k, _ in node.value} if node is not None else {}
@@ -127,6 +127,13 @@ class Recipe:
             bad = next((k for k in data if k in str(e) or (k == "scheme" and "scheme" in str(e))), None)
             where = f"{path}:{lines.get(bad, '?')}" if bad else str(path)
             raise RecipeError(f"{where}: {e}") from None
+
+
+def yaml_error(path: Path, e: yaml.YAMLError) -> str:
+    """PyYAML's message spans several lines (a caret under the text): one line, with file:line."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+    return f"{where}: not valid YAML: {getattr(e, 'problem', None) or str(e).splitlines()[0]}"
 
 
 FIELD_NAMES = tuple(f.name for f in fields(Recipe))

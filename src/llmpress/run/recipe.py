@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from ..compress.recipe import FIELD_NAMES as COMPRESS_FIELDS, Recipe, RecipeError
+from ..compress.recipe import FIELD_NAMES as COMPRESS_FIELDS, Recipe, RecipeError, yaml_error
 
 SECTIONS = ("model", "schemes", "compress", "eval", "bench", "card", "output")
 # Settings a run owns, so the recipe may not set them inside eval / bench.
@@ -103,7 +103,7 @@ def load(path: str | os.PathLike) -> RunRecipe:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise RunRecipeError(f"{path}: not valid YAML: {e}") from None
+        raise RunRecipeError(yaml_error(path, e)) from None
     if not isinstance(data, dict):
         raise RunRecipeError(f"{path}: a run recipe is a mapping with keys {', '.join(SECTIONS)}")
     lines = _lines(node) if node is not None else {}
