@@ -93,3 +93,17 @@ def test_calibration_file_without_conversations(capsys, tiny_llama, tmp_path):
 def test_unknown_dataset_source(capsys, tiny_llama, tmp_path):
     err = _err(capsys, ["compress", str(tiny_llama), "--group-size", "64", "--dataset", "nope.parquet", "--output", str(tmp_path / "o")])
     assert "nope.parquet" in err and "sharegpt" in err
+
+
+def test_overwrite_refuses_a_folder_llmpress_did_not_write(tiny_llama, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    p = subprocess.run([sys.executable, "-m", "llmpress.cli", "compress", str(tiny_llama), "--group-size", "64",
+                        "--output", str(out), "--overwrite"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert "not written by llmpress" in p.stderr and "notes.txt" in p.stderr
+    assert (out / "notes.txt").read_text() == "precious"

@@ -24,6 +24,7 @@ def _compress(a: argparse.Namespace) -> int:
         recipe = Recipe.from_yaml(a.recipe, **overrides)
     else:
         recipe = Recipe(**{k: v for k, v in overrides.items() if v is not None})
+        recipe.check_applies([k for k, v in overrides.items() if v is not None])
     out = compress(a.model, recipe, a.output, overwrite=a.overwrite)
     stats = json.loads((out / "llmpress_compress.json").read_text())
     print(f"wrote {out} ({stats['scheme']}, {stats['wall_s']} s, peak RSS {stats['peak_rss_mb']} MB, "
@@ -32,9 +33,13 @@ def _compress(a: argparse.Namespace) -> int:
 
 
 def _ppl(a: argparse.Namespace) -> int:
-    from .eval.perplexity import perplexity
+    from .eval.perplexity import TextError, perplexity
     from .models import resolve_model
 
+    if a.window < 2:  # each window predicts its tokens after the first
+        raise TextError(f"--window {a.window}: must be at least 2 tokens, e.g. --window 512")
+    if a.max_tokens < 0:
+        raise TextError(f"--max-tokens {a.max_tokens}: must be >= 0 (0 = the whole text)")
     model = resolve_model(a.model)
     base = resolve_model(a.base) if a.base else None
     r = perplexity(model, base, a.text, window=a.window, max_tokens=a.max_tokens or None)
@@ -46,63 +51,61 @@ def _ppl(a: argparse.Namespace) -> int:
     return 0
 
 
-def _engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", nargs="?", default="default", help="HF folder (dense or compressed-tensors), hub id (online), or 'default'")
+def _engine_args(p: argparse.ArgumentParser, model_optional: bool = True) -> None:
+    # generate's MODEL is required: with it optional, `generate default` took "default" as the prompt
+    p.add_argument("model", nargs="?" if model_optional else None, default="default" if model_optional else None,
+                   help="HF folder (dense or compressed-tensors), hub id (online), or 'default'")
     p.add_argument("--dtype", default="auto", help="auto (float32 on CPU) | float32 | bfloat16")
-    p.add_argument("--max-model-len", type=int)
-    p.add_argument("--max-num-seqs", type=int, default=32)
-    p.add_argument("--kv-cache-memory-bytes", type=int)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-model-len", type=int, help="context length (default: the config's max_position_embeddings, "
+                   "capped by the KV cache)")
+    p.add_argument("--max-num-seqs", type=int, default=32, help="sequences decoded together")
+    p.add_argument("--kv-cache-memory-bytes", type=int, help="KV cache budget (default: min(2 GiB, 1/4 of free RAM))")
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--min-p", type=float, default=0.0)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--seed", type=int)
+    # None: the model's generation_config.json value, else vLLM's default (as vLLM's --generation-config auto)
+    model_default = "(default: the model's generation_config.json, else %s)"
+    p.add_argument("--max-tokens", type=int, default=256, help="most tokens to generate per reply (default: %(default)s)")
+    p.add_argument("--temperature", type=float, help="0 = greedy " + model_default % "1.0")
+    p.add_argument("--top-p", type=float, help=model_default % "1.0")
+    p.add_argument("--top-k", type=int, help="0 = off " + model_default % "0")
+    p.add_argument("--min-p", type=float, help=model_default % "0.0")
+    p.add_argument("--repetition-penalty", type=float, help=model_default % "1.0")
+    p.add_argument("--seed", type=int, help="sampling seed, for reproducible samples (default: random)")
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
 
 
 def _llm(a: argparse.Namespace):
     from .engine import LLM
 
+    if a.max_num_seqs < 1:
+        raise ValueError(f"--max-num-seqs {a.max_num_seqs}: must be at least 1")
     return LLM(a.model, dtype=a.dtype, max_model_len=a.max_model_len, max_num_seqs=a.max_num_seqs,
                kv_cache_memory_bytes=a.kv_cache_memory_bytes, device=a.device)
 
 
-def _params(a: argparse.Namespace):
+def _params(a: argparse.Namespace, llm):
     from .engine import SamplingParams
+    from .engine.sampling import generation_defaults
 
-    return SamplingParams(max_tokens=a.max_tokens, temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, min_p=a.min_p,
-                          repetition_penalty=a.repetition_penalty, seed=a.seed, stop=a.stop)
+    given = dict(temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, min_p=a.min_p, repetition_penalty=a.repetition_penalty)
+    fields = {**generation_defaults(llm.engine.path), "max_tokens": a.max_tokens, "seed": a.seed, "stop": a.stop}
+    return SamplingParams(**{**fields, **{k: v for k, v in given.items() if v is not None}})
 
 
 def _generate(a: argparse.Namespace) -> int:
-    params = _params(a)
-    out = _llm(a).generate(a.prompt, params, use_tqdm=False)[0].outputs[0]
+    llm = _llm(a)
+    out = llm.generate(a.prompt, _params(a, llm), use_tqdm=False)[0].outputs[0]
     print(out.text)
     return 0
 
 
 def _chat(a: argparse.Namespace) -> int:
-    params, llm = _params(a), _llm(a)
-    messages = [{"role": "system", "content": a.system}] if a.system else []
-    print("chat with the model; an empty line or Ctrl-D ends", file=sys.stderr)
-    while True:
-        try:
-            user = input("> ").strip()
-        except EOFError:
-            break
-        if not user:
-            break
-        messages.append({"role": "user", "content": user})
-        reply = llm.chat(messages, params, use_tqdm=False)[0].outputs[0].text
-        print(reply)
-        messages.append({"role": "assistant", "content": reply})
-    return 0
+    from .chat import chat_loop
+
+    llm = _llm(a)
+    return chat_loop(llm, _params(a, llm), a.system)
 
 
 def _serve(a: argparse.Namespace) -> int:
@@ -110,6 +113,10 @@ def _serve(a: argparse.Namespace) -> int:
 
     opts = ServeOptions(**{k: v for k, v in vars(a).items() if k in ServeOptions.__dataclass_fields__})
     try:
+        if opts.max_num_seqs < 1:
+            raise ValueError(f"--max-num-seqs {opts.max_num_seqs}: must be at least 1")
+        if not 0 < opts.port < 65536:
+            raise ValueError(f"--port {opts.port}: must be 1..65535")
         return run(opts)
     except (ValueError, TypeError) as e:  # engine config errors (dtype, max_model_len vs the KV budget, ...)
         print(f"llmpress serve: error: {e}", file=sys.stderr)
@@ -119,6 +126,8 @@ def _serve(a: argparse.Namespace) -> int:
 def _eval(a: argparse.Namespace) -> int:
     from .eval.run import EvalConfig, EvalError, evaluate
 
+    if a.api_key:  # where lm-eval's local-completions reads it; kept out of EvalConfig so eval.json never holds it
+        os.environ["OPENAI_API_KEY"] = a.api_key
     limit, per_task = None, {}
     for item in (a.limit or "").split(","):
         if "=" in item:
@@ -262,43 +271,64 @@ def _plan(a: argparse.Namespace) -> int:
     return 0
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every flag's help ends with its default, unless the text already says it or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("llmpress")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="llmpress", description="Compress, run, evaluate and benchmark LLMs on your own machine.")
+    p = argparse.ArgumentParser(prog="llmpress", description="Compress, run, evaluate and benchmark LLMs on your own machine.",
+                                formatter_class=_HelpFormatter)
+    p.add_argument("--version", action="version", version=f"llmpress {_version()}")
     sub = p.add_subparsers(dest="verb", required=True)
 
     c = sub.add_parser("compress", help="one-shot quantization into a compressed-tensors checkpoint")
     c.add_argument("model", nargs="?", default="default", help="HF folder, hub id (online), or 'default' (SmolLM2-135M-Instruct)")
     c.add_argument("--scheme", help="W4A16 | W4A16_ASYM | W8A16 | W8A8 | FP8_DYNAMIC")
-    c.add_argument("--group-size", type=int)
-    c.add_argument("--num-samples", type=int)
-    c.add_argument("--max-seq-len", type=int)
+    c.add_argument("--group-size", type=int, help="weights per scale for group-wise schemes (default: the scheme's, 128)")
+    c.add_argument("--num-samples", type=int, help="calibration samples (default: 128)")
+    c.add_argument("--max-seq-len", type=int, help="tokens per calibration sample (default: 512)")
     c.add_argument("--dataset", help="'sharegpt' (default), a .json/.jsonl file, or hub:NAME[:split]")
-    c.add_argument("--dampening-frac", type=float)
-    c.add_argument("--observer", choices=["mse", "minmax"])
+    c.add_argument("--dampening-frac", type=float, help="GPTQ dampening, a fraction of mean(diag H) (default: 0.1)")
+    c.add_argument("--observer", choices=["mse", "minmax"], help="weight range search (default: the scheme's: mse for int, minmax for fp8)")
     c.add_argument("--smoothing-strength", type=float, help="SmoothQuant alpha for W8A8 (0 = off)")
     c.add_argument("--gptq", action=argparse.BooleanOptionalAction, default=None,
                    help="GPTQ error compensation (default: on for int schemes, off for FP8_DYNAMIC)")
     c.add_argument("--no-actorder", action="store_true", help="quantize columns in order, with error-compensated group scales")
     c.add_argument("--ignore", help="comma-separated module names / re: patterns left unquantized")
-    c.add_argument("--seed", type=int)
+    c.add_argument("--seed", type=int, help="calibration sample draw (default: 42)")
     c.add_argument("--device", help="auto | cpu | cuda")
     c.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], help="calibration forward dtype (auto: measured)")
     c.add_argument("--recipe", help="YAML file of recipe fields (flags override it)")
-    c.add_argument("--output", required=True)
-    c.add_argument("--overwrite", action="store_true")
+    c.add_argument("--output", required=True, metavar="DIR", help="the checkpoint folder to write (required)")
+    c.add_argument("--overwrite", action="store_true", help="replace DIR if llmpress wrote it (never a folder it did not write)")
     c.set_defaults(fn=_compress)
 
     q = sub.add_parser("ppl", help="perplexity on held text; KL divergence and top-1 agreement with --base")
-    q.add_argument("model", nargs="?", default="default")
-    q.add_argument("--base")
+    q.add_argument("model", nargs="?", default="default", help="HF folder, hub id (online), or 'default'")
+    q.add_argument("--base", help="a base model: adds KL divergence and top-1 agreement against it")
     q.add_argument("--text", help="a text file (default: the Lee corpus from gensim's test data)")
-    q.add_argument("--window", type=int, default=512)
+    q.add_argument("--window", type=int, default=512, help="tokens per non-overlapping window")
     q.add_argument("--max-tokens", type=int, default=16384, help="0 = the whole text")
     q.set_defaults(fn=_ppl)
 
     g = sub.add_parser("generate", help="complete a prompt with the embedded engine")
-    _engine_args(g)
-    g.add_argument("prompt")
+    _engine_args(g, model_optional=False)
+    g.add_argument("prompt", help="the text to complete")
     _sampling_args(g)
     g.set_defaults(fn=_generate)
 
@@ -311,15 +341,28 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("serve", help="OpenAI-compatible HTTP server on the embedded engine (or exec vLLM's)")
     v.add_argument("model", nargs="?", default="default", help="HF folder (dense or compressed-tensors), hub id (online), or 'default'")
     v.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--port", type=int, default=8000, help="TCP port")
     v.add_argument("--api-key", help="require `Authorization: Bearer KEY` on /v1 routes")
-    v.add_argument("--max-model-len", type=int)
-    v.add_argument("--max-num-seqs", type=int, default=32)
-    v.add_argument("--kv-cache-memory-bytes", type=int)
+    v.add_argument("--max-model-len", type=int, help="context length (default: the config's max_position_embeddings, "
+                   "capped by the KV cache)")
+    v.add_argument("--max-num-seqs", type=int, default=32, help="sequences decoded together")
+    v.add_argument("--kv-cache-memory-bytes", type=int, help="KV cache budget (default: min(2 GiB, 1/4 of free RAM))")
     v.add_argument("--dtype", default="auto", help="auto (float32 on CPU) | float32 | bfloat16")
     v.add_argument("--engine", choices=["embedded", "vllm"], default="embedded", help="vllm: exec vLLM's server with these flags")
     v.add_argument("--served-model-name", help="model id clients use (default: the model folder's name)")
     v.add_argument("--max-queue", type=int, default=256, help="requests waiting beyond --max-num-seqs before new ones get 503")
+    vl = v.add_argument_group("vLLM's flags", "passed to vLLM unchanged with --engine vllm; the embedded engine "
+                                              "honours those that apply and refuses the rest, saying why")
+    vl.add_argument("--tensor-parallel-size", type=int, help="GPUs per model (embedded: 1)")
+    vl.add_argument("--gpu-memory-utilization", type=float, help="vLLM's KV cache share of GPU memory (embedded: use "
+                                                                 "--kv-cache-memory-bytes)")
+    vl.add_argument("--chat-template", help="a Jinja file (or the template text) replacing the model's chat template")
+    vl.add_argument("--seed", type=int, help="engine seed for requests without their own")
+    vl.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, help="(embedded: not available)")
+    vl.add_argument("--trust-remote-code", action="store_true", help="run the model's own code from the hub "
+                                                                    "(vLLM only; off by default)")
+    vl.add_argument("--quantization", help="vLLM's quantization method (embedded: compressed-tensors, from config.json)")
+    vl.add_argument("--max-num-batched-tokens", type=int, help="tokens per engine step (chunked prefill)")
     v.set_defaults(fn=_serve)
 
     e = sub.add_parser("eval", help="accuracy and recovery against a base: lm-eval tasks, HumanEval, perplexity / KL")
@@ -329,19 +372,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma list of mmlu,gsm,bbh,humaneval,ppl (offline) or any lm-eval task/group name (online)")
     e.add_argument("--limit", help="documents per task (BBH: per subtask; HumanEval: problems): N, or TASK=N,... e.g. mmlu=500,gsm=50")
     e.add_argument("--num-fewshot", help="K or TASK=K,... (default: each task's own: MMLU 5, GSM 5, BBH 3)")
-    e.add_argument("--backend", choices=["embedded", "vllm", "openai"], default="embedded")
+    e.add_argument("--backend", choices=["embedded", "vllm", "openai"], default="embedded",
+                   help="what runs the model: the embedded engine, vLLM, or a server (--base-url)")
     e.add_argument("--base-url", help="openai backend: MODEL's endpoint, e.g. http://127.0.0.1:8000/v1")
     e.add_argument("--base-base-url", help="openai backend: BASE's endpoint")
-    e.add_argument("--apply-chat-template", action="store_true")
-    e.add_argument("--fewshot-as-multiturn", action="store_true")
-    e.add_argument("--batch-size", type=int, default=16)
-    e.add_argument("--seed", type=int, default=1234)
+    e.add_argument("--api-key", help="openai backend: the servers' API key (default: $OPENAI_API_KEY)")
+    e.add_argument("--apply-chat-template", action="store_true", help="wrap prompts in the model's chat template (lm-eval's flag)")
+    e.add_argument("--fewshot-as-multiturn", action="store_true", help="few-shot examples as chat turns (needs --apply-chat-template)")
+    e.add_argument("--batch-size", type=int, default=16, help="sequences in flight")
+    e.add_argument("--seed", type=int, default=1234, help="few-shot draw and sampling seed")
     e.add_argument("--humaneval-samples", type=int, default=10, help="samples per problem for pass@10 (0: pass@1 only)")
-    e.add_argument("--ppl-tokens", type=int, default=16384)
-    e.add_argument("--max-model-len", type=int)
+    e.add_argument("--ppl-tokens", type=int, default=16384, help="held-text tokens for perplexity / KL")
+    e.add_argument("--max-model-len", type=int, help="context length of the embedded / vLLM engine (default: the model's)")
     e.add_argument("--print-commands", action="store_true", help="print the cards' lm_eval commands for MODEL and exit")
-    e.add_argument("--output")
-    e.add_argument("--overwrite", action="store_true")
+    e.add_argument("--output", metavar="DIR", help="folder for eval.json and eval.md (required unless --print-commands)")
+    e.add_argument("--overwrite", action="store_true", help="replace DIR if llmpress wrote it")
     e.set_defaults(fn=_eval)
 
     b = sub.add_parser("bench", help="the cards' performance tables: latency, max QPS and QPD per use-case profile")
@@ -349,22 +394,23 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--launch", metavar="MODEL", help="serve MODEL on a free port for the run (embedded engine unless --engine vllm)")
     b.add_argument("--base", help="base model to launch and benchmark the same way (cost-reduction column)")
     b.add_argument("--base-target", help="... or the base model's running server")
-    b.add_argument("--engine", choices=["embedded", "vllm"], default="embedded")
+    b.add_argument("--engine", choices=["embedded", "vllm"], default="embedded", help="server for --launch")
     b.add_argument("--profiles", help="e.g. 256/128,512/256 (default: the cards' eight)")
     b.add_argument("--scale", type=float, help="multiply the profiles' token counts (e.g. 0.25 on a CPU)")
-    b.add_argument("--mode", choices=["synchronous", "concurrent", "constant", "poisson", "throughput", "sweep"])
+    b.add_argument("--mode", choices=["synchronous", "concurrent", "constant", "poisson", "throughput", "sweep"],
+                   help="load pattern, as in GuideLLM (default: sweep)")
     b.add_argument("--concurrency", type=int, help="concurrent mode, and the saturation level (default 16)")
     b.add_argument("--rate", type=float, help="req/s for constant / poisson")
-    b.add_argument("--sweep-points", type=int)
+    b.add_argument("--sweep-points", type=int, help="load settings between synchronous and throughput in sweep mode")
     b.add_argument("--max-seconds", type=float, help="per load setting (default 60)")
     b.add_argument("--max-requests", type=int, help="per load setting")
     b.add_argument("--sync-requests", type=int, help="single-stream requests per profile (default 5)")
     b.add_argument("--gpu", choices=["A6000", "A100", "H100"], help="price from the cards' tables")
     b.add_argument("--cost-per-hour", type=float, help="$/hour of the machine")
     b.add_argument("--max-model-len", type=int, help="skip profiles longer than this")
-    b.add_argument("--api-key")
-    b.add_argument("--output")
-    b.add_argument("--overwrite", action="store_true")
+    b.add_argument("--api-key", help="the target servers' API key")
+    b.add_argument("--output", required=True, metavar="DIR", help="folder for bench.json and bench.md (required)")
+    b.add_argument("--overwrite", action="store_true", help="replace DIR if llmpress wrote it")
     b.set_defaults(fn=_bench)
 
     r = sub.add_parser("run", help="every stage of a run recipe (compress, eval, bench, card); resumes where it stopped")
@@ -383,12 +429,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "with a full-vocabulary tokenizer")
     y.add_argument("config", help="a config.json (or a folder with one), a built-in name "
                    "(deepseek-r1-distill-llama-8b), or a hub id (online)")
-    y.add_argument("--output", required=True)
+    y.add_argument("--output", required=True, help="the checkpoint folder to write (required)")
     y.add_argument("--layers", type=int, help="keep every shape but write only the first N decoder layers")
-    y.add_argument("--seed", type=int, default=0)
+    y.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same weights")
     y.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
                    help="default: the config's torch_dtype, else bfloat16")
-    y.add_argument("--overwrite", action="store_true")
+    y.add_argument("--overwrite", action="store_true", help="replace an output folder that llmpress wrote")
     y.set_defaults(fn=_synth)
 
     n = sub.add_parser("plan", help="predict peak RAM, disk and wall time of compress (or the engine's memory) "
@@ -397,26 +443,37 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HF folder, 'default', or a config (synth built-in name or config.json)")
     n.add_argument("--engine", action="store_true", help="plan LLM(...) / serve instead of compress")
     n.add_argument("--scheme", help="W4A16 | W4A16_ASYM | W8A16 | W8A8 | FP8_DYNAMIC")
-    n.add_argument("--group-size", type=int)
-    n.add_argument("--num-samples", type=int)
-    n.add_argument("--max-seq-len", type=int)
-    n.add_argument("--dataset")
-    n.add_argument("--smoothing-strength", type=float)
-    n.add_argument("--gptq", action=argparse.BooleanOptionalAction, default=None)
+    n.add_argument("--group-size", type=int, help="int4 group size (default: the scheme's)")
+    n.add_argument("--num-samples", type=int, help="calibration samples (default: compress's)")
+    n.add_argument("--max-seq-len", type=int, help="tokens per calibration sample (default: compress's)")
+    n.add_argument("--dataset", help="calibration data, as for compress")
+    n.add_argument("--smoothing-strength", type=float, help="SmoothQuant alpha (W8A8), as for compress")
+    n.add_argument("--gptq", action=argparse.BooleanOptionalAction, default=None,
+                   help="plan GPTQ (or round-to-nearest with --no-gptq); default: the scheme's")
     n.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], help="calibration forward dtype")
     n.add_argument("--recipe", help="YAML file of recipe fields (flags override it)")
     n.add_argument("--output", help="where the checkpoint would go (for the free-disk check)")
     n.add_argument("--gpu", help="plan for a named GPU instead of this CPU: H100 | H200 | A100")
-    n.add_argument("--max-num-seqs", type=int, default=32)
-    n.add_argument("--max-num-batched-tokens", type=int, default=512)
-    n.add_argument("--kv-cache-memory-bytes", type=int)
+    n.add_argument("--max-num-seqs", type=int, default=32, help="with --engine: concurrent sequences")
+    n.add_argument("--max-num-batched-tokens", type=int, default=512, help="with --engine: tokens per step")
+    n.add_argument("--kv-cache-memory-bytes", type=int, help="with --engine: KV cache size (default: the engine's)")
     n.set_defaults(fn=_plan)
+    for sp in sub.choices.values():
+        sp.formatter_class = _HelpFormatter
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    try:  # Ctrl-C anywhere, the imports below included: one line and 130 (128 + SIGINT), as shells expect
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        print(f"\nllmpress {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     from .checkpoint.shards import CheckpointError, OutputExistsError
     from .compress.dataset import DatasetError
     from .compress.recipe import RecipeError

@@ -15,7 +15,6 @@ import importlib.util
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -47,6 +46,7 @@ def resolve_model(model: str | os.PathLike | None) -> Path:
     if path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():
             raise ModelError(f"model {str(model)!r} is not a Hugging Face folder (no config.json in it)")
+        check_model_folder(path)
         return path
     if os.environ.get("HF_HUB_OFFLINE") == "1" or str(model).startswith((".", "/", "~")):
         raise ModelError(
@@ -62,14 +62,63 @@ def resolve_model(model: str | os.PathLike | None) -> Path:
     return Path(local)
 
 
+def check_model_folder(path: Path) -> None:
+    """Fail fast, naming the file, on a config.json that is not JSON or a .safetensors file cut short
+    (an interrupted download or copy): the readers behind us raise tracebacks that name neither.
+    Reads only the headers: an 8-byte little-endian length, then that many bytes of JSON
+    (https://github.com/huggingface/safetensors#format)."""
+    cfg = path / "config.json"
+    try:
+        if not isinstance(json.loads(cfg.read_text()), dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ModelError(f"{cfg} is not valid JSON ({e}); restore it from the model's source "
+                         "(re-download or copy the folder again)") from None
+    for f in sorted(path.glob("*.safetensors")):
+        size = f.stat().st_size
+        try:
+            with f.open("rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                if size < 8 or n > size - 8:
+                    raise ValueError(f"{size} bytes, shorter than its header")
+                header = json.loads(fh.read(n))
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError) as e:
+            raise ModelError(f"{f} is not a readable safetensors file ({e}); it was probably cut short: "
+                             "re-download or copy it again") from None
+        if size < 8 + n + end:
+            raise ModelError(f"{f} is cut short: {size} bytes, its header says {8 + n + end}; "
+                             "re-download or copy it again")
+
+
+def check_max_model_len(path: Path, max_model_len: int | None) -> None:
+    """Refuse a context longer than the model was trained for (its config's max_position_embeddings):
+    positions beyond it give garbage, silently. As in vLLM, an environment variable allows it."""
+    if max_model_len is None:
+        return
+    if max_model_len <= 0:
+        raise ModelError(f"max_model_len={max_model_len}: must be a positive number of tokens")
+    limit = json.loads((path / "config.json").read_text()).get("max_position_embeddings")
+    allowed = any(os.environ.get(v, "0").lower() in ("1", "true") for v in ALLOW_LONG_ENV)
+    if limit and max_model_len > limit and not allowed:
+        raise ModelError(f"max_model_len={max_model_len} is beyond the model's max_position_embeddings={limit} "
+                         f"({path / 'config.json'}); lower --max-model-len, or set {ALLOW_LONG_ENV[0]}=1 "
+                         "to allow it anyway (outputs may be wrong)")
+
+
+ALLOW_LONG_ENV = ("LLMPRESS_ALLOW_LONG_MAX_MODEL_LEN", "VLLM_ALLOW_LONG_MAX_MODEL_LEN")
+
+
 def default_model_dir() -> Path:
     """The cached bf16 SmolLM2 folder, converting the packaged GGUF on first use (~30 s)."""
     out = cache_dir() / "models" / DEFAULT_MODEL_NAME
     if (out / "model.safetensors").is_file() and (out / "config.json").is_file():
         return out
+    from .checkpoint.shards import make_temp_dir
+
     gguf = packaged_gguf()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent))
+    tmp = make_temp_dir(out.parent, ".tmp-")  # readable per the umask once renamed: a container may serve it
     try:
         _convert_gguf(gguf, tmp)
         if out.exists():  # another process won the race; keep theirs

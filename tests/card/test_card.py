@@ -65,7 +65,7 @@ def test_front_matter_is_a_valid_model_card(run_dir):
 
 
 def test_every_number_traces_to_eval_and_bench_json(run_dir):
-    from llmpress.eval.report import format_value, recovery
+    from llmpress.eval.report import format_cell, format_recovery, format_value
 
     text = (run_dir / "README.md").read_text()
     evals = {s: json.loads((run_dir / "eval" / s / "eval.json").read_text()) for s in ("W4A16", "FP8_DYNAMIC")}
@@ -73,12 +73,14 @@ def test_every_number_traces_to_eval_and_bench_json(run_dir):
     assert len(rows) == len(evals["W4A16"]["rows"])
     for cells, i in zip(rows, range(len(rows))):
         r = evals["W4A16"]["rows"][i]
-        assert cells[2] == format_value(r["base"], r.get("score", False), r["metric"])
+        assert cells[2] == ("" if r.get("n") is None else str(r["n"]))  # questions per row
+        assert cells[3] == format_cell(r["base"], r.get("base_stderr"), r.get("score", False), r["metric"])
+        if r.get("score") and not r.get("average") and not r["metric"].startswith("HumanEval (pass@10"):
+            assert r["n"] and " ± " in cells[3]  # every accuracy row carries its standard error
         for k, s in enumerate(("W4A16", "FP8_DYNAMIC")):
             e = evals[s]["rows"][i]
-            assert cells[3 + 2 * k] == format_value(e["model"], e.get("score", False), e["metric"])
-            rec = None if e.get("no_recovery") else recovery(e["model"], e["base"], e.get("higher_is_better", True))
-            assert cells[4 + 2 * k] == ("—" if rec is None else f"{100 * rec:.1f}%")
+            assert cells[4 + 2 * k] == format_cell(e["model"], e.get("stderr"), e.get("score", False), e["metric"])
+            assert cells[5 + 2 * k] == format_recovery(e)
     front = yaml.safe_load(text.split("---\n")[1])
     shown = {r["metric"]: float(format_value(r["model"], r.get("score", False), r["metric"])) for r in evals["W4A16"]["rows"]
              if r["model"] is not None and not r.get("average")}

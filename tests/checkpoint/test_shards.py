@@ -58,3 +58,37 @@ def test_shard_writer_splits_and_indexes(tmp_path):
 def test_unsupported_dtype_is_named(tmp_path):
     with pytest.raises(CheckpointError, match="complex64"):
         write_safetensors(tmp_path / "c.safetensors", {"c": torch.zeros(2, dtype=torch.complex64)})
+
+
+def test_overwrite_replaces_only_llmpress_folders(tmp_path):
+    from llmpress.checkpoint.shards import OUTPUT_MARKER, OutputExistsError, atomic_output_dir
+
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="not written by llmpress.*notes.txt"):
+        with atomic_output_dir(precious, overwrite=True) as tmp:
+            (tmp / "a").write_text("x")
+    assert (precious / "notes.txt").read_text() == "mine" and not (precious / "a").exists()
+
+    ours = tmp_path / "ours"
+    for text in ("first", "second"):  # the second replaces the first: the first carries the marker
+        with atomic_output_dir(ours, overwrite=True) as tmp:
+            (tmp / "a").write_text(text)
+    assert (ours / "a").read_text() == "second" and (ours / OUTPUT_MARKER).is_file()
+
+
+def test_outputs_are_readable_per_umask(tmp_path):
+    import os
+    import stat
+
+    from llmpress.checkpoint.shards import atomic_output_dir
+
+    old = os.umask(0o022)
+    try:
+        with atomic_output_dir(tmp_path / "o") as tmp:
+            (tmp / "a").write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "o").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "o" / "a").stat().st_mode) == 0o644

@@ -17,7 +17,31 @@ def test_recovery_rules():
     assert recovery(0.0, 0.0) is None and recovery(0.3, 0.0) is None  # the cards print "---"
     assert recovery(31.0, 30.0, higher_is_better=False) == pytest.approx(30 / 31)
     md = markdown([dict(category="Math", metric="GSM", model=0.0, base=0.0, score=True)], {"model": "q", "base": "b"}, {}, {})
-    assert "| Math | GSM | 0.00 | 0.00 | — |" in md
+    assert "| Math | GSM |  | 0.00 | 0.00 | — |" in md
+
+
+def test_standard_errors_and_noise():
+    from llmpress.eval.report import stderr, table_rows, within_noise
+
+    assert stderr(0.5, 101) == pytest.approx(0.05) and stderr(0.5, 1) is None and stderr(1.0, 50) == 0
+    # lm-eval's own: the sample standard deviation of the 0/1 scores over sqrt(n)
+    import statistics
+
+    scores = [1] * 13 + [0] * 27
+    assert stderr(13 / 40, 40) == pytest.approx(statistics.stdev(scores) / 40 ** 0.5)
+
+    def side(acc, n):
+        return {"mmlu": {"category": "Knowledge", "metric": "MMLU", "key": "acc,none", "value": acc,
+                         "n_samples": {"a": {"original": 99, "effective": n // 2}, "b": {"original": 99, "effective": n - n // 2}}}}
+
+    # BBH-like: 1 vs 2 of 4 right, "200% recovery", is noise; 25% vs 75% of 400 is not
+    small = table_rows(("mmlu",), {"model": side(0.5, 4), "base": side(0.25, 4)})[0]
+    big = table_rows(("mmlu",), {"model": side(0.75, 400), "base": side(0.25, 400)})[0]
+    assert small["n"] == 4 and big["n"] == 400
+    assert within_noise(small) is True and within_noise(big) is False
+    md = markdown([small, big], {"model": "q", "base": "b"}, {}, {})
+    assert "| 4 | 25.00 ± 25.00 | 50.00 ± 28.87 | 200.0% (within noise) |" in md
+    assert "| 400 | 25.00 ± 2.17 | 75.00 ± 2.17 | 300.0% |" in md and "cannot separate" in md
 
 
 @pytest.fixture(scope="module")

@@ -53,6 +53,8 @@ def test_good_recipe_parses(tmp_path, tiny_llama):
     (("  license: apache-2.0", "  licence: mit"), 16, "unknown card key 'licence'"),
     (("  max_seq_len: 64", "  max_seq_len: 64\n  dataset: /nope/chats.jsonl"), 8, "/nope/chats.jsonl not found"),
     (("card:", "cards:"), 15, "unknown run recipe key 'cards'"),
+    (("  tasks: [mmlu, ppl]", "  tasks: [mmlu, arcc]"), 9, "unknown task 'arcc'"),  # not the --limit message
+    (("  - W4A16", "  - scheme: W4A16\n    group_size: 96"), 4, "group_size 96 does not divide"),  # tiny: 128, 256 wide
 ])
 def test_mistakes_name_their_line(tmp_path, tiny_llama, edit, line, words):
     text = GOOD.format(model=tiny_llama).replace(*edit)

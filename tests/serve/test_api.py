@@ -181,7 +181,31 @@ BAD = [
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}, "top_logprobs"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "chat_template": "{{ 1 }}"}, "chat_template"),
+    # fields that would change the answer if honoured: 400 naming them, never a 200 that ignored them
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}},
+     "response_format"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
+                              "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}},
+     "response_format"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
+                              "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "tool_choice": "required"}, "tool_choice"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "functions": [{"name": "f"}]}, "functions"),
+    ("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "hi"}]}, "messages"),
+    ("/v1/completions", {"prompt": "hi", "guided_json": {"type": "object"}}, "guided_json"),
+    ("/v1/completions", {"prompt": "hi", "response_format": {"type": "json_object"}}, "response_format"),
+    ("/v1/completions", {"prompt": "hi", "use_beam_search": True}, "use_beam_search"),
 ]
+
+
+def test_text_response_format_and_declined_tools_are_served(idle):
+    """The defaults of the refused fields still pass: 'text', and tools with tool_choice 'none'."""
+    msgs = [{"role": "developer", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    for extra in ({"response_format": {"type": "text"}},
+                  {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}], "tool_choice": "none"}):
+        r = httpx.post(f"{idle.url}/v1/chat/completions", json={"model": MODEL, "messages": msgs, "max_tokens": 2, **extra},
+                       timeout=60)
+        assert r.status_code == 200, r.text
 
 
 @pytest.mark.parametrize("path,body,param", BAD, ids=[f"{p.rsplit('/', 1)[-1]}-{q}-{i}" for i, (p, _, q) in enumerate(BAD)])

@@ -63,6 +63,10 @@ class BenchConfig:
             raise WorkloadError(f"mode {self.mode!r} is not one of {', '.join(MODES)}")
         if self.mode in ("constant", "poisson") and not self.rate:
             raise WorkloadError(f"--mode {self.mode} needs --rate REQ_PER_S")
+        for name in ("rate", "concurrency", "max_seconds", "max_requests", "sync_requests", "sweep_points", "cost_per_hour"):
+            v = getattr(self, name, None)
+            if v is not None and not v > 0 and not (name == "sweep_points" and v == 0):
+                raise WorkloadError(f"--{name.replace('_', '-')} {v}: must be positive")
         if self.scale <= 0:
             raise WorkloadError(f"scale must be positive, got {self.scale}")
         if self.engine not in ("embedded", "vllm"):
@@ -147,15 +151,19 @@ def bench_model(cfg: BenchConfig, url: str, profiles: list[Profile], progress: b
     tok_path = _tokenizer_source(cfg, model)
     maker = PromptMaker(AutoTokenizer.from_pretrained(tok_path))
     results = {}
-    bar = tqdm(profiles, desc="bench", disable=not progress, unit="profile")
-    for prof in bar:
-        bar.set_postfix_str(prof.label)
+    # Per request, not per profile: one load setting runs up to max_seconds, and a bar that moves
+    # once per profile sat still for most of a minute. The total is open (settings are time-bounded).
+    bar = tqdm(desc="bench", disable=not progress, unit="req")
+    for n, prof in enumerate(profiles, 1):
         prompts = [maker.make(prof.prompt_tokens, i) for i in range(64)]
         pick = lambda i: prompts[i % len(prompts)]  # noqa: E731
         runs = {}
 
         def go(spec: LoadSpec) -> RunResult:
-            return asyncio.run(run_load(url, model, pick, prof.output_tokens, spec, cfg.api_key))
+            bar.set_postfix_str(f"profile {n}/{len(profiles)} {prof.label}, {spec.mode}"
+                                + (f"@{spec.setting:g}" if spec.setting is not None else ""))
+            return asyncio.run(run_load(url, model, pick, prof.output_tokens, spec, cfg.api_key,
+                                        on_done=lambda rec: bar.update(1)))
 
         go(LoadSpec("synchronous", None, cfg.max_seconds, 1, warmup=0, cooldown=0))  # warm-up, not counted
         sync = go(LoadSpec("synchronous", None, cfg.max_seconds, cfg.sync_requests, warmup=0, cooldown=0))
@@ -171,6 +179,7 @@ def bench_model(cfg: BenchConfig, url: str, profiles: list[Profile], progress: b
                 for r in sweep_rates(runs["synchronous"]["requests_per_s"], sat, cfg.sweep_points):
                     runs[f"constant@{r:.3g}"] = _summary(go(LoadSpec("constant", r, cfg.max_seconds, cfg.max_requests, seed=cfg.seed)))
         results[prof.label] = {"profile": asdict(prof), "runs": runs, **_headline(runs)}
+    bar.close()
     return {"model": model, "profiles": results}
 
 

@@ -19,7 +19,7 @@ import yaml
 
 from ..bench.report import tables as bench_tables
 from ..eval.commands import CARD_INTRO, card_commands
-from ..eval.report import DEFAULT_MODEL_NOTE, format_value, recovery
+from ..eval.report import DEFAULT_MODEL_NOTE, NOISE_NOTE, format_cell, format_n, format_recovery, format_value
 
 DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SHAREGPT_HUB_ID = "anon8231489123/ShareGPT_Vicuna_unfiltered"
@@ -250,19 +250,20 @@ def accuracy(run: Run, schemes: list[str]) -> str:
         return ""
     first = run.evals[evs[0]]
     base_name = run.base_name
-    head = ["Category", "Metric", base_name] + [h for s in evs for h in (run.quant_name(s), "Recovery")]
+    head = ["Category", "Metric", "n", base_name] + [h for s in evs for h in (run.quant_name(s), "Recovery")]
     lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
     last = None
     for i, r in enumerate(first["rows"]):
         score = r.get("score", False)
-        cells = ["" if r["category"] == last else r["category"], r["metric"], format_value(r["base"], score, r["metric"])]
+        cells = ["" if r["category"] == last else r["category"], r["metric"], format_n(r),
+                 format_cell(r["base"], r.get("base_stderr"), score, r["metric"])]
         last = r["category"]
         for s in evs:
             row = run.evals[s]["rows"][i]
-            rec = None if row.get("no_recovery") else recovery(row["model"], row["base"], row.get("higher_is_better", True))
-            cells += [format_value(row["model"], score, row["metric"]), "—" if rec is None else f"{100 * rec:.1f}%"]
+            cells += [format_cell(row["model"], row.get("stderr"), score, row["metric"]), format_recovery(row)]
         lines.append("| " + " | ".join(cells) + " |")
-    notes = [DEFAULT_MODEL_NOTE] if run.is_default else []
+    notes = ["n: the questions (HumanEval: problems) each row scored, the same for every model.", NOISE_NOTE]
+    notes += [DEFAULT_MODEL_NOTE] if run.is_default else []
     return "\n".join(lines) + ("\n\n" + " ".join(notes) if notes else "")
 
 

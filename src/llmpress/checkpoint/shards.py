@@ -139,17 +139,63 @@ class OutputExistsError(FileExistsError):
     pass
 
 
+# Written into every output folder llmpress publishes (checkpoints, eval, bench and run folders):
+# `--overwrite` replaces only folders that carry it, so a mistyped --output never deletes the user's files.
+OUTPUT_MARKER = ".llmpress-output"
+# Folders written before the marker existed are recognised by their record file.
+_LEGACY_RECORDS = ("llmpress_compress.json", "eval.json", "bench.json", "run.json")
+
+
+def umask_mode(mode: int = 0o777) -> int:
+    """`mode` less the process umask: what mkdir would have given (mkdtemp always gives 0700)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mode & ~mask
+
+
+def make_temp_dir(parent: Path, prefix: str) -> Path:
+    """A fresh folder in `parent` with the permissions a plain mkdir gives, so that once renamed
+    into place another user or a container can read it (tempfile.mkdtemp makes it 0700)."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(tmp, umask_mode())
+    return tmp
+
+
+def mark_output(folder: Path) -> None:
+    (folder / OUTPUT_MARKER).write_text("written by llmpress; `--overwrite` may replace this folder\n")
+
+
+def check_replaceable(out: Path) -> None:
+    """Refuse to replace `out` unless it is empty or llmpress wrote it (the marker, or a legacy record)."""
+    if not out.is_dir():
+        raise OutputExistsError(f"output {out} exists and is not a folder; --overwrite replaces only folders "
+                                "llmpress wrote: pick another --output")
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries or any((out / n).is_file() for n in (OUTPUT_MARKER, *_LEGACY_RECORDS)):
+        return
+    shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+    raise OutputExistsError(f"output {out} was not written by llmpress (it holds {shown}; no {OUTPUT_MARKER}): "
+                            "--overwrite replaces only folders llmpress wrote; pick another --output or move it away")
+
+
 @contextmanager
 def atomic_output_dir(output: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder beside `output`; on success rename it into place.
-    An existing output is kept unless `overwrite`; on failure nothing is left behind."""
+    """Yield a temporary folder beside `output`; on success mark it as llmpress's and rename it into
+    place. An existing output is kept unless `overwrite` and llmpress wrote it; on failure nothing is
+    left behind."""
     out = Path(output).expanduser().resolve()
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"output {out} already exists; pass --overwrite to replace it or pick another --output")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise OutputExistsError(f"output {out} already exists; pass --overwrite to replace it or pick another --output")
+        check_replaceable(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = make_temp_dir(out.parent, f".{out.name}.tmp-")
+    except OSError as e:
+        raise CheckpointError(f"cannot write output {out} ({e.strerror}); pick a --output in a folder you can write") from None
     try:
         yield tmp
+        mark_output(tmp)
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.replace(out, old)

@@ -74,6 +74,8 @@ def compress(
                 f"use a group_size that divides them (e.g. `group_size: 64` / --group-size 64) or add those layers to `ignore`"
             )
     device = torch.device("cuda" if recipe.device == "auto" and torch.cuda.is_available() else ("cpu" if recipe.device == "auto" else recipe.device))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RecipeError(f"device {recipe.device!r} but no CUDA GPU is visible; use --device cpu (or auto)")
     calib_dtype = _calibration_dtype(recipe.dtype, device)
     plan.check_compress(src, recipe, device.type, calib_dtype.itemsize, output)  # fail now, not OOM-killed halfway
 

@@ -64,6 +64,24 @@ class Recipe:
                 except re.error as e:
                     raise RecipeError(f"bad regular expression {pat!r}: {e}") from None
 
+    def check_applies(self, given) -> None:
+        """Refuse fields the user set that this scheme would ignore (never ignore an option silently)."""
+        s = self.quant_scheme
+        calibrated = s.uses_gptq  # oneshot reads calibration data for GPTQ only
+        why = {
+            "group_size": None if s.weights.strategy == "group" else
+            f"{self.scheme} quantizes weights per channel; group_size applies to W4A16 and W4A16_ASYM",
+            "smoothing_strength": None if s.input_activations is not None and s.input_activations.type == "int" else
+            f"smoothing_strength (SmoothQuant) applies to schemes with int8 activations (W8A8), not {self.scheme}",
+        }
+        for key in ("dampening_frac", "actorder"):
+            why[key] = None if s.uses_gptq else f"{key} applies to GPTQ, which {self.scheme} does not run here (add --gptq)"
+        for key in ("num_samples", "max_seq_len", "dataset"):
+            why[key] = None if calibrated else f"{self.scheme} without GPTQ uses no calibration data, so {key} does nothing (add --gptq)"
+        for key in given:
+            if why.get(key):
+                raise RecipeError(f"{key}: {why[key]}; drop it")
+
     @property
     def quant_scheme(self) -> Scheme:
         s = get_scheme(self.scheme).with_group_size(self.group_size)
@@ -91,7 +109,7 @@ class Recipe:
             node = yaml.compose(text, Loader=yaml.SafeLoader)
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
-            raise RecipeError(f"{path}: not valid YAML: {e}") from None
+            raise RecipeError(yaml_error(path, e)) from None
         if not isinstance(data, dict):
             raise RecipeError(f"{path}: a recipe is a mapping of fields ({', '.join(FIELD_NAMES)})")
         lines = {k.value: k.start_mark.line + 1 for k, _ in node.value} if node is not None else {}
@@ -102,11 +120,20 @@ class Recipe:
                 )
         data.update({k: v for k, v in overrides.items() if v is not None})
         try:
-            return cls(**data)
+            r = cls(**data)
+            r.check_applies(data)
+            return r
         except (RecipeError, ValueError) as e:
             bad = next((k for k in data if k in str(e) or (k == "scheme" and "scheme" in str(e))), None)
             where = f"{path}:{lines.get(bad, '?')}" if bad else str(path)
             raise RecipeError(f"{where}: {e}") from None
+
+
+def yaml_error(path: Path, e: yaml.YAMLError) -> str:
+    """PyYAML's message spans several lines (a caret under the text): one line, with file:line."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+    return f"{where}: not valid YAML: {getattr(e, 'problem', None) or str(e).splitlines()[0]}"
 
 
 FIELD_NAMES = tuple(f.name for f in fields(Recipe))

@@ -17,7 +17,7 @@ import psutil
 import torch
 
 from .. import plan
-from ..models import resolve_model
+from ..models import check_max_model_len, resolve_model
 from . import cache as kvcache
 from . import kernels
 from .cuda_graphs import DecodeGraphs
@@ -103,6 +103,7 @@ class LLMEngine:
         self.device = torch.device(c.device)
         if model is None:
             self.path = resolve_model(c.model)
+            check_max_model_len(self.path, c.max_model_len)
             if c.device == "cpu":  # fail now with the numbers, not OOM-killed while loading
                 plan.check_engine(self.path, c.kv_cache_memory_bytes, c.max_num_batched_tokens, c.max_num_seqs,
                                   self.dtype.itemsize, kernels.available())

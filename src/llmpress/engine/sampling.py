@@ -13,6 +13,24 @@ from dataclasses import dataclass, field
 import torch
 
 
+# generation_config.json keys that become request defaults (vLLM's --generation-config auto)
+GENERATION_DEFAULTS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
+def generation_defaults(folder) -> dict:
+    """The sampling defaults a model's generation_config.json sets (vLLM applies them too), with
+    max_new_tokens as max_tokens; {} without the file."""
+    import json
+    from pathlib import Path
+
+    f = Path(folder) / "generation_config.json"
+    cfg = json.loads(f.read_text()) if f.is_file() else {}
+    out = {k: cfg[k] for k in GENERATION_DEFAULTS if cfg.get(k) is not None}
+    if cfg.get("max_new_tokens"):
+        out["max_tokens"] = int(cfg["max_new_tokens"])
+    return out
+
+
 class SamplingError(ValueError):
     """An invalid sampling parameter; the message names the value and the valid range."""
 

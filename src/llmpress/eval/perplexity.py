@@ -40,6 +40,8 @@ def held_text(path: str | Path | None = None) -> tuple[str, str]:
     if not p.is_file():
         raise TextError(f"text file {p} not found")
     text = p.read_text(encoding="utf-8", errors="replace").strip()
+    if "\x00" in text:
+        raise TextError(f"text file {p} holds NUL bytes: it is binary, not text; pass a UTF-8 text file")
     if not text:
         raise TextError(f"text file {p} is empty")
     return text, ("Lee corpus (gensim test data)" if path is None else str(p))

@@ -54,6 +54,7 @@ class EvalConfig:
         object.__setattr__(self, "tasks", tuple(t.strip() for t in self.tasks if t.strip()))
         if not self.tasks:
             raise EvalError("no tasks given; pass --tasks, e.g. mmlu,gsm,bbh,humaneval,ppl")
+        check_task_names(self.tasks)
         if self.backend not in BACKENDS:
             raise EvalError(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
         if self.backend == "openai" and not self.base_url:
@@ -125,6 +126,57 @@ def _cache_path(fingerprint: str, task: str, cfg: EvalConfig) -> Path:
     blob = json.dumps({"model": fingerprint, "task": task, "settings": _settings_key(cfg, task),
                        "lm_eval": lm_eval.__version__, "llmpress_eval": 2}, sort_keys=True)
     return cache_dir() / "eval" / "results" / f"{hashlib.sha256(blob.encode()).hexdigest()[:24]}.json"
+
+
+def check_endpoint(url: str) -> None:
+    """One request before any work: a wrong key or address is one line now, not lm-eval retrying
+    every request (hundreds of warnings) and then crashing. The key is OPENAI_API_KEY, as lm-eval's
+    local-completions reads it (never stored in eval.json)."""
+    import httpx
+
+    key = os.environ.get("OPENAI_API_KEY", "")
+    try:
+        r = httpx.get(url.rstrip("/") + "/models", headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=30)
+    except httpx.HTTPError as e:
+        raise EvalError(f"cannot reach {url} ({e}); start the server or fix --base-url") from None
+    if r.status_code in (401, 403):
+        raise EvalError(f"{url} answered {r.status_code} ({'wrong' if key else 'no'} API key): pass the server's key "
+                        "with --api-key KEY or OPENAI_API_KEY")
+
+
+def check_task_names(names: tuple[str, ...]) -> None:
+    """Every task name is known before any work: a typo must not surface as a KeyError after the
+    first task ran for minutes. Names beyond ours are looked up in the task / group / tag names of
+    lm-eval's YAMLs (read as text: under a second), then, for a name not found there, in lm-eval's
+    own index (TaskManager: ~20 s), so a valid name never pays for the slow one."""
+    other = [t for t in names if t not in OFFLINE_TASKS]
+    if not other or not (other := [t for t in other if t not in _lm_eval_yaml_names()]):
+        return
+    import difflib
+
+    from lm_eval.tasks import TaskManager
+
+    known = set(TaskManager().all_tasks)
+    for t in other:
+        if t not in known:
+            near = difflib.get_close_matches(t, [*OFFLINE_TASKS, *known], n=3)
+            hint = f"; did you mean {' or '.join(near)}?" if near else ""
+            raise EvalError(f"unknown task {t!r} in --tasks: give {','.join(OFFLINE_TASKS)} (offline) or an lm-eval task or "
+                            f"group name (online){hint}")
+
+
+def _lm_eval_yaml_names() -> set[str]:
+    import re
+
+    import lm_eval
+
+    # `task: x`, `group: x`, `tag: x` and the `- x` items of a `tag:` list
+    pat = re.compile(r"^(?:task|group|tag):[ \t]*(\S[^\n#]*)$|^tag:[ \t]*\n((?:[ \t]+-[ \t]*\S+\n?)+)", re.M)
+    names: set[str] = set()
+    for y in (Path(lm_eval.__file__).parent / "tasks").rglob("*.yaml"):
+        for one, many in pat.findall(y.read_text(errors="ignore")):
+            names.update(v.strip().strip("'\"") for v in ([one] if one else re.findall(r"-[ \t]*(\S+)", many)))
+    return names
 
 
 # ---------------------------------------------------------------------------------------
@@ -238,6 +290,9 @@ def evaluate(cfg: EvalConfig, output: str | Path, overwrite: bool = False, progr
             raise EvalError("--backend openai with --base needs --base-base-url (the base model's endpoint)")
         sides["base"] = (cfg.base or "base", cfg.base_base_url)
     paths = {s: (resolve_model(m) if cfg.backend != "openai" else None) for s, (m, _) in sides.items()}
+    if cfg.backend == "openai":
+        for _, url in sides.values():
+            check_endpoint(url)
     prints = {s: (model_fingerprint(p) if p else f"url:{sides[s][1]}:{sides[s][0]}") for s, p in paths.items()}
     result = EvalResult(config=asdict(cfg), versions=_versions())
     t_all = time.monotonic()

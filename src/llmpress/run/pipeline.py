@@ -99,13 +99,20 @@ def _clear_leftovers(out: Path) -> None:
 
 
 def prepare_output(out: Path, overwrite: bool) -> None:
+    from ..checkpoint.shards import OutputExistsError, check_replaceable, mark_output, umask_mode
+
     if out.exists() and any(out.iterdir()) and not (out / LEDGER).is_file():
         if not overwrite:
             raise RunError(f"output {out} exists and is not an llmpress run folder (no {LEDGER}); "
                            "pick another --output or pass --overwrite to replace it")
     if overwrite and out.exists():
+        try:
+            check_replaceable(out)
+        except OutputExistsError as e:
+            raise RunError(str(e)) from None
         shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True, mode=umask_mode())
+    mark_output(out)
 
 
 def run(recipe: RunRecipe, output: str | Path, overwrite: bool = False, report: bool = False,

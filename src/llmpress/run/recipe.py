@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from ..compress.recipe import FIELD_NAMES as COMPRESS_FIELDS, Recipe, RecipeError
+from ..compress.recipe import FIELD_NAMES as COMPRESS_FIELDS, Recipe, RecipeError, yaml_error
 
 SECTIONS = ("model", "schemes", "compress", "eval", "bench", "card", "output")
 # Settings a run owns, so the recipe may not set them inside eval / bench.
@@ -103,7 +103,7 @@ def load(path: str | os.PathLike) -> RunRecipe:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise RunRecipeError(f"{path}: not valid YAML: {e}") from None
+        raise RunRecipeError(yaml_error(path, e)) from None
     if not isinstance(data, dict):
         raise RunRecipeError(f"{path}: a run recipe is a mapping with keys {', '.join(SECTIONS)}")
     lines = _lines(node) if node is not None else {}
@@ -137,6 +137,7 @@ def load(path: str | os.PathLike) -> RunRecipe:
             fail(("schemes", i), "each scheme mapping needs a `scheme:` key")
         try:
             r = Recipe(**{**shared, **fields_})
+            r.check_applies(fields_)  # a scheme's own keys; shared `compress:` keys apply where they can
         except (RecipeError, TypeError, ValueError) as e:
             fail(("schemes", i), str(e))
         if r.dataset.endswith((".json", ".jsonl")) and not Path(r.dataset).expanduser().is_file():
@@ -145,6 +146,8 @@ def load(path: str | os.PathLike) -> RunRecipe:
             fail(("schemes", i), f"scheme {r.scheme} is listed twice; each scheme gets one output folder")
         seen.add(r.scheme)
         schemes.append(r)
+        _check_fits(model, r, lambda msg, i=i: fail(("schemes", i, "group_size") if isinstance(items[i], dict) and "group_size" in items[i]
+                                                     else ("compress", "group_size") if "group_size" in shared else ("schemes", i), msg))
 
     recipe = RunRecipe(model=model, schemes=tuple(schemes), output=data.get("output"), source=text)
     if "eval" in data:
@@ -183,6 +186,32 @@ def _culprit(section: dict, message: str) -> tuple:
     found = [(i, k) for k in section for i in [min((j for j in (message.find(k), message.find(k.replace("_", "-"))) if j >= 0), default=-1)]
              if i >= 0]
     return (min(found)[1],) if found else ()
+
+
+def _check_fits(model: str, r: Recipe, fail) -> None:
+    """The compress stage's own structural checks (group_size against the layers' widths), here,
+    so that a recipe that cannot run fails with its line before the run folder exists."""
+    if r.quant_scheme.weights.strategy != "group":
+        return
+    from ..compress.oneshot import _skeleton
+    from ..compress.targets import find_decoder_layers, group_size_problems, target_linears
+    from ..models import is_default, resolve_model
+
+    if is_default(model) or Path(model).expanduser().is_dir():
+        folder = resolve_model(model)
+    else:  # a hub id: its config.json alone, if cached; never a download here (compress checks again)
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(model, "config.json")
+        if not isinstance(cached, str):
+            return
+        folder = Path(cached).parent
+    config, skeleton = _skeleton(folder)
+    prefix, layers = find_decoder_layers(skeleton, config.num_hidden_layers)
+    names = list(target_linears(layers[0], f"{prefix}.0", r.targets, r.ignore))
+    if bad := group_size_problems(layers[0], names, r.quant_scheme.weights.group_size):
+        fail(f"{r.scheme}: group_size {r.quant_scheme.weights.group_size} does not divide the input features of "
+             f"{', '.join(bad)}; use a group_size that divides them (e.g. `group_size: 64`) or add those layers to `ignore`")
 
 
 def _check_model(model: str, fail) -> None:

@@ -31,12 +31,14 @@ log = logging.getLogger("llmpress.serve")
 
 
 def create_app(engine: LLMEngine, served_model_names: list[str], api_key: str | None = None,
-               max_queue: int = 256) -> FastAPI:
+               max_queue: int = 256, chat_template: str | None = None) -> FastAPI:
     """`max_queue`: requests allowed to wait beyond the engine's max_num_seqs before new
     ones get 503 (counted per prompt; requests still being tokenised count too)."""
     metrics = Metrics(served_model_names[0])
     aengine = AsyncEngine(engine, metrics, max_pending=engine.config.max_num_seqs + max_queue)
     serving = OpenAIServing(aengine, served_model_names)
+    if chat_template is not None:  # --chat-template replaces the model's own, as in vLLM
+        serving.tokenizer.chat_template = chat_template
     completions, chat = Completions(serving), Chat(serving)
 
     @asynccontextmanager

@@ -9,6 +9,7 @@ import importlib.util
 import ipaddress
 import logging
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,50 @@ class ServeOptions:
     engine: str = "embedded"
     served_model_name: str | None = None
     max_queue: int = 256
+    # vLLM's common flags: passed through unchanged with --engine vllm; on the embedded engine
+    # honoured where they apply (check_embedded refuses the rest, saying why)
+    tensor_parallel_size: int | None = None
+    gpu_memory_utilization: float | None = None
+    chat_template: str | None = None
+    seed: int | None = None
+    enable_prefix_caching: bool | None = None
+    trust_remote_code: bool = False
+    quantization: str | None = None
+    max_num_batched_tokens: int | None = None
+
+
+VLLM_PASSTHROUGH = ("tensor_parallel_size", "gpu_memory_utilization", "chat_template", "seed", "quantization",
+                    "max_num_batched_tokens")
+
+
+def check_embedded(o: ServeOptions) -> None:
+    """Refuse the vLLM flags the embedded engine cannot honour, each with the reason and the way out."""
+    why = []
+    if o.tensor_parallel_size not in (None, 1):
+        why.append(f"--tensor-parallel-size {o.tensor_parallel_size}: the embedded engine runs on one device")
+    if o.gpu_memory_utilization is not None:
+        why.append("--gpu-memory-utilization: the embedded engine sizes its KV cache in bytes: "
+                   "use --kv-cache-memory-bytes")
+    if o.enable_prefix_caching:
+        why.append("--enable-prefix-caching: the embedded engine has no prefix cache")
+    if o.trust_remote_code:
+        why.append("--trust-remote-code: the embedded engine runs no model code from the hub "
+                   "(Llama, Mistral, Qwen2 only)")
+    if o.quantization not in (None, "compressed-tensors"):
+        why.append(f"--quantization {o.quantization}: the embedded engine reads compressed-tensors "
+                   "checkpoints (the format is taken from config.json; leave the flag out)")
+    if why:
+        raise ValueError("; ".join(why) + "; or use --engine vllm")
+
+
+def read_chat_template(value: str) -> str:
+    """vLLM's --chat-template: a file, or the template itself."""
+    p = Path(value).expanduser()
+    if p.is_file():
+        return p.read_text()
+    if "{" in value:
+        return value
+    raise ValueError(f"--chat-template {value}: no such file (give a Jinja file or the template text)")
 
 
 def served_names(model_arg: str, path: Path, served: str | None) -> list[str]:
@@ -53,6 +98,13 @@ def vllm_argv(o: ServeOptions, model_path: Path) -> list[str]:
         argv += ["--max-model-len", str(o.max_model_len)]
     if o.kv_cache_memory_bytes:
         argv += ["--kv-cache-memory-bytes", str(o.kv_cache_memory_bytes)]
+    for name in VLLM_PASSTHROUGH:
+        if (v := getattr(o, name)) is not None:
+            argv += ["--" + name.replace("_", "-"), str(v)]
+    if o.enable_prefix_caching is not None:
+        argv.append("--enable-prefix-caching" if o.enable_prefix_caching else "--no-enable-prefix-caching")
+    if o.trust_remote_code:
+        argv.append("--trust-remote-code")
     return argv + ["--served-model-name", *served_names(o.model, model_path, o.served_model_name)]  # nargs="+": last
 
 
@@ -66,6 +118,7 @@ def run(o: ServeOptions) -> int:
         return _exec_vllm(o, path)
     if o.engine != "embedded":
         raise ValueError(f"--engine={o.engine!r}: choose embedded or vllm")
+    check_embedded(o)
     return _run_embedded(o, path)
 
 
@@ -90,23 +143,49 @@ def _run_embedded(o: ServeOptions, path: Path) -> int:
     from .app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    template = read_chat_template(o.chat_template) if o.chat_template else None
+    extra = {k: v for k, v in (("seed", o.seed), ("max_num_batched_tokens", o.max_num_batched_tokens)) if v is not None}
     engine = LLMEngine(EngineConfig(model=str(path), max_model_len=o.max_model_len, max_num_seqs=o.max_num_seqs,
-                                    kv_cache_memory_bytes=o.kv_cache_memory_bytes, dtype=o.dtype))
+                                    kv_cache_memory_bytes=o.kv_cache_memory_bytes, dtype=o.dtype, **extra))
     names = served_names(o.model, path, o.served_model_name)
     if not o.api_key and not _is_loopback(o.host):
         log.warning("listening on %s without --api-key: anyone who can reach it can use it", o.host)
     log.info("serving %s as %r on http://%s:%d (max_model_len %d, %d KV blocks of %d tokens, max_num_seqs %d)",
              path, names[0], o.host, o.port, engine.max_model_len, engine.blocks.num_blocks,
              engine.config.block_size, o.max_num_seqs)
-    app = create_app(engine, names, api_key=o.api_key, max_queue=o.max_queue)
+    app = create_app(engine, names, api_key=o.api_key, max_queue=o.max_queue, chat_template=template)
     config = uvicorn.Config(app, host=o.host, port=o.port, log_level="info",
                             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
-    server = uvicorn.Server(config)
-    try:
-        server.run()
-    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown; uvicorn.run() hides it too
-        pass
+    logging.getLogger("uvicorn.error").addFilter(_one_line_cancellations)  # after Config: it configures logging
+    server = _server_class(uvicorn)(config)
+    server.run()  # uvicorn re-raises Ctrl-C after its graceful shutdown: cli.main prints one line, exits 130
     return 0 if server.started else 1  # e.g. the port is taken (uvicorn logged why)
+
+
+def _one_line_cancellations(record: logging.LogRecord) -> bool:
+    """Requests still running when the graceful shutdown times out are cancelled; uvicorn logs a
+    traceback for each. One line says the same."""
+    import asyncio
+
+    if record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError):
+        record.msg, record.args = f"a request in flight was cancelled at shutdown (after {GRACEFUL_SHUTDOWN_S} s)", ()
+        record.exc_info = record.exc_text = None
+    return True
+
+
+def _server_class(uvicorn):
+    class Server(uvicorn.Server):
+        """A second Ctrl-C (during the graceful shutdown) ends the process at once with one line:
+        uvicorn's own force quit cancels the requests in flight and logs a traceback for each."""
+
+        def handle_exit(self, sig, frame) -> None:
+            if self.should_exit and sig == signal.SIGINT:
+                print("\nllmpress serve: interrupted again: exiting without waiting for the requests in flight",
+                      file=sys.stderr, flush=True)
+                os._exit(130)
+            super().handle_exit(sig, frame)
+
+    return Server
 
 
 def _is_loopback(host: str) -> bool:

@@ -54,6 +54,16 @@ class StreamOptions(OpenAIModel):
     continuous_usage_stats: bool = False
 
 
+UNSUPPORTED_FIELDS = {  # request field -> why it cannot be honoured here
+    "response_format": "no JSON mode or structured output; ask for JSON in the prompt, or use --engine vllm",
+    "guided_json": "no structured output", "guided_regex": "no structured output", "guided_choice": "no structured output",
+    "guided_grammar": "no structured output", "structured_outputs": "no structured output",
+    "tool_choice": "no tool-call parser", "functions": "no tool-call parser", "function_call": "no tool-call parser",
+    "use_beam_search": "sampling only", "prediction": "no predicted outputs", "audio": "text only", "modalities": "text only",
+}
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
 class SamplingRequest(OpenAIModel):
     """Fields shared by /v1/completions and /v1/chat/completions. None means "the model's
     generation_config.json default, else OpenAI's" (vLLM's --generation-config auto)."""
@@ -84,6 +94,11 @@ class SamplingRequest(OpenAIModel):
             raise APIError("stream_options can only be given when stream is true", param="stream_options")
         if self.logit_bias:
             raise APIError("logit_bias is not supported", param="logit_bias")
+        # Fields that would change the output if honoured: a 400 naming them, never a 200 that ignored them.
+        # Other unknown fields pass, as in vLLM (which logs and ignores them).
+        for name, value in (self.model_extra or {}).items():
+            if name in UNSUPPORTED_FIELDS and value not in (None, False, [], {}, "none", "auto", {"type": "text"}):
+                raise APIError(f"{name} is not supported by this server ({UNSUPPORTED_FIELDS[name]})", param=name)
 
     def sampling_params(self, max_tokens: int, defaults: dict[str, Any], **extra: Any) -> SamplingParams:
         """Raises SamplingError (a ValueError) naming the bad field."""
@@ -159,6 +174,11 @@ class ChatCompletionRequest(SamplingRequest):
 
     def check(self) -> None:
         super().check()
+        if bad := [m.role for m in self.messages if m.role not in CHAT_ROLES]:
+            raise APIError(f"message role {bad[0]!r} is not one of {', '.join(CHAT_ROLES)}", param="messages")
+        if self.tools and (self.model_extra or {}).get("tool_choice") != "none":
+            raise APIError("tools are not supported by this server (it has no tool-call parser, so calls would come "
+                           "back as plain text); drop tools, set tool_choice 'none', or use --engine vllm", param="tools")
         if self.top_logprobs is not None and not self.logprobs:
             raise APIError("top_logprobs needs logprobs to be true", param="top_logprobs")
         if self.continue_final_message and self.add_generation_prompt:

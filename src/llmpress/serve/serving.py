@@ -17,13 +17,12 @@ from pydantic import BaseModel
 from transformers import AutoTokenizer
 
 from ..engine import Logprob, RequestOutput, SamplingError, SamplingParams
+from ..engine.sampling import generation_defaults
 from .async_engine import AsyncEngine, ClientDisconnected, EngineFailed, EngineOverloaded, EngineStopped, RequestStream
 from .protocol import APIError, SamplingRequest
 
 T = TypeVar("T")
 DONE = "data: [DONE]\n\n"
-# generation_config.json keys that become request defaults (vLLM's --generation-config auto)
-GENERATION_DEFAULTS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 
 
 def sse(payload: BaseModel | dict) -> str:
@@ -69,12 +68,7 @@ class OpenAIServing:
         self.defaults = self._generation_defaults()
 
     def _generation_defaults(self) -> dict[str, Any]:
-        f = self.model_path / "generation_config.json"
-        cfg = json.loads(f.read_text()) if f.is_file() else {}
-        out = {k: cfg[k] for k in GENERATION_DEFAULTS if cfg.get(k) is not None}
-        if cfg.get("max_new_tokens"):
-            out["max_tokens"] = int(cfg["max_new_tokens"])
-        return out
+        return generation_defaults(self.model_path)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
