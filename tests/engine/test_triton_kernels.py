@@ -116,7 +116,7 @@ def test_int4(n, k, group, sym, dtype):
 
 # (N, K, group, sym): groups of 128 and 256 and channel-wise, the groups "planes" tiles; N off the 64 / 128-wide
 # tiles (136: a GEMV program past the end); K off the 128 / 256-deep tiles (384: one and a half GEMV tiles; 196
-# ends inside a word). test_int4 runs the default ("planes") on the reshape route's groups of 32 and 64.
+# ends inside a word). test_int4 runs the default ("gemv": reshape past one row) on the reshape route's groups of 32 and 64.
 INT4_DECODE_CASES = [(72, 384, 128, True), (40, 512, 256, False), (136, 196, None, True), (136, 196, None, False)]
 
 
@@ -132,13 +132,13 @@ def test_int4_decode_variants(variant, n, k, group, sym, dtype, monkeypatch):
 
 @pytest.mark.parametrize("variant", triton_linear.INT4_DECODE_VARIANTS)
 def test_int4_decode_routes(variant, monkeypatch):
-    """The variant each decode batch takes: "gemv" at M = 1 only, "planes" where the K tile is >= 128 deep
-    (channel-wise, groups of 128 and 256), else "reshape"; prefill (M > 16) keeps its own route."""
+    """The variant each decode batch takes: "gemv" at M = 1 (then "reshape"), "planes" where the K tile is >= 128
+    deep (channel-wise, groups of 128 and 256), else "reshape"; prefill (M > 16) keeps its own route."""
     monkeypatch.setattr(triton_linear, "INT4_DECODE", variant)
     for group, tiled in [(None, "planes"), (128, "planes"), (256, "planes"), (64, "reshape"), (32, "reshape")]:
         w = build("int4", 40, 512, group)[0]._tri
         for m in (1, 3, 16):
-            want = "gemv" if variant == "gemv" and m == 1 else "reshape" if variant == "reshape" else tiled
+            want = {"gemv": "gemv" if m == 1 else "reshape", "reshape": "reshape", "planes": tiled}[variant]
             assert triton_linear.int4_decode_route(m, w) == want, (group, m)
         assert triton_linear.int4_decode_route(17, w) is None
 

@@ -97,6 +97,11 @@ def assert_matches(y: torch.Tensor, ref: torch.Tensor) -> None:
         err = ((y.double() - ref.double()).norm() / ref.double().norm()).item()
         assert err <= 1e-6, err
         return
+    if y.is_cuda:  # compiled, multiply-adds are fused (one rounding where the reference has two): measured on an
+        # H200, 72% of bf16 rope outputs kept the reference's bits; compare as the GEMM tests do, in norm
+        err = ((y.double() - ref.double()).norm() / ref.double().norm()).item()
+        assert err <= {torch.bfloat16: 1e-2, torch.float16: 2e-3}[y.dtype], err
+        return
     exact = (y == ref).float().mean().item()
     assert exact >= MOSTLY_EXACT, exact
     ulp = 2 * torch.finfo(y.dtype).eps * ref.float().abs().clamp_min(torch.finfo(y.dtype).tiny)

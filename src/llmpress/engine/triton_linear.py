@@ -76,8 +76,10 @@ DECODE_MAX_M = 16
 # and 256-deep tiles 16 KiB of int4 per program step (32 words a thread at 4 warps), 8 FMAs per loaded word.
 GEMV = GemmConfig(block_m=1, block_n=128, block_k=256, num_warps=4, num_stages=4)
 # The int4 decode variant (module docstring), read by `linear` at every call so a benchmark can switch it (and
-# DECODE / GEMV) in one process: "reshape" | "planes" | "gemv".
-INT4_DECODE = "planes"
+# DECODE / GEMV) in one process: "reshape" | "planes" | "gemv". "gemv" (M = 1 on the FMA kernel, "reshape" for 2-16
+# rows): measured on an H200 over the 8B shape's four linears, us per layer at M = 1: gemv 100, planes 141,
+# reshape 173; at M = 16 reshape beat planes on every linear (e.g. gate_up 70 vs 113 us). benchmarks/README.md.
+INT4_DECODE = "gemv"
 INT4_DECODE_VARIANTS = ("reshape", "planes", "gemv")
 PLANES_MIN_BLOCK_K = 128  # 8 planes of BLOCK_K / 8 rows each, and tl.dot wants K >= 16
 # Split-K aims at SPLIT_K_WAVES programs per SM; more splits cost float32 partials (splits x M x N x 4 bytes, a
@@ -427,10 +429,10 @@ def int4_decode_route(m: int, w: TritonWeight) -> str | None:
         raise ValueError(f"triton_linear.INT4_DECODE is {INT4_DECODE!r}: set it to one of {INT4_DECODE_VARIANTS}")
     if w.kind != "int4" or m > DECODE_MAX_M:
         return None
-    if INT4_DECODE == "gemv" and m == 1:
-        return "gemv"
+    if INT4_DECODE == "gemv":  # at 2-16 rows "reshape" beat "planes" on an H200 (benchmarks/README.md)
+        return "gemv" if m == 1 else "reshape"
     bk = _block_k(DECODE.block_k, w.group_size if w.groups > 1 else DECODE.block_k)
-    return "planes" if INT4_DECODE != "reshape" and bk >= PLANES_MIN_BLOCK_K else "reshape"
+    return "planes" if INT4_DECODE == "planes" and bk >= PLANES_MIN_BLOCK_K else "reshape"
 
 
 def linear(x: torch.Tensor, w: TritonWeight, split_k: int | None = None) -> torch.Tensor:
