@@ -2,11 +2,18 @@
 model's tokenizer and chat template) and the real default model."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+
+# Without a GPU, the Triton kernels' tests run them under Triton's interpreter. TRITON_INTERPRET is read when a
+# function is decorated, triton's own library functions included, so it must be set before anything (transformers'
+# integrations do) imports triton: here, the first file pytest loads.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")

@@ -116,7 +116,8 @@ def test_int4(n, k, group, sym, dtype):
 
 # (N, K, group, sym): groups of 128 and 256 and channel-wise, the groups "planes" tiles; N off the 64 / 128-wide
 # tiles (136: a GEMV program past the end); K off the 128 / 256-deep tiles (384: one and a half GEMV tiles; 196
-# ends inside a word). test_int4 runs the default ("gemv": reshape past one row) on the reshape route's groups of 32 and 64.
+# ends inside a word). test_int4 runs the default ("gemv", reshape past one row)
+# on the reshape route's groups of 32 and 64.
 INT4_DECODE_CASES = [(72, 384, 128, True), (40, 512, 256, False), (136, 196, None, True), (136, 196, None, False)]
 
 
