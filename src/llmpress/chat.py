@@ -23,43 +23,47 @@ def chat_loop(llm: LLM, params: SamplingParams, system: str | None = None, read:
     head = [{"role": "system", "content": system}] if system else []
     turns: list[dict] = []
     print("chat with the model; /help lists commands, Ctrl-D ends", file=err)
-    while True:
-        try:
-            line = read("> ")
-        except (EOFError, KeyboardInterrupt):
-            print(file=out)
-            return 0
-        cmd = line.strip()
-        if not cmd:
-            continue
-        if cmd in ("/exit", "/quit"):
-            return 0
-        if cmd == "/reset":
-            turns = []
-            print("(conversation cleared)", file=err)
-            continue
-        if cmd == "/help":
-            print(HELP, file=err)
-            continue
-        if cmd.startswith("/") and " " not in cmd:
-            print(f"unknown command {cmd}; /help lists them", file=err)
-            continue
-        turns.append({"role": "user", "content": line})
-        ids, dropped = fit_context(llm, head, turns, params.max_tokens)
-        if ids is None:
-            n = len(_render(llm, head + turns[-1:]))
-            print(f"(that message is {n} tokens with the template; the context holds {llm.engine.max_model_len}: "
-                  "shorten it)", file=err)
-            turns.pop()
-            continue
-        if dropped:
-            del turns[:dropped]
-            print(f"(the conversation outgrew the {llm.engine.max_model_len}-token context: "
-                  f"dropped the oldest {dropped} messages)", file=err)
-        reply, stopped = stream_reply(llm, ids, params, out)
-        if stopped:
-            print("\n(reply stopped)", file=err)
-        turns.append({"role": "assistant", "content": reply})
+    try:  # Ctrl-C outside a reply (at the prompt, or between two prompts) ends the session cleanly
+        while True:
+            try:
+                line = read("> ")
+            except (EOFError, KeyboardInterrupt):
+                print(file=out)
+                return 0
+            cmd = line.strip()
+            if not cmd:
+                continue
+            if cmd in ("/exit", "/quit"):
+                return 0
+            if cmd == "/reset":
+                turns = []
+                print("(conversation cleared)", file=err)
+                continue
+            if cmd == "/help":
+                print(HELP, file=err)
+                continue
+            if cmd.startswith("/") and " " not in cmd:
+                print(f"unknown command {cmd}; /help lists them", file=err)
+                continue
+            turns.append({"role": "user", "content": line})
+            ids, dropped = fit_context(llm, head, turns, params.max_tokens)
+            if ids is None:
+                n = len(_render(llm, head + turns[-1:]))
+                print(f"(that message is {n} tokens with the template; the context holds {llm.engine.max_model_len}: "
+                      "shorten it)", file=err)
+                turns.pop()
+                continue
+            if dropped:
+                del turns[:dropped]
+                print(f"(the conversation outgrew the {llm.engine.max_model_len}-token context: "
+                      f"dropped the oldest {dropped} messages)", file=err)
+            reply, stopped = stream_reply(llm, ids, params, out)
+            if stopped:
+                print("\n(reply stopped)", file=err)
+            turns.append({"role": "assistant", "content": reply})
+    except KeyboardInterrupt:
+        print(file=out)
+        return 0
 
 
 def _render(llm: LLM, messages: list[dict]) -> list[int]:

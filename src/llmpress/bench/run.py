@@ -153,33 +153,33 @@ def bench_model(cfg: BenchConfig, url: str, profiles: list[Profile], progress: b
     results = {}
     # Per request, not per profile: one load setting runs up to max_seconds, and a bar that moves
     # once per profile sat still for most of a minute. The total is open (settings are time-bounded).
-    bar = tqdm(desc="bench", disable=not progress, unit="req")
-    for n, prof in enumerate(profiles, 1):
-        prompts = [maker.make(prof.prompt_tokens, i) for i in range(64)]
-        pick = lambda i: prompts[i % len(prompts)]  # noqa: E731
-        runs = {}
+    # closed on the way out too: on Ctrl-C a bar left open is redrawn by its finalizer after the one-line message
+    with tqdm(desc="bench", disable=not progress, unit="req") as bar:
+        for n, prof in enumerate(profiles, 1):
+            prompts = [maker.make(prof.prompt_tokens, i) for i in range(64)]
+            pick = lambda i: prompts[i % len(prompts)]  # noqa: E731
+            runs = {}
 
-        def go(spec: LoadSpec) -> RunResult:
-            bar.set_postfix_str(f"profile {n}/{len(profiles)} {prof.label}, {spec.mode}"
-                                + (f"@{spec.setting:g}" if spec.setting is not None else ""))
-            return asyncio.run(run_load(url, model, pick, prof.output_tokens, spec, cfg.api_key,
-                                        on_done=lambda rec: bar.update(1)))
+            def go(spec: LoadSpec) -> RunResult:
+                bar.set_postfix_str(f"profile {n}/{len(profiles)} {prof.label}, {spec.mode}"
+                                    + (f"@{spec.setting:g}" if spec.setting is not None else ""))
+                return asyncio.run(run_load(url, model, pick, prof.output_tokens, spec, cfg.api_key,
+                                            on_done=lambda rec: bar.update(1)))
 
-        go(LoadSpec("synchronous", None, cfg.max_seconds, 1, warmup=0, cooldown=0))  # warm-up, not counted
-        sync = go(LoadSpec("synchronous", None, cfg.max_seconds, cfg.sync_requests, warmup=0, cooldown=0))
-        runs["synchronous"] = _summary(sync)
-        if cfg.mode != "synchronous":
-            kinds = {"concurrent": [("concurrent", cfg.concurrency)], "throughput": [("throughput", cfg.concurrency)],
-                     "constant": [("constant", cfg.rate)], "poisson": [("poisson", cfg.rate)],
-                     "sweep": [("throughput", cfg.concurrency)]}[cfg.mode]
-            for mode, setting in kinds:
-                runs[f"{mode}@{setting:g}"] = _summary(go(LoadSpec(mode, setting, cfg.max_seconds, cfg.max_requests, seed=cfg.seed)))
-            if cfg.mode == "sweep":
-                sat = runs[f"throughput@{cfg.concurrency:g}"]["requests_per_s"]
-                for r in sweep_rates(runs["synchronous"]["requests_per_s"], sat, cfg.sweep_points):
-                    runs[f"constant@{r:.3g}"] = _summary(go(LoadSpec("constant", r, cfg.max_seconds, cfg.max_requests, seed=cfg.seed)))
-        results[prof.label] = {"profile": asdict(prof), "runs": runs, **_headline(runs)}
-    bar.close()
+            go(LoadSpec("synchronous", None, cfg.max_seconds, 1, warmup=0, cooldown=0))  # warm-up, not counted
+            sync = go(LoadSpec("synchronous", None, cfg.max_seconds, cfg.sync_requests, warmup=0, cooldown=0))
+            runs["synchronous"] = _summary(sync)
+            if cfg.mode != "synchronous":
+                kinds = {"concurrent": [("concurrent", cfg.concurrency)], "throughput": [("throughput", cfg.concurrency)],
+                         "constant": [("constant", cfg.rate)], "poisson": [("poisson", cfg.rate)],
+                         "sweep": [("throughput", cfg.concurrency)]}[cfg.mode]
+                for mode, setting in kinds:
+                    runs[f"{mode}@{setting:g}"] = _summary(go(LoadSpec(mode, setting, cfg.max_seconds, cfg.max_requests, seed=cfg.seed)))
+                if cfg.mode == "sweep":
+                    sat = runs[f"throughput@{cfg.concurrency:g}"]["requests_per_s"]
+                    for r in sweep_rates(runs["synchronous"]["requests_per_s"], sat, cfg.sweep_points):
+                        runs[f"constant@{r:.3g}"] = _summary(go(LoadSpec("constant", r, cfg.max_seconds, cfg.max_requests, seed=cfg.seed)))
+            results[prof.label] = {"profile": asdict(prof), "runs": runs, **_headline(runs)}
     return {"model": model, "profiles": results}
 
 
