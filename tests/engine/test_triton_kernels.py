@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import types
 
 import pytest
 import torch
@@ -30,6 +29,7 @@ from llmpress.compress.schemes import QuantArgs  # noqa: E402
 from llmpress.engine import kernels, ops, triton_attention, triton_linear  # noqa: E402
 
 from test_kernels import make_checkpoint, weight_for  # noqa: E402  (tests/engine is on sys.path)
+from triton_interp import fix_interpreter, poison  # noqa: E402
 
 DEVICE = "cuda" if CUDA else "cpu"
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
@@ -44,37 +44,9 @@ def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
 def triton_mode(monkeypatch):
     """Every weight built in these tests runs the Triton kernels; every buffer they allocate is poisoned."""
     monkeypatch.setenv("LLMPRESS_KERNELS", "triton")
-    if not CUDA:  # triton 3.6's interpreter calls int() on 1-element arrays, an error since numpy 2.4:
-        # the upstream fix (triton-lang/triton#9172, after 3.6.0), for the duration of a test
-        import triton.runtime.interpreter as interp
-
-        original = interp._patch_lang_tensor
-
-        def patched(tensor, scope):
-            original(tensor, scope)
-            scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
-
-        monkeypatch.setattr(interp, "_patch_lang_tensor", patched)
-
-    for module in (triton_linear, triton_attention):
-        monkeypatch.setattr(module, "torch", _PoisonedTorch())
-
-
-def _poisoned(make):
-    def alloc(*args, **kwargs):
-        t = make(*args, **kwargs)
-        return t.fill_(float("nan") if t.dtype.is_floating_point else -77)
-    return alloc
-
-
-class _PoisonedTorch(types.SimpleNamespace):
-    """torch, as the kernel modules see it in these tests: empty / empty_like come back poisoned."""
-
-    empty = staticmethod(_poisoned(torch.empty))
-    empty_like = staticmethod(_poisoned(torch.empty_like))
-
-    def __getattr__(self, name):
-        return getattr(torch, name)
+    if not CUDA:
+        fix_interpreter(monkeypatch)
+    poison(monkeypatch, triton_linear, triton_attention)
 
 
 def build(fmt: str, n: int, k: int, group: int | None, sym: bool = True, seed: int = 0):

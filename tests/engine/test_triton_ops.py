@@ -15,7 +15,6 @@ import importlib.util
 import os
 import subprocess
 import sys
-import types
 
 import pytest
 import torch
@@ -29,6 +28,7 @@ if not CUDA:
 import numpy as np  # noqa: E402
 
 from llmpress.engine import ops, triton_ops  # noqa: E402
+from triton_interp import fix_interpreter, poison  # noqa: E402
 
 DEVICE = "cuda" if CUDA else "cpu"
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -43,15 +43,7 @@ def triton_mode(monkeypatch):
         import triton.language as tl
         import triton.runtime.interpreter as interp
 
-        # triton 3.6's interpreter calls int() on 1-element arrays, an error since numpy 2.4:
-        # the upstream fix (triton-lang/triton#9172, after 3.6.0), for the duration of a test
-        original = interp._patch_lang_tensor
-
-        def patched(tensor, scope):
-            original(tensor, scope)
-            scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
-
-        monkeypatch.setattr(interp, "_patch_lang_tensor", patched)
+        fix_interpreter(monkeypatch)
 
         # float32 -> bfloat16 truncates in the interpreter; the GPU (and torch) round to nearest even
         cast = interp.InterpreterBuilder.cast_impl
@@ -63,24 +55,7 @@ def triton_mode(monkeypatch):
             return cast(self, src, dst_type)
 
         monkeypatch.setattr(interp.InterpreterBuilder, "cast_impl", cast_rne)
-    monkeypatch.setattr(triton_ops, "torch", _PoisonedTorch())
-
-
-def _poisoned(make):
-    def alloc(*args, **kwargs):
-        t = make(*args, **kwargs)
-        return t.fill_(float("nan") if t.dtype.is_floating_point else -77)
-    return alloc
-
-
-class _PoisonedTorch(types.SimpleNamespace):
-    """torch, as triton_ops sees it in these tests: empty / empty_like come back poisoned."""
-
-    empty = staticmethod(_poisoned(torch.empty))
-    empty_like = staticmethod(_poisoned(torch.empty_like))
-
-    def __getattr__(self, name):
-        return getattr(torch, name)
+    poison(monkeypatch, triton_ops)
 
 
 def randn(*shape, dtype=torch.float32, seed=0, scale=1.0) -> torch.Tensor:
