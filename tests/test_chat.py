@@ -75,6 +75,8 @@ def test_ctrl_c_stops_the_reply_and_keeps_the_session(tiny_llama):
     t.expect("/reset")
     t.send("/reset\r")
     t.expect("(conversation cleared)")
+    while b"> " not in t.seen[t.seen.index(b"(conversation cleared)"):]:  # the next prompt is up
+        t.read_more(1)
     t.send("\x03")  # at the prompt: the session ends cleanly
     code = t.wait()
     assert code == 0 and "Traceback" not in t.seen.decode(errors="replace"), t.seen.decode(errors="replace")[-2000:]

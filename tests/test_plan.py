@@ -51,28 +51,6 @@ def mid_model(tmp_path_factory):
     return synth(str(d / "config.json"), d / "m", layers=1, progress=False)
 
 
-def test_predicted_peak_within_25_percent_of_measured(mid_model, calib_file, tmp_path):
-    """A real compress in a subprocess (its peak RSS from the kernel) against the plan."""
-    from llmpress.compress import Recipe
-
-    recipe = Recipe(scheme="W4A16", group_size=128, num_samples=8, max_seq_len=128, dataset=str(calib_file),
-                    dtype="float32", observer="minmax")
-    cfg, _, _, sb = plan.checkpoint_facts(mid_model)
-    est = plan.plan_compress(cfg, plan.compress_run(recipe, sb, 4), plan.Machine("t", 1 << 40, None, 2, 0.0))
-    code = textwrap.dedent(f"""
-        import resource
-        from llmpress.compress import Recipe, compress
-        compress({str(mid_model)!r}, Recipe(scheme="W4A16", group_size=128, num_samples=8, max_seq_len=128,
-                 dataset={str(calib_file)!r}, dtype="float32", observer="minmax"), {str(tmp_path / 'out')!r},
-                 progress=False)
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    """)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    measured = int(r.stdout.split()[-1])
-    print(f"plan {est.peak_ram / 1e9:.3f} GB, measured {measured / 1e9:.3f} GB")
-    assert abs(est.peak_ram - measured) <= 0.25 * measured, (est.peak_ram, measured, est.terms)
-
-
 def test_compress_that_cannot_fit_fails_before_work(capsys, tiny_llama, calib_file, tmp_path, monkeypatch):
     monkeypatch.delenv("LLMPRESS_SKIP_PLAN", raising=False)
     argv = ["compress", str(tiny_llama), "--group-size", "64", "--num-samples", "100000", "--max-seq-len", "100000",

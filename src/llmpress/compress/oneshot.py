@@ -77,9 +77,8 @@ def compress(
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RecipeError(f"device {recipe.device!r} but no CUDA GPU is visible; use --device cpu (or auto)")
     calib_dtype = _calibration_dtype(recipe.dtype, device)
-    plan.check_compress(src, recipe, device.type, calib_dtype.itemsize, output)  # fail now, not OOM-killed halfway
-
-    with atomic_output_dir(output, overwrite) as tmp:
+    with atomic_output_dir(output, overwrite) as tmp:  # an output that exists or cannot be written fails first
+        plan.check_compress(src, recipe, device.type, calib_dtype.itemsize, output)  # fail now, not OOM-killed halfway
         # Only {"format": "pt"} in the header: safetensors writes metadata from a hash map whose
         # order changes per process, and reruns must give byte-identical files.
         writer = ShardWriter(tmp)
