@@ -3,9 +3,6 @@ up-front checks in compress() and LLMEngine that refuse runs that cannot fit."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 
 import pytest
 
@@ -37,18 +34,6 @@ def test_peak_grows_with_calibration_size_and_fits_check():
         plan.check(big, m, "lower --num-samples")
     fp8 = plan.plan_compress(CFG_8B, plan.CompressRun(scheme="FP8_DYNAMIC", group_size=None, gptq=False), m)
     assert fp8.peak_ram < small.peak_ram and fp8.wall_s < small.wall_s
-
-
-@pytest.fixture(scope="module")
-def mid_model(tmp_path_factory):
-    """A 1-layer synth model whose down_proj Hessian (4096²) is a visible part of the peak."""
-    from llmpress.synth import synth
-
-    cfg = dict(CFG_8B, hidden_size=1024, intermediate_size=4096, num_attention_heads=8, num_key_value_heads=4,
-               head_dim=128, vocab_size=32000, bos_token_id=31744, eos_token_id=31745)
-    d = tmp_path_factory.mktemp("mid")
-    (d / "config.json").write_text(json.dumps(cfg))
-    return synth(str(d / "config.json"), d / "m", layers=1, progress=False)
 
 
 def test_compress_that_cannot_fit_fails_before_work(capsys, tiny_llama, calib_file, tmp_path, monkeypatch):
