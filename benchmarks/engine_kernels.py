@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from llmpress.checkpoint.compressed_tensors import compress_linear
-from llmpress.compress.observers import minmax_qparams, quantize
-from llmpress.compress.schemes import get_scheme
+from llmpress.compress.observers import minmax_qparams
+from llmpress.quant import get_scheme, quantize
 from llmpress.engine import kernels
 
 SHAPES = [(576, 576), (576, 1536), (1536, 576), (576, 49152), (4096, 4096)]  # (K, N)
@@ -56,8 +56,7 @@ def ours(scheme_name: str, w: torch.Tensor, group: int | None = None) -> kernels
     s = get_scheme(scheme_name).with_group_size(group)
     scale, zp = minmax_qparams(w, s.weights, torch.bfloat16)
     tensors = compress_linear(quantize(w, scale, zp, s.weights), scale, zp, s)
-    act = s.input_activations.to_ct() if s.input_activations else None
-    return kernels.make_weight(tensors, s.weights.to_ct(), act)
+    return kernels.make_weight(tensors, s.weights, s.input_activations)
 
 
 def clone_weight(q: kernels.QuantizedWeight) -> kernels.QuantizedWeight:

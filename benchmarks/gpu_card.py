@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from llmpress.checkpoint.compressed_tensors import compress_linear  # noqa: E402
 from llmpress.compress.fp8 import fp8_quantize_weight  # noqa: E402
 from llmpress.compress.gptq import rtn_quantize  # noqa: E402
-from llmpress.compress.schemes import SCHEMES  # noqa: E402
+from llmpress.quant import SCHEMES  # noqa: E402
 from llmpress.engine import kernels  # noqa: E402
 from llmpress.engine.engine import EngineConfig, LLMEngine  # noqa: E402
 from llmpress.engine.llm import LLM  # noqa: E402
@@ -159,8 +159,7 @@ def _quantized(w: torch.Tensor, scheme: str):
         s = s.with_group_size(128)
         r = rtn_quantize(w.float(), replace(s.weights, observer="minmax"))
         tensors = compress_linear(r.q, r.scale, r.zero_point, s)
-    acts = s.input_activations.to_ct() if s.input_activations else None
-    return kernels.make_weight(tensors, s.weights.to_ct(), acts)
+    return kernels.make_weight(tensors, s.weights, s.input_activations)
 
 
 def build_model(hf: dict, scheme: str, layers: int, seed: int = 0) -> Model:

@@ -128,30 +128,7 @@ def _eval(a: argparse.Namespace) -> int:
 
     if a.api_key:  # where lm-eval's local-completions reads it; kept out of EvalConfig so eval.json never holds it
         os.environ["OPENAI_API_KEY"] = a.api_key
-    limit, per_task = None, {}
-    for item in (a.limit or "").split(","):
-        if "=" in item:
-            t, _, n = item.partition("=")
-            per_task[t.strip()] = n
-        elif item.strip():
-            limit = item
-    try:
-        limit = None if limit is None else int(limit)
-        per_task = {t: int(n) for t, n in per_task.items()}
-    except ValueError:
-        raise EvalError(f"--limit {a.limit!r}: give N or TASK=N,... with integers, e.g. 100 or mmlu=500,gsm=50") from None
-    shots, per_task_shots = None, {}
-    for item in (a.num_fewshot or "").split(","):
-        t, eq, n = item.partition("=")
-        try:
-            if eq:
-                per_task_shots[t.strip()] = int(n)
-            elif item.strip():
-                shots = int(item)
-        except ValueError:
-            raise EvalError(f"--num-fewshot {a.num_fewshot!r}: give K or TASK=K,... e.g. 5 or mmlu=0,gsm=5") from None
-    cfg = EvalConfig(model=a.model, base=a.base, tasks=tuple(a.tasks.split(",")), limit=limit, task_limits=tuple(per_task.items()),
-                     num_fewshot=shots, task_fewshot=tuple(per_task_shots.items()),
+    cfg = EvalConfig(model=a.model, base=a.base, tasks=a.tasks, limit=a.limit, num_fewshot=a.num_fewshot,
                      backend=a.backend, base_url=a.base_url, base_base_url=a.base_base_url, apply_chat_template=a.apply_chat_template,
                      fewshot_as_multiturn=a.fewshot_as_multiturn, batch_size=a.batch_size, seed=a.seed,
                      humaneval_samples=a.humaneval_samples, ppl_tokens=a.ppl_tokens, max_model_len=a.max_model_len)
@@ -474,24 +451,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from .checkpoint.shards import CheckpointError, OutputExistsError
-    from .compress.dataset import DatasetError
-    from .compress.recipe import RecipeError
-    from .compress.targets import ModelStructureError
-    from .eval.perplexity import TextError
-    from .eval.run import EvalError
-    from .eval.tasks import TaskDataError
-    from .bench.load import BenchTargetError
-    from .bench.workload import WorkloadError
-    from .models import ModelError
-    from .card import CardError
-    from .run import RunError, RunRecipeError
-    from .synth import SynthError
-    from .plan import PlanError
+    from .errors import LlmpressError
 
-    errors: tuple[type[Exception], ...] = (RecipeError, DatasetError, ModelError, ModelStructureError, CheckpointError, OutputExistsError, TextError,
-                                          EvalError, TaskDataError, BenchTargetError, WorkloadError,
-                                          RunRecipeError, RunError, CardError, SynthError, PlanError)
+    errors: tuple[type[Exception], ...] = (LlmpressError,)
     if args.verb in ("generate", "chat"):  # the engine validates its input with ValueError / TypeError
         errors += (ValueError, TypeError)
     try:

@@ -11,11 +11,13 @@ huggingface_hub's snapshot_download.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
 import shutil
 from pathlib import Path
+from .errors import LlmpressError
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_MODEL_NOTE = (
@@ -25,7 +27,7 @@ DEFAULT_MODEL_NOTE = (
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class ModelError(ValueError):
+class ModelError(LlmpressError, ValueError):
     """A MODEL argument that cannot be resolved; the message names the fix."""
 
 
@@ -177,3 +179,30 @@ def _patch_for_older_readers(out: Path) -> None:
         tok = json.loads(tok_cfg_path.read_text())
         tok["tokenizer_class"] = "PreTrainedTokenizerFast"
         tok_cfg_path.write_text(json.dumps(tok, indent=2) + "\n")
+
+
+def model_fingerprint(path: Path) -> str:
+    """sha256 over config.json and every safetensors file's bytes (cached per size+mtime)."""
+    h = hashlib.sha256()
+    memo_file = cache_dir() / "eval" / "fingerprints.json"
+    try:
+        memo = json.loads(memo_file.read_text()) if memo_file.is_file() else {}
+    except ValueError:  # a cache, not a record: one written by an older version, cut short, is rebuilt
+        memo = {}
+    for f in sorted(path.glob("*.safetensors")) + [path / "config.json"]:
+        st = f.stat()
+        key = f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+        if key not in memo:
+            fh = hashlib.sha256()
+            with f.open("rb") as fp:
+                for chunk in iter(lambda: fp.read(1 << 24), b""):
+                    fh.update(chunk)
+            memo[key] = fh.hexdigest()
+        h.update(memo[key].encode())
+    memo_file.parent.mkdir(parents=True, exist_ok=True)
+    # Atomically: a run killed while writing it (a resumable `llmpress run` is killed on purpose)
+    # left a cut-short file that made the next run fail before its first stage.
+    tmp = memo_file.with_name(f".{memo_file.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(memo))
+    os.replace(tmp, memo_file)
+    return h.hexdigest()[:16]

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import LlmpressError
+
 GiB = 1 << 30
 # Named accelerators: memory and dense bf16 matmul peak (vendor datasheets, SXM parts).
 GPUS = {"H100": (80 * GiB, 989e12), "H200": (141 * GiB, 989e12), "A100": (80 * GiB, 312e12)}
@@ -30,7 +32,7 @@ MSE_EVALS = 26  # observers.mse_qparams: coarse-to-fine grid evaluations per wei
 SKIP_ENV = "LLMPRESS_SKIP_PLAN"
 
 
-class PlanError(ValueError):
+class PlanError(LlmpressError, ValueError):
     """A run that cannot fit; the message has the numbers and the fix."""
 
 

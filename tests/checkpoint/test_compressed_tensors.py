@@ -8,7 +8,8 @@ import torch
 from safetensors import safe_open
 
 from llmpress.checkpoint.compressed_tensors import decompress_linear, pack_int, unpack_int
-from llmpress.compress import Recipe, compress, get_scheme
+from llmpress.compress import Recipe, compress
+from llmpress.quant import get_scheme
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 7, 8])

@@ -172,7 +172,7 @@ def news(tmp_path_factory):
     """Calibration and held text from the Lee news corpus (different documents): GPTQ fitted on
     a few repetitive chats does worse than round-to-nearest on other text, so the comparison
     below needs varied calibration data."""
-    from llmpress.eval.perplexity import held_text
+    from llmpress.corpus import held_text
 
     docs = [d for d in held_text()[0].split("\n") if len(d.split()) > 40]
     root = tmp_path_factory.mktemp("news")

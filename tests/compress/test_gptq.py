@@ -3,8 +3,7 @@ import pytest
 import torch
 
 from llmpress.compress.gptq import HessianAccumulator, gptq_quantize, inverse_cholesky, rtn_quantize
-from llmpress.compress.observers import dequantize
-from llmpress.compress.schemes import QuantArgs
+from llmpress.quant import QuantArgs, dequantize
 
 
 def _layer(rows=192, cols=256, tokens=4096, seed=0):

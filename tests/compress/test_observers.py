@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from llmpress.compress.observers import dequantize, fake_quantize, minmax_qparams, mse_qparams, quantize
-from llmpress.compress.schemes import QuantArgs
+from llmpress.compress.observers import minmax_qparams, mse_qparams
+from llmpress.quant import QuantArgs, dequantize, fake_quantize, quantize
 
 
 def _heavy_tailed(rows=256, cols=512, seed=0):

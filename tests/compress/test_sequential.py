@@ -5,8 +5,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from llmpress.compress import sequential
 from llmpress.compress.calibrate import capture_layer_inputs, run_layer
-from llmpress.compress.observers import dynamic_per_token
-from llmpress.compress.schemes import SCHEMES
+from llmpress.quant import SCHEMES, dynamic_per_token
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ import torch
 
 from llmpress.compress import Recipe, compress
 from llmpress.engine.engine import EngineConfig, LLMEngine
-from llmpress.eval.perplexity import held_text, load_model, token_windows
+from llmpress.corpus import held_text
+from llmpress.eval.perplexity import load_model, token_windows
 
 
 def _engine_logits(engine: LLMEngine, ids: torch.Tensor) -> torch.Tensor:

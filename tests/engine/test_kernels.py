@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from llmpress.checkpoint.compressed_tensors import compress_linear, decompress_linear, pack_int, unpack_int
-from llmpress.compress.observers import dynamic_per_token, minmax_qparams, quantize
-from llmpress.compress.schemes import QuantArgs, Scheme, get_scheme
+from llmpress.compress.observers import minmax_qparams
+from llmpress.quant import QuantArgs, Scheme, dynamic_per_token, get_scheme, quantize
 from llmpress.engine import kernels
 
 MIN_SQNR_DB = 80.0
@@ -78,8 +78,7 @@ def truth(x: torch.Tensor, tensors: dict, scheme: Scheme) -> torch.Tensor:
 
 
 def weight_for(tensors: dict, scheme: Scheme) -> kernels.QuantizedWeight:
-    act = scheme.input_activations.to_ct() if scheme.input_activations else None
-    return kernels.make_weight(tensors, scheme.weights.to_ct(), act)
+    return kernels.make_weight(tensors, scheme.weights, scheme.input_activations)
 
 
 def check_all_paths(w: kernels.QuantizedWeight, tensors: dict, scheme: Scheme, monkeypatch, ms=MS, seed=1):
@@ -225,7 +224,7 @@ def test_fp8_every_code(width):
 
 
 def test_w8a8_activation_quantization_matches_torch():
-    """The C++ per-token int8 quantizer is observers.dynamic_per_token, bit for bit (round half even)."""
+    """The C++ per-token int8 quantizer is quant.dynamic_per_token, bit for bit (round half even)."""
     assert kernels.build(), "the extension must build on this machine"
     x = torch.randn(7, 333) * torch.logspace(-3, 3, 7)[:, None]
     x[2, :6] = torch.tensor([127.0, 2.5, 3.5, -0.5, -1.5, 126.5])  # amax 127: scale 1, exact ties
@@ -265,8 +264,7 @@ def test_make_weight_picks_the_scheme(name, cls):
     s = get_scheme(name).with_group_size(64)
     tensors, _ = make_checkpoint({"W4A16": "int4", "W4A16_ASYM": "int4", "W8A16": "int8", "W8A8": "w8a8",
                                   "FP8_DYNAMIC": "fp8"}[name], 32, 128, s.weights.group_size, s.weights.symmetric)
-    act = s.input_activations.to_ct() if s.input_activations else None
-    assert type(kernels.make_weight(tensors, s.weights.to_ct(), act)) is cls
+    assert type(kernels.make_weight(tensors, s.weights, s.input_activations)) is cls
 
 
 def _unsupported():
@@ -291,7 +289,8 @@ def _unsupported():
 def test_make_weight_rejects_unsupported(case):
     match, tensors, wargs, aargs = _unsupported()[case]
     with pytest.raises(ValueError, match=match):
-        kernels.make_weight(tensors, wargs, aargs)
+        # the args as a checkpoint's JSON states them, read back the way the loader reads them
+        kernels.make_weight(tensors, QuantArgs.from_ct(wargs), QuantArgs.from_ct(aargs) if aargs else None)
 
 
 # ------------------------------------------------------------------------------------- attention

@@ -106,6 +106,7 @@ def test_act_quant_linear_equals_transformers(scheme, default_checkpoints, lee_w
     from safetensors import safe_open
 
     from llmpress.engine.kernels import make_weight
+    from llmpress.quant import QuantArgs
 
     folder = default_checkpoints[scheme]
     hf, _ = transformers_model(folder)
@@ -123,7 +124,7 @@ def test_act_quant_linear_equals_transformers(scheme, default_checkpoints, lee_w
                 if k.startswith(key):
                     tensors[k[len("model.layers.3.mlp.down_proj."):]] = st.get_tensor(k)
     group = json.loads((folder / "config.json").read_text())["quantization_config"]["config_groups"]["group_0"]
-    w = make_weight(tensors, group["weights"], group["input_activations"])
+    w = make_weight(tensors, QuantArgs.from_ct(group["weights"]), QuantArgs.from_ct(group["input_activations"]))
     x, y = seen["x"], seen["y"]
     if scheme == "FP8_DYNAMIC":
         assert (w(x) - y).abs().max().item() <= 1e-4 * y.abs().max().item()

@@ -24,8 +24,7 @@ if not CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernels are decorated, on first import
 
 from llmpress.checkpoint.compressed_tensors import decompress_linear  # noqa: E402
-from llmpress.compress.observers import dynamic_per_token  # noqa: E402
-from llmpress.compress.schemes import QuantArgs  # noqa: E402
+from llmpress.quant import QuantArgs, dynamic_per_token  # noqa: E402
 from llmpress.engine import kernels, ops, triton_attention, triton_linear  # noqa: E402
 
 from test_kernels import make_checkpoint, weight_for  # noqa: E402  (tests/engine is on sys.path)
@@ -176,7 +175,7 @@ def test_dequantize_is_exact(fmt, sym, group):
 
 @pytest.mark.parametrize("act", ["int8", "fp8"])
 def test_activation_quantization_is_dynamic_per_token(act):
-    """quantize_act's q * s is observers.dynamic_per_token bit for bit: exact ties at scale 1 (round half to
+    """quantize_act's q * s is quant.dynamic_per_token bit for bit: exact ties at scale 1 (round half to
     even, for fp8 every rounding boundary between e4m3 values and their neighbours), an all-zero row, tails."""
     x = torch.randn(6, 1100) * torch.logspace(-3, 3, 6)[:, None]  # K past one 1024-wide block
     if act == "int8":
@@ -275,10 +274,10 @@ def test_tiny_llama_linears(scheme, tiny_checkpoints, monkeypatch):
 
     from safetensors.torch import load_file
 
-    from llmpress.engine.loader import QuantConfig
+    from llmpress.engine.loader import quantization_config
 
     folder = tiny_checkpoints[scheme]
-    qc = QuantConfig(json.loads((folder / "config.json").read_text())["quantization_config"])
+    qc = quantization_config(json.loads((folder / "config.json").read_text())["quantization_config"])
     tensors = {}
     for f in folder.glob("*.safetensors"):
         tensors.update(load_file(f))
@@ -286,13 +285,13 @@ def test_tiny_llama_linears(scheme, tiny_checkpoints, monkeypatch):
     assert len(modules) == 2 * 7  # q k v o gate up down in each of the 2 layers
     worst = 0.0
     for i, module in enumerate(modules):
-        group = qc.scheme_for(module)
+        group = qc.group_for(module)
         own = {name[len(module) + 1:]: t for name, t in tensors.items() if name.startswith(module + ".")}
 
         def make(mode: str, device: str) -> kernels.QuantizedWeight:
             monkeypatch.setenv("LLMPRESS_KERNELS", mode)
-            return kernels.make_weight({n: t.to(device) for n, t in own.items()}, group["weights"],
-                                       group.get("input_activations"))
+            return kernels.make_weight({n: t.to(device) for n, t in own.items()}, group.weights,
+                                       group.input_activations)
 
         tri, ref = make("triton", DEVICE), make("reference", "cpu")
         assert tri._tri is not None and ref._tri is None and type(tri) is type(ref)

@@ -2,7 +2,8 @@ import math
 
 import torch
 
-from llmpress.eval.perplexity import held_text, perplexity, token_windows
+from llmpress.corpus import held_text
+from llmpress.eval.perplexity import perplexity
 
 
 def test_model_against_itself_has_zero_kl_and_full_agreement(tiny_llama, tmp_path):

@@ -101,7 +101,7 @@ def test_bad_settings_are_named(kw, words):
 def test_fingerprint_survives_a_cut_short_memo(tiny_llama, tmp_path, monkeypatch):
     """A run SIGKILLed while writing the fingerprint memo used to leave broken JSON that made
     every later run fail before its first stage; the memo is a cache and is rebuilt."""
-    from llmpress.eval.run import model_fingerprint
+    from llmpress.models import model_fingerprint
 
     monkeypatch.setenv("LLMPRESS_CACHE", str(tmp_path / "cache"))
     fp = model_fingerprint(tiny_llama)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import httpx
+from ..errors import LlmpressError
 
 
 @dataclass
@@ -59,7 +60,7 @@ class RunResult:
         return d
 
 
-class BenchTargetError(RuntimeError):
+class BenchTargetError(LlmpressError, RuntimeError):
     """The target does not answer: the message names the URL and the fix."""
 
 

@@ -207,7 +207,7 @@ def _tokenizer_source(cfg: BenchConfig, served: str) -> str:
 
 
 def cache_key(cfg: BenchConfig, model_path: str, profiles: list[Profile]) -> str:
-    from ..eval.run import model_fingerprint
+    from ..models import model_fingerprint
 
     keep = {k: v for k, v in asdict(cfg).items() if k in ("engine", "scale", "mode", "concurrency", "rate", "sweep_points",
                                                            "max_seconds", "max_requests", "sync_requests", "max_model_len")}

@@ -11,6 +11,7 @@ extended until the count matches. Output length is forced with max_tokens + igno
 from __future__ import annotations
 
 from dataclasses import dataclass
+from ..errors import LlmpressError
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ CARD_PROFILES: tuple[Profile, ...] = (
 )
 
 
-class WorkloadError(ValueError):
+class WorkloadError(LlmpressError, ValueError):
     pass
 
 
@@ -68,7 +69,7 @@ class PromptMaker:
 
     def __init__(self, tokenizer, text: str | None = None):
         if text is None:
-            from ..eval.perplexity import held_text
+            from ..corpus import held_text
 
             text, _ = held_text()
         self.tok = tokenizer

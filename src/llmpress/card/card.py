@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from ..errors import LlmpressError
+
 from ..bench.report import tables as bench_tables
 from ..eval.commands import CARD_INTRO, card_commands
 from ..eval.report import DEFAULT_MODEL_NOTE, NOISE_NOTE, format_cell, format_n, format_recovery, format_value
@@ -30,7 +32,7 @@ TAGS = {"W4A16": ["int4", "w4a16", "gptq"], "W4A16_ASYM": ["int4", "w4a16", "gpt
         "W8A8": ["int8", "w8a8", "smoothquant", "gptq"], "FP8_DYNAMIC": ["fp8", "fp8-dynamic"]}
 
 
-class CardError(ValueError):
+class CardError(LlmpressError, ValueError):
     """The folder is not a finished run; the message says what is missing."""
 
 

@@ -18,8 +18,7 @@ import math
 
 import torch
 
-from ..compress.observers import dequantize
-from ..compress.schemes import Scheme
+from ..quant import Scheme, dequantize
 
 FORMAT_VERSION = "0.20.0"  # the compressed-tensors release whose reader we test against
 

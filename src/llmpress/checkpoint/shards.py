@@ -15,11 +15,12 @@ from typing import Iterator
 
 import torch
 from safetensors import safe_open
+from ..errors import LlmpressError
 
 WEIGHTS_INDEX = "model.safetensors.index.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(LlmpressError, ValueError):
     """A model folder we cannot read; the message names the fix."""
 
 
@@ -135,7 +136,7 @@ class ShardWriter:
         (self.folder / WEIGHTS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
 
 
-class OutputExistsError(FileExistsError):
+class OutputExistsError(LlmpressError, FileExistsError):
     pass
 
 

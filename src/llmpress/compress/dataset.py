@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
+from ..errors import LlmpressError
 
 _SHAREGPT_FILE = "data/ShareGPT_V3_unfiltered_cleaned_split.json"
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system", "chatgpt": "assistant", "bard": "assistant", "bing": "assistant"}
 
 
-class DatasetError(ValueError):
+class DatasetError(LlmpressError, ValueError):
     """Calibration data we cannot use; the message names the fix."""
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from .observers import minmax_qparams, quantize
-from .schemes import SCHEMES, QuantArgs
+from ..quant import SCHEMES, QuantArgs, quantize
+from .observers import minmax_qparams
 
 FP8_WEIGHTS: QuantArgs = SCHEMES["FP8_DYNAMIC"].weights
 

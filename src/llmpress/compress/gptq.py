@@ -24,8 +24,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .observers import observe, quantize
-from .schemes import QuantArgs
+from ..quant import QuantArgs, quantize
+from .observers import observe
 
 BLOCK_SIZE = 128
 

@@ -1,4 +1,4 @@
-"""Observers: scale / zero-point from a tensor, and the quantize / dequantize pair.
+"""Observers: the scale / zero-point a weight is quantized with (min-max, or GPTQ's MSE range search).
 
 Pure tensor functions. A weight is W [rows=out_features, cols=in_features];
 qparams come out as scale [rows, G] (G = cols/group_size for "group", 1 for
@@ -9,17 +9,14 @@ exactly what we computed:
   int, symmetric:   scale = amax / ((qmax - qmin) / 2),  q = clamp(round(x/s), qmin, qmax)
   int, asymmetric:  scale = (max - min) / (qmax - qmin), zp = clamp(round(qmin - min/s))
   float (e4m3):     scale = amax / 448,                  q = clamp(x/s, ±448) -> float8_e4m3fn
-  dequantize:       (q.to(scale.dtype) - zp) * scale, computed in the scale's dtype.
-Scales are rounded to their storage dtype *before* quantizing, so the stored
+The quantize / dequantize arithmetic itself lives in llmpress.quant.qdq. Scales are rounded to their storage dtype *before* quantizing, so the stored
 scale is the one the integers were computed against.
 """
 from __future__ import annotations
 
 import torch
 
-from .schemes import QuantArgs
-
-FP8_DTYPE = torch.float8_e4m3fn
+from ..quant import FP8_DTYPE, QuantArgs
 
 
 def num_groups(cols: int, args: QuantArgs) -> int:
@@ -152,45 +149,5 @@ def _fake_quantize_grouped(
     return out.add_(z).round_().clamp_(args.qmin, args.qmax).sub_(z).mul_(s)
 
 
-def expand(p: torch.Tensor, cols: int) -> torch.Tensor:
-    """Per-group params [R, G] -> per-element [R, cols] (channel/tensor broadcast as is)."""
-    if p.shape[-1] in (1, cols):
-        return p
-    return p.repeat_interleave(cols // p.shape[-1], dim=-1)
 
 
-def quantize(
-    w: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None, args: QuantArgs
-) -> torch.Tensor:
-    """W [R, C] -> int8 (int schemes) or float8_e4m3fn (float schemes), same shape."""
-    s = expand(scale, w.shape[1]).float()
-    if args.type == "float":
-        return (w.float() / s).clamp(args.qmin, args.qmax).to(FP8_DTYPE)
-    z = 0.0 if zp is None else expand(zp, w.shape[1]).float()
-    return torch.round(w.float() / s + z).clamp(args.qmin, args.qmax).to(torch.int8)
-
-
-def dequantize(q: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None) -> torch.Tensor:
-    """The compressed-tensors formula, in the scale's dtype: (q - zp) * scale."""
-    s = expand(scale, q.shape[1])
-    x = q.to(s.dtype)
-    if zp is not None:
-        x = x - expand(zp, q.shape[1]).to(s.dtype)
-    return x * s
-
-
-def fake_quantize(
-    w: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None, args: QuantArgs
-) -> torch.Tensor:
-    return dequantize(quantize(w, scale, zp, args), scale, zp)
-
-
-def dynamic_per_token(x: torch.Tensor, args: QuantArgs) -> torch.Tensor:
-    """Fake-quantize activations x [..., C] with one scale per token (row), as vLLM does at
-    run time for W8A8 / FP8-dynamic. Scales are kept in float32 here."""
-    amax = x.abs().amax(-1, keepdim=True).float()
-    if args.type == "float":
-        s = (amax / args.qmax).clamp(min=1e-12)
-        return ((x.float() / s).clamp(args.qmin, args.qmax).to(FP8_DTYPE).float() * s).to(x.dtype)
-    s = (amax / args.qmax).clamp(min=1e-12)  # vLLM's dynamic int8: amax / 127
-    return (torch.round(x.float() / s).clamp(args.qmin, args.qmax) * s).to(x.dtype)

@@ -26,13 +26,13 @@ from ..checkpoint.compressed_tensors import compress_linear, quantization_config
 from ..checkpoint.shards import LazyCheckpoint, ShardWriter, atomic_output_dir, copy_side_files
 from .. import plan
 from ..models import resolve_model
+from ..quant import dequantize, dynamic_per_token
 from . import sequential
 from .calibrate import CalibrationError, DecoderInputs, InputStats, capture_decoder_inputs, fastest_cpu_dtype, run_layer
 from .dataset import calibration_samples
 from .fp8 import fp8_quantize_weight
 from .gptq import GPTQResult, gptq_quantize, rtn_quantize
 from .moe import calibrate_all_experts, linearize_experts, unrouted_experts
-from .observers import dequantize, dynamic_per_token
 from .recipe import Recipe, RecipeError
 from .smoothquant import (
     fold_into_norm, fold_into_v, move_hessian, norm_weight_offset, smoothing_scales, vo_smoothing_scales,

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import yaml
 
-from .schemes import SCHEMES, Scheme, get_scheme
+from ..quant import SCHEMES, Scheme, get_scheme
+from ..errors import LlmpressError
 
 
-class RecipeError(ValueError):
+class RecipeError(LlmpressError, ValueError):
     """A recipe mistake; the message names the key (and line) and the fix."""
 
 

@@ -2,13 +2,14 @@
 that match `targets` and not `ignore`, and the SmoothQuant norm -> Linear pairs."""
 from __future__ import annotations
 
-import re
-
 import torch
 from torch import nn
 
+from ..quant import matches
+from ..errors import LlmpressError
 
-class ModelStructureError(ValueError):
+
+class ModelStructureError(LlmpressError, ValueError):
     """A model we cannot walk; the message names what is missing."""
 
 
@@ -21,18 +22,6 @@ def find_decoder_layers(model: nn.Module, num_layers: int) -> tuple[str, nn.Modu
         f"{type(model).__name__}: found no list of {num_layers} decoder layers; "
         "llmpress compresses decoder-only LMs whose layers sit in a `layers` ModuleList (Llama, Mistral, Qwen2, ...)"
     )
-
-
-def matches(full_name: str, module: nn.Module, patterns: tuple[str, ...], by_class: bool = True) -> bool:
-    """llm-compressor's matching: a class name ("Linear"), a full or dotted-suffix module
-    name ("lm_head", "mlp.down_proj"), or a regex on the full name ("re:.*down_proj")."""
-    for p in patterns:
-        if p.startswith("re:"):
-            if re.match(p[3:], full_name):
-                return True
-        elif (by_class and p == type(module).__name__) or full_name == p or full_name.endswith("." + p):
-            return True
-    return False
 
 
 ROUTER_NAMES = ("gate", "router", "shared_expert_gate")
@@ -56,8 +45,9 @@ def target_linears(
     out = {}
     for name, mod in layer.named_modules():
         full = f"{prefix}.{name}"
-        if isinstance(mod, nn.Linear) and matches(full, mod, targets) and not matches(full, mod, ignore):
-            if is_router(name, layer) and not matches(full, mod, targets, by_class=False):
+        cls = type(mod).__name__
+        if isinstance(mod, nn.Linear) and matches(full, targets, cls) and not matches(full, ignore, cls):
+            if is_router(name, layer) and not matches(full, targets):  # a router only when named
                 continue
             out[name] = mod
     return out

@@ -36,12 +36,9 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoint.compressed_tensors import unpack_int
-from ..compress.observers import FP8_DTYPE, dequantize, dynamic_per_token
-from ..compress.schemes import QuantArgs
+from ..quant import FP8_DTYPE, FP8_PER_TOKEN, INT8_PER_TOKEN, QuantArgs, dequantize, dynamic_per_token
 from .extension import _extension, amx_available, available, build, max_vector_bits, set_vector_bits  # noqa: F401 (the API)
 
-_INT8_TOKEN = QuantArgs(8, "int", True, "token", dynamic=True, observer=None)
-_FP8_TOKEN = QuantArgs(8, "float", True, "token", dynamic=True, observer=None)
 # Prefill dequantizes W in tiles of at most this many weights (4 MiB of float32): small enough for
 # malloc to reuse the buffer (a fresh 64 MiB one costs more in page faults than the sgemm) and to
 # still be in cache when the sgemm reads it.
@@ -408,7 +405,7 @@ class W8A8Weight(Int8Weight):
         return self._ext.amx_w8a8_gemm(x, self.qweight, self.scale, self.group_size)
 
     def _quant_act_torch(self, x):
-        return dynamic_per_token(x, _INT8_TOKEN)
+        return dynamic_per_token(x, INT8_PER_TOKEN)
 
 
 class FP8Weight(_ByteWeight):
@@ -445,32 +442,30 @@ class FP8Weight(_ByteWeight):
         return self._ext.fp8_dequant(self.qweight, self.scale, self.group_size, self.in_features, n0, n1)
 
     def _quant_act_torch(self, x):
-        return dynamic_per_token(x, _FP8_TOKEN) if self.dynamic_act else x
+        return dynamic_per_token(x, FP8_PER_TOKEN) if self.dynamic_act else x
 
 
-def make_weight(tensors: dict[str, torch.Tensor], weights_args: dict, input_activations_args: dict | None = None) -> QuantizedWeight:
+def make_weight(tensors: dict[str, torch.Tensor], w: QuantArgs, a: QuantArgs | None = None) -> QuantizedWeight:
     """The container for one Linear's compressed-tensors tensors (suffix keys: "weight_packed",
-    "weight_scale", ...) given its config group's QuantizationArgs dicts. ValueError, naming the
-    reason, for what the kernels do not run."""
-    w, a = weights_args, input_activations_args
-    bits, kind = w.get("num_bits"), w.get("type", "int")
-    strategy = w.get("strategy")
-    if "weight_g_idx" in tensors or w.get("actorder") == "group":
+    "weight_scale", ...) given its config group's weight and input-activation QuantArgs. ValueError,
+    naming the reason, for what the kernels do not run."""
+    bits, kind, strategy = w.num_bits, w.type, w.strategy
+    if "weight_g_idx" in tensors or w.actorder == "group":
         raise ValueError("activation-order groups (actorder='group', weight_g_idx) are not supported; "
                          "requantize with actorder='weight' or none")
-    if strategy not in ("tensor", "channel", "group") or w.get("block_structure"):
+    if strategy not in ("tensor", "channel", "group") or w.block_structure:
         raise ValueError(f"weight strategy {strategy!r} is not supported (tensor, channel or group only)")
-    if strategy == "group" and not w.get("group_size"):
+    if strategy == "group" and not w.group_size:
         raise ValueError("group strategy without a group_size")
-    if w.get("dynamic"):
+    if w.dynamic:
         raise ValueError("dynamic weight quantization is not supported")
     if a is not None:
-        if not a.get("dynamic") or a.get("dynamic") == "local":
+        if not a.dynamic or a.dynamic == "local":
             raise ValueError("static activation quantization is not supported (only dynamic per-token)")
-        if a.get("strategy") != "token" or not a.get("symmetric", True):
-            raise ValueError(f"activation quantization must be symmetric per token, got strategy {a.get('strategy')!r}")
-        if a.get("num_bits") != 8 or a.get("type") != kind:
-            raise ValueError(f"activations {a.get('type')}{a.get('num_bits')} with weights {kind}{bits} are not supported "
+        if a.strategy != "token" or not a.symmetric:
+            raise ValueError(f"activation quantization must be symmetric per token, got strategy {a.strategy!r}")
+        if a.num_bits != 8 or a.type != kind:
+            raise ValueError(f"activations {a.type}{a.num_bits} with weights {kind}{bits} are not supported "
                              "(W8A8 int8/int8 or FP8 fp8/fp8 only)")
     if kind == "int" and bits == 4:
         if a is not None:

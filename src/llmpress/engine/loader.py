@@ -9,63 +9,47 @@ layer and the threads split one larger output dimension.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import torch
 
 from ..checkpoint.compressed_tensors import pack_int, unpack_int
 from ..checkpoint.shards import LazyCheckpoint
+from ..quant import ConfigGroup, QuantizationConfig
 from . import kernels
 from .model import Layer, Model, ModelConfig
+from ..errors import LlmpressError
 
 QUANT_SUFFIXES = ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point", "weight_g_idx", "weight")
 
 
-class UnsupportedCheckpoint(ValueError):
+class UnsupportedCheckpoint(LlmpressError, ValueError):
     """A checkpoint the embedded engine cannot run; the message names the way out."""
 
 
-class QuantConfig:
-    """The parts of config.json["quantization_config"] the loader needs."""
-
-    def __init__(self, qc: dict | None):
-        self.groups: list[dict] = []
-        self.ignore: list[str] = []
-        if not qc:
-            return
-        method = qc.get("quant_method")
-        if method != "compressed-tensors":
-            raise UnsupportedCheckpoint(
-                f"quantization method {method!r} is not supported; the embedded engine reads "
-                "compressed-tensors checkpoints (llmpress or llm-compressor output)"
-            )
-        fmt = qc.get("format")
-        if fmt not in ("pack-quantized", "int-quantized", "float-quantized", "naive-quantized", "dense", "mixed-precision", None):
-            raise UnsupportedCheckpoint(f"compressed-tensors format {fmt!r} is not supported (2:4 sparse / marlin layouts need vLLM)")
-        if qc.get("sparsity_config"):
-            raise UnsupportedCheckpoint("sparse checkpoints (sparsity_config) are not supported by the embedded engine; use --engine vllm")
-        if qc.get("kv_cache_scheme"):
-            raise UnsupportedCheckpoint("quantized KV cache (kv_cache_scheme) is not supported by the embedded engine")
-        if qc.get("transform_config"):
-            raise UnsupportedCheckpoint("transformed checkpoints (transform_config, e.g. QuIP/SpinQuant) are not supported")
-        self.groups = list((qc.get("config_groups") or {}).values())
-        self.ignore = list(qc.get("ignore") or [])
-
-    def scheme_for(self, name: str) -> dict | None:
-        """The config group whose targets match module `name` (None: not quantized)."""
-        if any(_matches(name, pat) for pat in self.ignore):
-            return None
-        for g in self.groups:
-            if any(_matches(name, t) or t == "Linear" for t in g.get("targets", [])):
-                return g
-        return None
-
-
-def _matches(name: str, pattern: str) -> bool:
-    if pattern.startswith("re:"):
-        return re.match(pattern[3:], name) is not None
-    return name == pattern or name.endswith("." + pattern)
+def quantization_config(qc: dict | None) -> QuantizationConfig:
+    """config.json's quantization_config, refused with the way out where the engine cannot run it."""
+    if not qc:
+        return QuantizationConfig("", None, ())
+    method = qc.get("quant_method")
+    if method != "compressed-tensors":
+        raise UnsupportedCheckpoint(
+            f"quantization method {method!r} is not supported; the embedded engine reads "
+            "compressed-tensors checkpoints (llmpress or llm-compressor output)"
+        )
+    fmt = qc.get("format")
+    if fmt not in ("pack-quantized", "int-quantized", "float-quantized", "naive-quantized", "dense", "mixed-precision", None):
+        raise UnsupportedCheckpoint(f"compressed-tensors format {fmt!r} is not supported (2:4 sparse / marlin layouts need vLLM)")
+    if qc.get("sparsity_config"):
+        raise UnsupportedCheckpoint("sparse checkpoints (sparsity_config) are not supported by the embedded engine; use --engine vllm")
+    if qc.get("kv_cache_scheme"):
+        raise UnsupportedCheckpoint("quantized KV cache (kv_cache_scheme) is not supported by the embedded engine")
+    if qc.get("transform_config"):
+        raise UnsupportedCheckpoint("transformed checkpoints (transform_config, e.g. QuIP/SpinQuant) are not supported")
+    try:
+        return QuantizationConfig.from_dict(qc)
+    except ValueError as e:
+        raise UnsupportedCheckpoint(f"quantization_config: {e}") from None
 
 
 def _tensors(ckpt: LazyCheckpoint, prefix: str, device: torch.device) -> dict[str, torch.Tensor]:
@@ -74,7 +58,7 @@ def _tensors(ckpt: LazyCheckpoint, prefix: str, device: torch.device) -> dict[st
             for s in QUANT_SUFFIXES if f"{prefix}.{s}" in ckpt}
 
 
-def _fuse(parts: list[dict[str, torch.Tensor]], group: dict | None) -> dict[str, torch.Tensor] | None:
+def _fuse(parts: list[dict[str, torch.Tensor]], group: ConfigGroup | None) -> dict[str, torch.Tensor] | None:
     """Concatenate several Linears' stored tensors along the output dim (rows), so they
     run as one weight. None when they cannot be fused (mixed schemes)."""
     keys = set(parts[0])
@@ -88,7 +72,7 @@ def _fuse(parts: list[dict[str, torch.Tensor]], group: dict | None) -> dict[str,
                 return None
             out[k] = torch.tensor([sum(s[0] for s in shapes), shapes[0][1]], dtype=torch.int64)
         elif k == "weight_zero_point" and "weight_packed" in keys:
-            bits = group["weights"]["num_bits"]
+            bits = group.weights.num_bits
             rows = [int(p["weight_shape"][0]) for p in parts]
             zps = [unpack_int(p[k], bits, n, dim=0) for p, n in zip(parts, rows)]
             out[k] = pack_int(torch.cat(zps), bits, dim=0)
@@ -120,20 +104,20 @@ def _storage_dtype(stored: torch.dtype, dtype: torch.dtype, device: torch.device
     return dtype
 
 
-def _weight(tensors: dict[str, torch.Tensor], group: dict | None, name: str, dtype: torch.dtype):
+def _weight(tensors: dict[str, torch.Tensor], group: ConfigGroup | None, name: str, dtype: torch.dtype):
     if group is None or "weight_scale" not in tensors:
         if "weight" not in tensors:
             raise UnsupportedCheckpoint(f"{name}: no 'weight' tensor in the checkpoint")
         w = tensors["weight"]
         return kernels.DenseWeight(w.to(_storage_dtype(w.dtype, dtype, w.device)))
     try:
-        return kernels.make_weight(tensors, group["weights"], group.get("input_activations"))
+        return kernels.make_weight(tensors, group.weights, group.input_activations)
     except ValueError as e:
         raise UnsupportedCheckpoint(f"{name}: {e}") from None
 
 
-def _linear(ckpt: LazyCheckpoint, qc: QuantConfig, names: list[str], dtype: torch.dtype, device: torch.device):
-    groups = [qc.scheme_for(n) for n in names]
+def _linear(ckpt: LazyCheckpoint, qc: QuantizationConfig, names: list[str], dtype: torch.dtype, device: torch.device):
+    groups = [qc.group_for(n) for n in names]
     parts = [_tensors(ckpt, n, device) for n in names]
     for n, p in zip(names, parts):
         if not p:
@@ -153,7 +137,7 @@ def load_model(folder: str | Path, dtype: torch.dtype = torch.float32, device: s
     folder, device = Path(folder), torch.device(device)
     hf = json.loads((folder / "config.json").read_text())
     cfg = ModelConfig.from_hf(hf)
-    qc = QuantConfig(hf.get("quantization_config"))
+    qc = quantization_config(hf.get("quantization_config"))
     ckpt = LazyCheckpoint(folder)
     pre = "model"
 

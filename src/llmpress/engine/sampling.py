@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+from ..errors import LlmpressError
 
 
 # generation_config.json keys that become request defaults (vLLM's --generation-config auto)
@@ -31,7 +32,7 @@ def generation_defaults(folder) -> dict:
     return out
 
 
-class SamplingError(ValueError):
+class SamplingError(LlmpressError, ValueError):
     """An invalid sampling parameter; the message names the value and the valid range."""
 
 

@@ -89,9 +89,6 @@ class Scheduler:
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
 
-    def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
-
     def finish(self, seq: Sequence, reason: str, stop_reason: int | str | None = None) -> None:
         seq.status, seq.finish_reason, seq.stop_reason = Status.FINISHED, reason, stop_reason
         self.blocks.release(seq.block_table)

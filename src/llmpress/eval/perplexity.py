@@ -12,7 +12,6 @@ then quantize activations per token at run time as vLLM does.
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,32 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-
-LEE_FILE = "test/test_data/lee_background.cor"
-
-
-class TextError(ValueError):
-    pass
-
-
-def lee_corpus_path() -> Path:
-    spec = importlib.util.find_spec("gensim")  # located, never imported (it is heavy)
-    if spec is None or not spec.submodule_search_locations:
-        raise TextError("the default held text needs `pip install --no-deps gensim==4.3.3` (its test data); or pass --text FILE")
-    return Path(list(spec.submodule_search_locations)[0]) / LEE_FILE
-
-
-def held_text(path: str | Path | None = None) -> tuple[str, str]:
-    p = Path(path) if path else lee_corpus_path()
-    if not p.is_file():
-        raise TextError(f"text file {p} not found")
-    text = p.read_text(encoding="utf-8", errors="replace").strip()
-    if "\x00" in text:
-        raise TextError(f"text file {p} holds NUL bytes: it is binary, not text; pass a UTF-8 text file")
-    if not text:
-        raise TextError(f"text file {p} is empty")
-    return text, ("Lee corpus (gensim test data)" if path is None else str(p))
-
+from ..corpus import TextError, held_text
 
 def leading_bos(tokenizer) -> int | None:
     """The BOS id when the tokenizer itself prepends BOS to text (Gemma, Llama 3, Mistral do):

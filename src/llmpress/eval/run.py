@@ -14,19 +14,20 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..models import DEFAULT_MODEL_NAME, cache_dir, is_default, resolve_model
+from ..models import DEFAULT_MODEL_NAME, cache_dir, is_default, model_fingerprint, resolve_model
+from ..errors import LlmpressError
 
 OFFLINE_TASKS = ("mmlu", "gsm", "bbh", "humaneval", "ppl")
 DEFAULT_TASKS = OFFLINE_TASKS
 BACKENDS = ("embedded", "vllm", "openai")
 
 
-class EvalError(ValueError):
+class EvalError(LlmpressError, ValueError):
     """A bad eval setting; the message names the value and the fix."""
 
 
@@ -35,6 +36,8 @@ class EvalConfig:
     model: str = "default"
     base: str | None = None
     tasks: tuple[str, ...] = DEFAULT_TASKS  # ours (above) or any lm-eval task / group name (online)
+    # `limit` / `num_fewshot` are given as N, "N", "TASK=N,...", "N,TASK=M" or {TASK: N} (CLI flag or
+    # recipe key alike) and parsed here, once, into the default and the per-task overrides.
     limit: int | None = None  # documents per task (HumanEval: problems; BBH: per subtask); None = all
     task_limits: tuple[tuple[str, int], ...] = ()  # per-task overrides of `limit`, e.g. (("mmlu", 500),)
     num_fewshot: int | None = None  # None: each task's own (MMLU 5, GSM 5, BBH 3)
@@ -51,7 +54,13 @@ class EvalConfig:
     max_model_len: int | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "tasks", tuple(t.strip() for t in self.tasks if t.strip()))
+        tasks = self.tasks.split(",") if isinstance(self.tasks, str) else self.tasks
+        object.__setattr__(self, "tasks", tuple(t.strip() for t in tasks if t.strip()))
+        for key, per_task, example in (("limit", "task_limits", "100 or mmlu=500,gsm=50"),
+                                       ("num_fewshot", "task_fewshot", "5 or mmlu=0,gsm=5")):
+            default, overrides = _per_task(getattr(self, key), key, example)
+            object.__setattr__(self, key, default)
+            object.__setattr__(self, per_task, tuple({**dict(getattr(self, per_task)), **overrides}.items()))
         if not self.tasks:
             raise EvalError("no tasks given; pass --tasks, e.g. mmlu,gsm,bbh,humaneval,ppl")
         check_task_names(self.tasks)
@@ -83,34 +92,29 @@ class EvalConfig:
         return dict(self.task_fewshot).get(task, self.num_fewshot)
 
 
-# ---------------------------------------------------------------------------------------
-def model_fingerprint(path: Path) -> str:
-    """sha256 over config.json and every safetensors file's bytes (cached per size+mtime)."""
-    h = hashlib.sha256()
-    memo_file = cache_dir() / "eval" / "fingerprints.json"
+def _per_task(value, key: str, example: str) -> tuple[int | None, dict[str, int]]:
+    """N | "N" | "TASK=N,..." | "N,TASK=M" | {TASK: N} -> (the default N or None, {TASK: N})."""
+    if value is None or isinstance(value, int) and not isinstance(value, bool):
+        return value, {}
+    items = list(value.items()) if isinstance(value, dict) else None
+    default = None
+    if items is None:
+        if not isinstance(value, str):
+            raise EvalError(f"{key} {value!r}: give {example}")
+        items = []
+        for item in filter(None, (i.strip() for i in value.split(","))):
+            t, eq, n = item.partition("=")
+            if eq:
+                items.append((t.strip(), n))
+            else:
+                default = item
     try:
-        memo = json.loads(memo_file.read_text()) if memo_file.is_file() else {}
-    except ValueError:  # a cache, not a record: one written by an older version, cut short, is rebuilt
-        memo = {}
-    for f in sorted(path.glob("*.safetensors")) + [path / "config.json"]:
-        st = f.stat()
-        key = f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}"
-        if key not in memo:
-            fh = hashlib.sha256()
-            with f.open("rb") as fp:
-                for chunk in iter(lambda: fp.read(1 << 24), b""):
-                    fh.update(chunk)
-            memo[key] = fh.hexdigest()
-        h.update(memo[key].encode())
-    memo_file.parent.mkdir(parents=True, exist_ok=True)
-    # Atomically: a run killed while writing it (a resumable `llmpress run` is killed on purpose)
-    # left a cut-short file that made the next run fail before its first stage.
-    tmp = memo_file.with_name(f".{memo_file.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(memo))
-    os.replace(tmp, memo_file)
-    return h.hexdigest()[:16]
+        return (None if default is None else int(default)), {str(t): int(n) for t, n in items}
+    except (TypeError, ValueError):
+        raise EvalError(f"{key} {value!r}: give {example} (integers)") from None
 
 
+# ---------------------------------------------------------------------------------------
 def _settings_key(cfg: EvalConfig, task: str) -> dict:
     keep = ("apply_chat_template", "fewshot_as_multiturn", "seed", "backend", "max_model_len")
     d = {k: getattr(cfg, k) for k in keep}
@@ -370,6 +374,3 @@ def _versions() -> dict:
             pass
     return out
 
-
-def with_overrides(cfg: EvalConfig, **kw) -> EvalConfig:
-    return replace(cfg, **{k: v for k, v in kw.items() if v is not None})

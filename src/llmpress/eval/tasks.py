@@ -24,11 +24,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import yaml
+from ..errors import LlmpressError
 
 LETTERS = "ABCD"
 
 
-class TaskDataError(RuntimeError):
+class TaskDataError(LlmpressError, RuntimeError):
     """Packaged data missing: the message names the package to install."""
 
 

@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import Callable
 
 from .recipe import RunRecipe
+from ..errors import LlmpressError
 
 LEDGER = "run.json"
 
 
-class RunError(ValueError):
+class RunError(LlmpressError, ValueError):
     """A run that cannot start; the message names the folder or setting and the fix."""
 
 
@@ -119,7 +120,7 @@ def run(recipe: RunRecipe, output: str | Path, overwrite: bool = False, report: 
         progress: bool = True, log: Callable[[str], None] = print) -> Path:
     """Every stage of `recipe` into `output`; stages whose inputs are unchanged are kept."""
     from ..compress import compress
-    from ..eval.run import model_fingerprint
+    from ..models import model_fingerprint
     from ..models import resolve_model
 
     out = Path(output).expanduser().resolve()

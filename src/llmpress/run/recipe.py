@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from ..compress.recipe import FIELD_NAMES as COMPRESS_FIELDS, Recipe, RecipeError, yaml_error
+from ..errors import LlmpressError
 
 SECTIONS = ("model", "schemes", "compress", "eval", "bench", "card", "output")
 # Settings a run owns, so the recipe may not set them inside eval / bench.
@@ -28,7 +29,7 @@ CARD_FIELDS = ("license", "base_model", "model_name", "repo_id", "developers", "
                "language", "datasets", "hardware_note")
 
 
-class RunRecipeError(ValueError):
+class RunRecipeError(LlmpressError, ValueError):
     """A run-recipe mistake: names the file, line and key, and the fix."""
 
 
@@ -59,25 +60,12 @@ class RunRecipe:
     def eval_config(self, checkpoint: str):
         from ..eval.run import EvalConfig
 
-        return EvalConfig(model=checkpoint, base=self.model, **_eval_fields(self.eval or {}))
+        return EvalConfig(model=checkpoint, base=self.model, **(self.eval or {}))
 
     def bench_config(self, checkpoint: str):
         from ..bench.run import BenchConfig
 
         return BenchConfig(launch=checkpoint, base=self.model, **(self.bench or {}))
-
-
-def _eval_fields(d: dict) -> dict:
-    """YAML sugar: `limit: {mmlu: 500}` -> task_limits, `tasks: [a, b]` -> tuple."""
-    d = dict(d)
-    for key, per_task in (("limit", "task_limits"), ("num_fewshot", "task_fewshot")):
-        if isinstance(d.get(key), dict):
-            d[per_task] = tuple(d.pop(key).items())
-    if isinstance(d.get("tasks"), str):
-        d["tasks"] = tuple(t for t in d["tasks"].split(",") if t)
-    if "tasks" in d:
-        d["tasks"] = tuple(d["tasks"])
-    return d
 
 
 def _lines(node, path=()) -> dict[tuple, int]:
@@ -157,7 +145,7 @@ def load(path: str | os.PathLike) -> RunRecipe:
         known(ev, [f.name for f in dataclasses.fields(EvalConfig) if f.name not in _EVAL_OWNED + ("task_limits", "task_fewshot")],
               ("eval",), "eval")
         try:
-            EvalConfig(model="x", base=model, **_eval_fields(ev))
+            EvalConfig(model="x", base=model, **ev)
         except (EvalError, TypeError, ValueError) as e:
             fail(("eval",) + _culprit(ev, str(e)), str(e))
         recipe = dataclasses.replace(recipe, eval=dict(ev))

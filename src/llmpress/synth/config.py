@@ -6,12 +6,13 @@ import json
 import os
 from importlib import resources
 from pathlib import Path
+from ..errors import LlmpressError
 
 FAMILY = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2"}
 REQUIRED = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
 
 
-class SynthError(ValueError):
+class SynthError(LlmpressError, ValueError):
     """A synth input we refuse before any work; the message names the value, the file and the fix."""
 
 
