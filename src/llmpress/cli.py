@@ -488,10 +488,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     from .run import RunError, RunRecipeError
     from .synth import SynthError
     from .plan import PlanError
+    from .engine.model import UnsupportedArchitecture
 
     errors: tuple[type[Exception], ...] = (RecipeError, DatasetError, ModelError, ModelStructureError, CheckpointError, OutputExistsError, TextError,
                                           EvalError, TaskDataError, BenchTargetError, WorkloadError,
-                                          RunRecipeError, RunError, CardError, SynthError, PlanError)
+                                          RunRecipeError, RunError, CardError, SynthError, PlanError,
+                                          UnsupportedArchitecture)
     if args.verb in ("generate", "chat"):  # the engine validates its input with ValueError / TypeError
         errors += (ValueError, TypeError)
     try:

@@ -2,9 +2,9 @@
 
 RMSNorm (Gemma's (1 + w) folded into the weight at load), rotary embeddings with the config's scaling
 (Gemma 3: a local base for its sliding-window layers), grouped-query attention over a paged KV cache
-with per-layer sliding windows and optional logit soft-capping, per-head q/k RMSNorms (Qwen3, Gemma 3),
-SwiGLU or GeGLU (gelu-tanh) MLP, Gemma's sandwich norms and scaled embeddings, tied or untied
-embeddings, optional q/k/v bias. Which architecture has which is llmpress.layout's table. Linear
+with per-layer sliding windows, per-head q/k RMSNorms (Qwen3, Gemma 3),
+SwiGLU or GeGLU (gelu-tanh) MLP, Gemma's sandwich norms, scaled embeddings and final-logit soft-capping,
+tied or untied embeddings, optional q/k/v bias. Which architecture has which is llmpress.layout's table. Linear
 layers are `kernels.QuantizedWeight`s, so int4 / int8 / fp8 stay compressed in memory.
 
 The forward pass takes a *flattened* batch, as nano-vllm and vLLM do: the new tokens
@@ -14,7 +14,9 @@ and reads its weights once. Attention is the only per-sequence part: decode rows
 to one paged decode kernel, prefill chunks attend to their own cached context.
 
 The fused C++ / Triton kernels know Llama's layer; the other parts (q/k norms, gelu-tanh, windowed or
-soft-capped decode attention once the window binds) run as torch ops (ops.py's references).
+decode attention once the window binds) run as torch ops (ops.py).
+Gemma 3's attn_logit_softcapping is not applied, as transformers' Gemma3Attention does not apply it (Gemma 3
+replaced Gemma 2's soft-capping with the q/k norms).
 """
 from __future__ import annotations
 
@@ -59,8 +61,7 @@ class ModelConfig:
     local_rope_scaling: dict | None = None
     activation: str = "silu"  # of the gate: silu (SwiGLU) or gelu_tanh (GeGLU)
     query_pre_attn_scalar: float | None = None  # attention scale 1/sqrt(this) instead of 1/sqrt(head_dim)
-    attn_softcap: float | None = None  # attention logits -> cap * tanh(logits / cap) (Gemma 2 style)
-    final_softcap: float | None = None  # output logits, the same
+    final_softcap: float | None = None  # output logits -> cap * tanh(logits / cap) (Gemma)
     embed_scale: float | None = None  # embeddings times this (Gemma: sqrt(hidden))
 
     @property
@@ -130,7 +131,6 @@ class ModelConfig:
             local_rope_scaling=local_scaling,
             activation=ACTIVATIONS[lay.activation],
             query_pre_attn_scalar=cfg.get("query_pre_attn_scalar"),
-            attn_softcap=cfg.get("attn_logit_softcapping"),
             final_softcap=float(cap) if cap else None,
             embed_scale=cfg["hidden_size"] ** 0.5 if lay.embed_scale else None,
         )
@@ -285,11 +285,11 @@ class Layer:
         if self.q_norm is not None:
             qkv = self._qk_norm(qkv)
         q = o.rope_qkv_cache_(qkv, cos, sin, cache.k, cache.v, meta.slot_mapping, c.num_heads, c.num_kv_heads)  # [T, H, D]
-        # Past its window, or soft-capped, decode attention runs ops' masked torch version (the kernels attend
-        # to the whole context). meta.max_position bounds every context length: ctx = position + 1.
-        masked = c.attn_softcap is not None or (self.window is not None and meta.max_position >= self.window)
+        # Past its window, decode attention runs ops' windowed torch version (the kernels attend to the whole
+        # context). meta.max_position bounds every context length: ctx = position + 1.
+        masked = self.window is not None and meta.max_position >= self.window
         decode = (o.decode_attention if not masked else
-                  lambda *a: ops.decode_attention_masked(*a, window=self.window, softcap=c.attn_softcap))
+                  lambda *a: ops.decode_attention_window(*a, window=self.window))
         if meta.all_decode:  # the common steady state: skip the scatter/gather of rows
             attn = decode(q, cache.k, cache.v, meta.decode_tables, meta.decode_lens, scale)
         else:
@@ -299,8 +299,7 @@ class Layer:
             attn[meta.decode_rows] = decode(q[meta.decode_rows], cache.k, cache.v, meta.decode_tables,
                                             meta.decode_lens, scale)
         for s in meta.prefill:
-            attn[s.start : s.start + s.n] = prefill_attention(q[s.start : s.start + s.n], cache, s, scale,
-                                                              self.window, c.attn_softcap)
+            attn[s.start : s.start + s.n] = prefill_attention(q[s.start : s.start + s.n], cache, s, scale, self.window)
         a = self.o(attn.reshape(T, -1))  # [T, hidden]
         if self.attn_out is not None:
             a = o.rms_norm(a, self.attn_out, eps)
@@ -321,8 +320,8 @@ class Layer:
         return torch.cat([q, k, v], 1).view(T, -1)
 
 
-def prefill_attention(q: torch.Tensor, cache: "KVLayer", s: AttnSegment, scale: float, window: int | None,
-                      softcap: float | None = None) -> torch.Tensor:
+def prefill_attention(q: torch.Tensor, cache: "KVLayer", s: AttnSegment, scale: float,
+                      window: int | None) -> torch.Tensor:
     """q [n, H, D] for positions [ctx-n, ctx) against the sequence's cached keys [0, ctx): causal, and
     within `window` keys of each query where given (transformers' sliding_window_overlay: q - k < window)."""
     k, v = cache.gather(s.block_table, s.ctx_len)  # [ctx, KVH, D]
@@ -332,14 +331,11 @@ def prefill_attention(q: torch.Tensor, cache: "KVLayer", s: AttnSegment, scale: 
     mask = kpos <= qpos  # [n, ctx] causal, offset by the cached prefix
     if window is not None:
         mask &= kpos > qpos - window
-    q, k, v = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)  # [heads, tokens, D]
-    if softcap is not None:  # SDPA has no soft-capping: transformers' eager attention, Gemma 2's formula
-        k, v = (t.repeat_interleave(q.shape[0] // k.shape[0], 0) for t in (k, v))
-        scores = torch.tanh(q @ k.transpose(1, 2) * scale / softcap) * softcap  # [H, n, ctx]
-        p = scores.masked_fill(~mask, float("-inf")).softmax(-1, dtype=torch.float32).to(q.dtype)
-        return (p @ v).transpose(0, 1)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=q.shape[0] != k.shape[0])
-    return out.transpose(0, 1)  # [n, H, D]
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=mask, scale=scale,
+        enable_gqa=q.shape[1] != k.shape[1],
+    )  # [H, n, D]
+    return out.transpose(0, 1)
 
 
 class KVLayer:

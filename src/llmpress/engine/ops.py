@@ -9,7 +9,7 @@
 and two torch-only ops for the other architectures' layers (Gemma 3, sliding windows), which no kernel has:
 
     gelu_tanh_mul(gate_up)              GeGLU's gelu_tanh(gate) * up (Gemma)
-    decode_attention_masked(q, ...)     decode_attention within a sliding window and / or with soft-capped logits
+    decode_attention_window(q, ...)     decode_attention over the last `window` tokens of each context
 
 At decode a layer runs each on a handful of rows, where torch's dispatch of the ops they replace
 (4-10 each) costs more than the arithmetic: fused, a SmolLM2 decode step spends ~2 ms less outside
@@ -183,12 +183,10 @@ def decode_attention_reference(q, k_cache, v_cache, block_tables, context_lens, 
     return out.to(q.dtype)
 
 
-def decode_attention_masked(q, k_cache, v_cache, block_tables, context_lens, scale, window: int | None = None,
-                            softcap: float | None = None) -> torch.Tensor:
+def decode_attention_window(q, k_cache, v_cache, block_tables, context_lens, scale, window: int) -> torch.Tensor:
     """decode_attention over only the last `window` tokens of each context (transformers' sliding window:
-    key position > query position - window) and / or with logits soft-capped as cap * tanh(logits / cap)
-    (Gemma 2), which the kernels do not do. Batched torch with no host sync, so a CUDA graph can hold it;
-    it reads every block of the tables: [B, max_blocks * block_size] keys per row.
+    key position > query position - window), which the kernels do not do. Batched torch with no host sync,
+    so a CUDA graph can hold it; it reads every block of the tables: [B, max_blocks * block_size] keys a row.
 
     q [B, H, D]; caches [num_blocks, block_size, KVH, D]; block_tables [B, max_blocks]; context_lens [B]."""
     B, H, D = q.shape
@@ -197,11 +195,8 @@ def decode_attention_masked(q, k_cache, v_cache, block_tables, context_lens, sca
     v = v_cache[block_tables.long()].flatten(1, 2).float().repeat_interleave(H // kvh, dim=2)
     pos = torch.arange(k.shape[1], device=q.device)  # [S]
     lens = context_lens.to(q.device).long().unsqueeze(1)  # [B, 1]: the new token sits at position len - 1
-    keep = pos < lens
-    if window is not None:
-        keep &= pos > lens - 1 - window
+    keep = (pos < lens) & (pos > lens - 1 - window)
     scores = torch.einsum("bhd,bshd->bhs", q.float(), k) * scale  # [B, H, S]
-    if softcap is not None:
-        scores = torch.tanh(scores / softcap) * softcap
     p = scores.masked_fill(~keep.unsqueeze(1), float("-inf")).softmax(-1)
+    v = v.masked_fill(~keep[:, :, None, None], 0.0)  # slots outside the context may hold anything, NaN included
     return torch.einsum("bhs,bshd->bhd", p, v).to(q.dtype)
