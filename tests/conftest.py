@@ -122,3 +122,9 @@ def make_tiny_model(arch: str, folder: Path, tokenizer_src: Path, add_bos: bool 
         tok_cfg.update(add_bos_token=True, bos_token="<|im_start|>")
         (folder / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
     return folder
+
+
+@pytest.fixture(scope="session")
+def make_tiny():
+    """make_tiny_model, for test folders whose own conftest shadows this module's name."""
+    return make_tiny_model

@@ -360,7 +360,7 @@ def test_smoothquant_folds_exactly_or_not_at_all(arch, tiny_models, calib_file):
     inputs = calib.layer(0)
     before = run_layer(layer, inputs)
     linears = target_linears(layer, f"{prefix}.0", recipe.targets, recipe.ignore)
-    norms = {n: layer.get_submodule(n) for n, _ in oneshot.NORM_MAPPINGS + oneshot._EXTRA_NORMS
+    norms = {n: layer.get_submodule(n) for n, _ in oneshot.NORM_READERS
              if oneshot._has_module(layer, n)}
     stats = InputStats(linears, act_max=True, sources=norms)
     run_layer(layer, inputs, before_each=stats.new_sample)

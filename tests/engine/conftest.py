@@ -111,3 +111,40 @@ def default_checkpoints(tmp_path_factory, default_model, calib_file):
     return out
 
 
+
+
+
+@pytest.fixture(scope="session")
+def build_arch_model(make_tiny, default_model):
+    """build(arch, folder, **config overrides): the root conftest's tiny `arch` model with an untied random
+    lm_head and random norm weights, so that greedy continuations vary token to token and every norm
+    (Gemma's 1 + w included) is exercised."""
+    from safetensors.torch import load_file, save_file
+
+    def build(arch: str, folder, **overrides):
+        folder = make_tiny(arch, folder, default_model, tie_word_embeddings=False, **overrides)
+        tensors = load_file(folder / "model.safetensors")
+        g = torch.Generator().manual_seed(1)
+        for name, t in tensors.items():
+            if t.ndim == 1 and "norm" in name:
+                tensors[name] = (t.float() + 0.3 * torch.randn(t.shape, generator=g)).to(t.dtype)
+            elif name == "lm_head.weight":
+                tensors[name] = (0.3 * torch.randn(t.shape, generator=g)).to(t.dtype)
+        save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+        return folder
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def arch_models(tmp_path_factory, build_arch_model):
+    """arch -> folder: tiny random Qwen3, Gemma 3 (a sliding-window layer, then a global one; final-logit
+    soft-capping) and Mistral (sliding window 8) checkpoints for the engine, built on first use."""
+    root, built = tmp_path_factory.mktemp("engine-archs"), {}
+
+    def get(arch: str):
+        if arch not in built:
+            built[arch] = build_arch_model(arch, root / arch)
+        return built[arch]
+
+    return get

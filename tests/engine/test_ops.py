@@ -136,3 +136,21 @@ def test_decode_attention(h, kvh, d, block_size):
         assert sqnr_db(ref[b], expect) >= MIN_SQNR_DB, b
 
 
+
+
+@pytest.mark.parametrize("window", [1, 5, 16, 1000])
+def test_decode_attention_window(window):
+    """Only each context's last `window` keys (transformers' sliding window), against SDPA on those keys."""
+    h, kvh, d, block_size = 6, 2, 32, 4
+    lens = [1, 4, 5, 17, 40]
+    k_cache, v_cache, tables, seqs = _paged(lens, kvh, d, block_size, seed=window)
+    q = torch.randn(len(lens), h, d)
+    out = ops.decode_attention_window(q, k_cache, v_cache, tables, torch.tensor(lens, dtype=torch.int32), d**-0.5,
+                                      window=window)
+    for b, (k, v) in enumerate(seqs):
+        k, v = k[-window:], v[-window:]
+        expect = torch.nn.functional.scaled_dot_product_attention(
+            q[b][:, None].double(), k.transpose(0, 1).repeat_interleave(h // kvh, 0).double(),
+            v.transpose(0, 1).repeat_interleave(h // kvh, 0).double(), scale=d**-0.5,
+        )[:, 0]
+        assert sqnr_db(out[b], expect) >= MIN_SQNR_DB, b

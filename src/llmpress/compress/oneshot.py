@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from ..checkpoint.compressed_tensors import compress_linear, quantization_config
 from ..checkpoint.shards import LazyCheckpoint, ShardWriter, atomic_output_dir, copy_side_files
 from .. import plan
+from ..layout import NORM_READERS, O_PROJ, V_PROJ
 from ..models import resolve_model
 from ..quant import dequantize, dynamic_per_token
 from . import sequential
@@ -37,10 +38,7 @@ from .recipe import Recipe, RecipeError
 from .smoothquant import (
     fold_into_norm, fold_into_v, move_hessian, norm_weight_offset, smoothing_scales, vo_smoothing_scales,
 )
-from .targets import (
-    NORM_MAPPINGS, O_PROJ, V_PROJ, ModelStructureError, find_decoder_layers, group_size_problems, smooth_pairs,
-    target_linears,
-)
+from .targets import ModelStructureError, find_decoder_layers, group_size_problems, smooth_pairs, target_linears
 
 
 def _log(msg: str) -> None:
@@ -298,7 +296,7 @@ def _collect_stats(layer: nn.Module, prefix: str, linears, inputs, smooth: bool)
     """One float forward of the layer over all samples with stat hooks (every MoE expert on every
     token). A target Linear that saw no token would get a zero Hessian and a meaningless
     "loss 0" result, so it stops the run with its name."""
-    norms = {n: layer.get_submodule(n) for n, _ in NORM_MAPPINGS + _EXTRA_NORMS if _has_module(layer, n)}
+    norms = {n: layer.get_submodule(n) for n, _ in NORM_READERS if _has_module(layer, n)}
     stats = InputStats(linears, hessian=True, act_max=smooth, sources=norms if smooth else None)
     calibrate_all_experts(layer, True)
     try:
@@ -348,10 +346,6 @@ def _staged(layer, linears, inputs, recipe, config, scheme, smooth: bool, quanti
     return staged.run(inputs, quantize_group, want_act_max=smooth, before_qkv=before_qkv if smooth else None)
 
 
-# Norms that feed Linears in other decoder layouts (Gemma 2/3: pre_feedforward_layernorm -> gate/up).
-_EXTRA_NORMS = (("pre_feedforward_layernorm", ("mlp.gate_proj", "mlp.up_proj")),)
-
-
 def _has_module(layer: nn.Module, name: str) -> bool:
     try:
         return isinstance(getattr(layer.get_submodule(name), "weight", None), torch.Tensor)
@@ -365,7 +359,7 @@ def _smooth_layer(layer, linears, stats: InputStats, hessians, alpha: float, con
     norm's output scales with its weight (x·w, or Gemma's x·(1 + w)). Pairs found in the model but
     not foldable are returned, so that the run can say so."""
     skipped, folded = {}, set()
-    for norm_name, readers in NORM_MAPPINGS + _EXTRA_NORMS:
+    for norm_name, readers in NORM_READERS:
         if not _has_module(layer, norm_name) or not all(r in linears for r in readers):
             continue
         norm = layer.get_submodule(norm_name)

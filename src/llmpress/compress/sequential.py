@@ -24,19 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layout import (
+    DOWN, DOWN_PROJ, GATE_PROJ, GATE_UP, GROUPS, K_PROJ, O, O_PROJ, Q_PROJ, QKV, STAGED_LAYERS, UP_PROJ, V_PROJ,
+)
 from .gptq import HessianAccumulator
-
-SUPPORTED_LAYERS = ("LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer")
-QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
-O = ("self_attn.o_proj",)
-GATE_UP = ("mlp.gate_proj", "mlp.up_proj")
-DOWN = ("mlp.down_proj",)
-GROUPS = (QKV, O, GATE_UP, DOWN)
 
 
 def supports(layer: nn.Module, linears: dict, config, max_seq_len: int) -> bool:
     """Staged path only for the exact layer shape it reproduces, all seven Linears quantized."""
-    if type(layer).__name__ not in SUPPORTED_LAYERS or set(linears) != {n for g in GROUPS for n in g}:
+    if type(layer).__name__ not in STAGED_LAYERS or set(linears) != {n for g in GROUPS for n in g}:
         return False
     attn = layer.self_attn
     if any(hasattr(attn, n) for n in ("q_norm", "k_norm")):
@@ -58,9 +54,9 @@ def attention(layer: nn.Module, h: torch.Tensor, kw: dict, lin: Callable) -> tor
     attn = layer.self_attn
     B, T, _ = h.shape
     d = attn.head_dim
-    q = lin("self_attn.q_proj", h).view(B, T, -1, d).transpose(1, 2)  # [B, heads, T, d]
-    k = lin("self_attn.k_proj", h).view(B, T, -1, d).transpose(1, 2)  # [B, kv, T, d]
-    v = lin("self_attn.v_proj", h).view(B, T, -1, d).transpose(1, 2)
+    q = lin(Q_PROJ, h).view(B, T, -1, d).transpose(1, 2)  # [B, heads, T, d]
+    k = lin(K_PROJ, h).view(B, T, -1, d).transpose(1, 2)  # [B, kv, T, d]
+    v = lin(V_PROJ, h).view(B, T, -1, d).transpose(1, 2)
     cos, sin = kw["position_embeddings"]  # [B, T, d]
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     q = q * cos + _rotate_half(q) * sin
@@ -126,7 +122,7 @@ class StagedLayer:
         resid = []
         acc = _Stats(want_act_max)
         for (x, kw), a in zip(inputs, attn_out):
-            x2 = x + self.lin("self_attn.o_proj", a)
+            x2 = x + self.lin(O_PROJ, a)
             resid.append(x2)
             acc.add(L.post_attention_layernorm(x2))
         del attn_out
@@ -137,12 +133,12 @@ class StagedLayer:
         act = L.mlp.act_fn
         for x2 in resid:
             h2 = L.post_attention_layernorm(x2)
-            m = act(self.lin("mlp.gate_proj", h2)) * self.lin("mlp.up_proj", h2)
+            m = act(self.lin(GATE_PROJ, h2)) * self.lin(UP_PROJ, h2)
             acc.add(m)
             hidden.append(m)
         quantize_group(DOWN, acc.hessian(), None)
         # stage 5: the quantized layer's output
-        return [x2 + self.lin("mlp.down_proj", m) for x2, m in zip(resid, hidden)]
+        return [x2 + self.lin(DOWN_PROJ, m) for x2, m in zip(resid, hidden)]
 
 
 class _Stats:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..quant import matches
 from ..errors import LlmpressError
+from ..layout import NORM_READERS
+from ..quant import matches
 
 
 class ModelStructureError(LlmpressError, ValueError):
@@ -57,18 +58,10 @@ def group_size_problems(layer: nn.Module, names: list[str], group_size: int) -> 
     return [f"{n} (in_features {layer.get_submodule(n).in_features})" for n in names if layer.get_submodule(n).in_features % group_size]
 
 
-# SmoothQuant pairs for the Llama family: (norm, readers). Attention's v -> o pair is separate.
-NORM_MAPPINGS = (
-    ("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
-    ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
-)
-V_PROJ, O_PROJ = "self_attn.v_proj", "self_attn.o_proj"
-
-
 def smooth_pairs(layer: nn.Module, quantized: set[str]) -> list[tuple[str, tuple[str, ...]]]:
-    """The norm -> readers pairs present in this layer whose readers are all quantized."""
+    """The norm -> readers pairs (layout.NORM_READERS) present in this layer whose readers are all quantized."""
     pairs = []
-    for norm, readers in NORM_MAPPINGS:
+    for norm, readers in NORM_READERS:
         if _has(layer, norm) and all(r in quantized for r in readers):
             pairs.append((norm, readers))
     return pairs

@@ -37,6 +37,7 @@ class DecodeGraphs:
         self.lens = torch.ones(b, dtype=torch.int32, device=dev)
         # rope tables must not move after capture: cover every position a sequence can reach now
         model.reserve_rope(max_model_len)
+        self.max_position = max_model_len - 1  # what the static step tells layers: a window may bind (Layer.forward)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: dict[int, torch.Tensor] = {}  # size -> the captured output buffer [size, vocab]
 
@@ -47,7 +48,7 @@ class DecodeGraphs:
     def _step(self, b: int) -> torch.Tensor:
         """The static decode step over the first b rows of the buffers -> float32 logits [b, vocab]."""
         meta = BatchMeta(self.positions[:b], self.slots[:b], [], decode_tables=self.tables[:b],
-                         decode_lens=self.lens[:b], all_decode=True, max_position=0)
+                         decode_lens=self.lens[:b], all_decode=True, max_position=self.max_position)
         return self.model.logits(self.model.forward(self.input_ids[:b], meta, self.kv))
 
     @torch.inference_mode()

@@ -15,15 +15,15 @@ import torch
 
 from ..checkpoint.compressed_tensors import pack_int, unpack_int
 from ..checkpoint.shards import LazyCheckpoint
+from ..layout import DOWN, GATE_UP, K_NORM, O, Q_NORM, QKV
 from ..quant import ConfigGroup, QuantizationConfig
 from . import kernels
-from .model import Layer, Model, ModelConfig
-from ..errors import LlmpressError
+from .model import Layer, Model, ModelConfig, UnsupportedArchitecture
 
 QUANT_SUFFIXES = ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point", "weight_g_idx", "weight")
 
 
-class UnsupportedCheckpoint(LlmpressError, ValueError):
+class UnsupportedCheckpoint(UnsupportedArchitecture):
     """A checkpoint the embedded engine cannot run; the message names the way out."""
 
 
@@ -137,6 +137,7 @@ def load_model(folder: str | Path, dtype: torch.dtype = torch.float32, device: s
     folder, device = Path(folder), torch.device(device)
     hf = json.loads((folder / "config.json").read_text())
     cfg = ModelConfig.from_hf(hf)
+    lay = cfg.layout
     qc = quantization_config(hf.get("quantization_config"))
     ckpt = LazyCheckpoint(folder)
     pre = "model"
@@ -146,21 +147,29 @@ def load_model(folder: str | Path, dtype: torch.dtype = torch.float32, device: s
             raise UnsupportedCheckpoint(f"checkpoint is missing tensor {name!r}")
         return ckpt.get(name).to(device, dtype)
 
+    def norm(name: str) -> torch.Tensor:
+        """An RMSNorm's weight as the engine multiplies by it: Gemma's (1 + w) computed in float32, as
+        its forward does, then rounded to the engine dtype once."""
+        if not lay.norm_offset:
+            return dense(name)
+        if name not in ckpt:
+            raise UnsupportedCheckpoint(f"checkpoint is missing tensor {name!r}")
+        return (1.0 + ckpt.get(name).float()).to(device, dtype)
+
     layers = []
     for i in range(cfg.num_layers):
         p = f"{pre}.layers.{i}"
-        a, m = f"{p}.self_attn", f"{p}.mlp"
-        w = {
-            "input_layernorm": dense(f"{p}.input_layernorm.weight"),
-            "post_attention_layernorm": dense(f"{p}.post_attention_layernorm.weight"),
-            "qkv": _linear(ckpt, qc, [f"{a}.q_proj", f"{a}.k_proj", f"{a}.v_proj"], dtype, device),
-            "o_proj": _linear(ckpt, qc, [f"{a}.o_proj"], dtype, device),
-            "gate_up": _linear(ckpt, qc, [f"{m}.gate_proj", f"{m}.up_proj"], dtype, device),
-            "down_proj": _linear(ckpt, qc, [f"{m}.down_proj"], dtype, device),
-        }
-        if f"{a}.q_proj.bias" in ckpt:
-            w["qkv_bias"] = torch.cat([dense(f"{a}.{x}_proj.bias") for x in "qkv"])
-        layers.append(Layer(cfg, w))
+
+        def linear(names: tuple[str, ...]):
+            return _linear(ckpt, qc, [f"{p}.{n}" for n in names], dtype, device)
+
+        w = {n: norm(f"{p}.{n}.weight") for n in lay.norms}
+        w.update(qkv=linear(QKV), o_proj=linear(O), gate_up=linear(GATE_UP), down_proj=linear(DOWN))
+        if lay.qk_norm:
+            w.update(q_norm=norm(f"{p}.{Q_NORM}.weight"), k_norm=norm(f"{p}.{K_NORM}.weight"))
+        if f"{p}.{QKV[0]}.bias" in ckpt:
+            w["qkv_bias"] = torch.cat([dense(f"{p}.{n}.bias") for n in QKV])
+        layers.append(Layer(cfg, w, i))
     name = f"{pre}.embed_tokens.weight"
     if name not in ckpt:
         raise UnsupportedCheckpoint(f"checkpoint is missing tensor {name!r}")
@@ -171,4 +180,4 @@ def load_model(folder: str | Path, dtype: torch.dtype = torch.float32, device: s
         lm_head.shares_embedding = lm_head.weight.data_ptr() == embed.data_ptr()  # no padded copy
     else:
         lm_head = _linear(ckpt, qc, ["lm_head"], dtype, device)
-    return Model(cfg, embed, layers, dense(f"{pre}.norm.weight"), lm_head, dtype)
+    return Model(cfg, embed, layers, norm(f"{pre}.norm.weight"), lm_head, dtype)

@@ -6,6 +6,11 @@
     silu_mul(gate_up)                   SwiGLU's silu(gate) * up
     decode_attention(q, ...)            one new token per sequence against its paged KV cache
 
+and two torch-only ops for the other architectures' layers (Gemma 3, sliding windows), which no kernel has:
+
+    gelu_tanh_mul(gate_up)              GeGLU's gelu_tanh(gate) * up (Gemma)
+    decode_attention_window(q, ...)     decode_attention over the last `window` tokens of each context
+
 At decode a layer runs each on a handful of rows, where torch's dispatch of the ops they replace
 (4-10 each) costs more than the arithmetic: fused, a SmolLM2 decode step spends ~2 ms less outside
 the GEMMs. The fast path needs the extension (kernels.available()), CPU float32 tensors and a
@@ -129,6 +134,12 @@ def silu_mul_reference(gate_up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
+def gelu_tanh_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """gate_up [T, 2I] (gate, then up) -> gelu_tanh(gate) * up [T, I] (transformers' gelu_pytorch_tanh)."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.gelu(gate, approximate="tanh") * up
+
+
 # ------------------------------------------------------------------------------------- attention
 def decode_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -170,3 +181,22 @@ def decode_attention_reference(q, k_cache, v_cache, block_tables, context_lens, 
         p = torch.einsum("hd,nhd->hn", q[b].float(), k).mul(scale).softmax(-1)
         out[b] = torch.einsum("hn,nhd->hd", p, v)
     return out.to(q.dtype)
+
+
+def decode_attention_window(q, k_cache, v_cache, block_tables, context_lens, scale, window: int) -> torch.Tensor:
+    """decode_attention over only the last `window` tokens of each context (transformers' sliding window:
+    key position > query position - window), which the kernels do not do. Batched torch with no host sync,
+    so a CUDA graph can hold it; it reads every block of the tables: [B, max_blocks * block_size] keys a row.
+
+    q [B, H, D]; caches [num_blocks, block_size, KVH, D]; block_tables [B, max_blocks]; context_lens [B]."""
+    B, H, D = q.shape
+    kvh = k_cache.shape[2]
+    k = k_cache[block_tables.long()].flatten(1, 2).float().repeat_interleave(H // kvh, dim=2)  # [B, S, H, D]
+    v = v_cache[block_tables.long()].flatten(1, 2).float().repeat_interleave(H // kvh, dim=2)
+    pos = torch.arange(k.shape[1], device=q.device)  # [S]
+    lens = context_lens.to(q.device).long().unsqueeze(1)  # [B, 1]: the new token sits at position len - 1
+    keep = (pos < lens) & (pos > lens - 1 - window)
+    scores = torch.einsum("bhd,bshd->bhs", q.float(), k) * scale  # [B, H, S]
+    p = scores.masked_fill(~keep.unsqueeze(1), float("-inf")).softmax(-1)
+    v = v.masked_fill(~keep[:, :, None, None], 0.0)  # slots outside the context may hold anything, NaN included
+    return torch.einsum("bhs,bshd->bhd", p, v).to(q.dtype)
