@@ -157,11 +157,11 @@ def _compress_phases(shape: Shape, run: CompressRun) -> dict[str, dict[str, int]
         "embeddings as stored": embed_src, "layer-0 inputs": x}
     cols = max(c for _, c in shape.linears)
     wrow = max(r * c for r, c in shape.linears if c == cols) * 4
-    hess = 4 * cols * cols * 4  # accumulator + visiting-order copy + Cholesky factor + inverse (gptq.py)
+    hess = 2 * cols * cols * 4  # H + the one buffer its Cholesky factor, inverse and upper factor share (gptq.py)
     phases["GPTQ of down_proj"] = {
         "base": BASE_RSS, "layer": layer, "layer inputs": x, "residual (stage 3)": x,
-        "MLP activations [tokens, intermediate]": tok * i * cb, "Hessians + Cholesky (4 x cols^2 float32)": hess,
-        "weight (float32, + permuted copy)": 2 * wrow}
+        "MLP activations [tokens, intermediate]": tok * i * cb, "Hessian + Cholesky (2 x cols^2 float32)": hess,
+        "weight (float32 working copy)": wrow}
     phases["next-layer outputs"] = {"base": BASE_RSS, "layer": layer, "inputs, residual, outputs": 3 * x,
                                     "MLP activations [tokens, intermediate]": tok * i * cb}
     return phases

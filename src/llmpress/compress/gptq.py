@@ -67,7 +67,10 @@ class HessianAccumulator:
                 self.sum[i : i + b, j : j + b].addmm_(x[:, i : i + b].T, x[:, j : j + b])
             return
         for chunk in x.split(512) if x.dtype == torch.bfloat16 else (x,):
-            self.sum += self._upper_product(chunk)
+            if self.cols >= 512:  # bf16: block by block into the sum, no [cols, cols] temporary
+                self._add_upper_blocks(chunk)
+            else:
+                self.sum += self._upper_product(chunk)
 
     def _blocks(self):
         """(i, j, b): the upper block triangle, b x b blocks (the last ones may be narrower)."""
@@ -77,20 +80,39 @@ class HessianAccumulator:
     OUTLIER_FACTOR = 8.0  # a channel whose max |x| is 8x the median channel's is recomputed exactly
 
     def _upper_product(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cols < 512:
-            P = (x.T @ x).float()
-        else:
-            P = torch.zeros(self.cols, self.cols, device=x.device)
-            for i, j, b in self._blocks():
-                P[i : i + b, j : j + b] = x[:, i : i + b].T @ x[:, j : j + b]
-        if x.dtype == torch.bfloat16:
-            amax = x.abs().amax(0).float()
-            big = torch.nonzero(amax > self.OUTLIER_FACTOR * amax.median()).flatten()[:64]
-            if big.numel():
-                exact = x.float().T @ x[:, big].float()  # [cols, k]
-                P[:, big] = exact
-                P[big, :] = exact.T
+        """x [tokens, cols < 512] -> xᵀx [cols, cols] float32, outlier channels exact."""
+        P = (x.T @ x).float()
+        big, exact = self._outliers(x)
+        if big is not None:
+            P[:, big] = exact
+            P[big, :] = exact.T
         return P
+
+    def _add_upper_blocks(self, x: torch.Tensor) -> None:
+        """sum += xᵀx over the upper block triangle, x [tokens, cols >= 512] bf16: each block's
+        product (with the outlier channels' exact rows and columns) is added as it is made, so
+        the peak is the sum plus one [cols/4, cols/4] block, not two [cols, cols] matrices
+        (1.6 GB at an 8B model's down_proj). The same values as summing the whole product."""
+        big, exact = self._outliers(x)
+        for i, j, b in self._blocks():
+            P = (x[:, i : i + b].T @ x[:, j : j + b]).float()  # [b, b]
+            if big is not None:
+                in_j = (big >= j) & (big < j + b)
+                P[:, big[in_j] - j] = exact[i : i + b, in_j]
+                in_i = (big >= i) & (big < i + b)
+                P[big[in_i] - i, :] = exact[j : j + b, in_i].T
+            self.sum[i : i + b, j : j + b] += P
+
+    def _outliers(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """bf16 x: the "massive activation" channels (at most 64) and their exact products
+        x.float()ᵀ x[:, big] [cols, k]; (None, None) when there are none or x is float."""
+        if x.dtype != torch.bfloat16:
+            return None, None
+        amax = x.abs().amax(0).float()
+        big = torch.nonzero(amax > self.OUTLIER_FACTOR * amax.median()).flatten()[:64]
+        if not big.numel():
+            return None, None
+        return big, x.float().T @ x[:, big].float()
 
     def hessian(self) -> torch.Tensor:
         """H, built in the accumulator's own buffer (no [cols, cols] temporaries: for an 8B
@@ -108,28 +130,53 @@ class HessianAccumulator:
         return H.mul_(2.0 / max(self.n, 1))
 
 
-def inverse_cholesky(H: torch.Tensor, dampening_frac: float, warn=print) -> tuple[torch.Tensor, float]:
-    """Upper Cholesky factor of (H + λI)⁻¹ with λ = frac·mean(diag H). When H is not
-    positive definite at that damping, retry with 10x more and say so."""
+def inverse_cholesky(
+    H: torch.Tensor,
+    dampening_frac: float,
+    warn=print,
+    perm: torch.Tensor | None = None,
+    dead: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, float]:
+    """Upper Cholesky factor of (H' + λI)⁻¹ with λ = frac·mean(diag H'), where H' is H in the
+    visiting order `perm` with the diagonal of `dead` columns (given in that order) set to 1.
+    When H' is not positive definite at that damping, retry with 10x more and say so.
+
+    H is only read. Everything happens in one more [cols, cols] buffer, column-major like
+    LAPACK's, that potrf / potri / potrf overwrite in turn (torch's out= runs them in place
+    when the output is the input and column-major): two matrices at the peak instead of four
+    (3.3 GB -> 1.6 GB at an 8B model's down_proj), and the same bits, since LAPACK sees the
+    same input in the same layout."""
     cols = H.shape[0]
-    mean_diag = torch.mean(torch.diag(H)).item()
+    S = torch.empty(cols, cols, dtype=torch.float32, device=H.device).mT  # [cols, cols], column-major
+    _fill_visiting_order(S, H, perm)
+    if dead is not None:
+        S.diagonal()[dead] = 1.0
+    original = S.diagonal().clone()
+    mean_diag = torch.mean(original).item()
+    info = torch.empty((), dtype=torch.int32, device=H.device)
     frac = dampening_frac
-    original = H.diagonal().clone()  # damp H in place (no copy of H), and restore it on the way out
-    try:
-        for _ in range(6):
-            H.diagonal().copy_(original).add_(frac * mean_diag)
-            L, info = torch.linalg.cholesky_ex(H)
+    for attempt in range(6):
+        if attempt:  # the failed factorization overwrote S
+            _fill_visiting_order(S, H, perm)
+        S.diagonal().copy_(original).add_(frac * mean_diag)
+        torch.linalg.cholesky_ex(S, out=(S, info))  # L, lower
+        if info == 0:
+            torch.cholesky_inverse(S, out=S)  # (H' + λI)⁻¹
+            torch.linalg.cholesky_ex(S, upper=True, out=(S, info))
             if info == 0:
-                Hinv = torch.cholesky_inverse(L)
-                del L  # at most three [cols, cols] matrices alive at once
-                U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
-                if info == 0:
-                    return U, frac
-            warn(f"GPTQ: Hessian not positive definite at dampening {frac:g}; retrying with {frac * 10:g}")
-            frac *= 10
-    finally:
-        H.diagonal().copy_(original)
+                return S, frac
+        warn(f"GPTQ: Hessian not positive definite at dampening {frac:g}; retrying with {frac * 10:g}")
+        frac *= 10
     raise RuntimeError(f"GPTQ: Hessian ({cols}x{cols}) not positive definite even at dampening {frac:g}")
+
+
+def _fill_visiting_order(S: torch.Tensor, H: torch.Tensor, perm: torch.Tensor | None, chunk: int = 1024) -> None:
+    """S[a, b] = H[perm[a], perm[b]] (or S = H), gathered [chunk, cols] at a time."""
+    if perm is None:
+        S.copy_(H)
+        return
+    for a in range(0, S.shape[0], chunk):
+        S[a : a + chunk] = H.index_select(0, perm[a : a + chunk]).index_select(1, perm)
 
 
 def gptq_quantize(
@@ -142,7 +189,7 @@ def gptq_quantize(
     warn=print,
 ) -> GPTQResult:
     """W [rows, cols] (any float dtype), H [cols, cols] float32 -> quantized W."""
-    W = W.detach().float().clone()
+    W = W.detach().to(torch.float32, copy=True)
     H_in = H.detach().float()  # never modified: gate/up share one H
     rows, cols = W.shape
     group = args.group_size if args.strategy == "group" else None
@@ -162,13 +209,12 @@ def gptq_quantize(
         scale = torch.empty(rows, cols // group, dtype=scale_dtype, device=W.device)
         zp = None if args.symmetric else torch.empty(rows, cols // group, dtype=torch.int8, device=W.device)
     perm = torch.argsort(importance, descending=True) if args.actorder is not None else None
-    # H in the visiting order; the one [cols, cols] copy this function makes (plus a transient)
-    H = H_in.index_select(0, perm).index_select(1, perm) if perm is not None else H_in.clone()
-    if perm is not None:
-        W, dead = W[:, perm], dead[perm]
-    H.diagonal()[dead] = 1.0
-    U, used_frac = inverse_cholesky(H, dampening_frac, warn)
-    del H
+    if perm is not None:  # W in the visiting order, permuted in place a few rows at a time
+        for r in range(0, rows, 256):
+            W[r : r + 256] = W[r : r + 256, perm]
+        dead = dead[perm]
+    # the one [cols, cols] matrix this function makes: H's caller keeps H, so two at the peak
+    U, used_frac = inverse_cholesky(H_in, dampening_frac, warn, perm, dead)
 
     # each column's scale / zero-point: looked up by group index (no [rows, cols] tables)
     gidx = torch.arange(cols) // group if group else torch.zeros(cols, dtype=torch.long)
