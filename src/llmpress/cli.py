@@ -51,6 +51,17 @@ def _ppl(a: argparse.Namespace) -> int:
     return 0
 
 
+def _check(a: argparse.Namespace) -> int:
+    from .check import CheckConfig, check
+
+    r = check(CheckConfig(a.checkpoint, base=a.base, tokens=a.tokens, max_kl=a.max_kl, min_top1=a.min_top1))
+    print(r.to_markdown())
+    print(json.dumps(r.to_dict()))
+    if not r.passed:
+        print(f"llmpress check: {r.summary()}", file=sys.stderr)
+    return 0 if r.passed else 1
+
+
 def _engine_args(p: argparse.ArgumentParser, model_optional: bool = True) -> None:
     # generate's MODEL is required: with it optional, `generate default` took "default" as the prompt
     p.add_argument("model", nargs="?" if model_optional else None, default="default" if model_optional else None,
@@ -326,6 +337,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-tokens", type=int, default=16384, help="0 = the whole text")
     q.set_defaults(fn=_ppl)
 
+    k = sub.add_parser("check", help="quality gate: scales, groups, calibration, config; KL / top-1 with --base")
+    k.add_argument("checkpoint", help="a compressed-tensors checkpoint folder")
+    k.add_argument("--base", help="the model it was compressed from: adds KL / top-1 agreement against limits")
+    k.add_argument("--tokens", type=int, default=512, help="held-text tokens scored against --base")
+    k.add_argument("--max-kl", type=float, help="KL limit, nats/token (default: 0.8 for 4-bit weights, 0.15 for 8-bit)")
+    k.add_argument("--min-top1", type=float, help="top-1 agreement limit, a fraction (default: 0.55 4-bit, 0.75 8-bit)")
+    k.set_defaults(fn=_check)
+
     g = sub.add_parser("generate", help="complete a prompt with the embedded engine")
     _engine_args(g, model_optional=False)
     g.add_argument("prompt", help="the text to complete")
@@ -488,10 +507,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     from .run import RunError, RunRecipeError
     from .synth import SynthError
     from .plan import PlanError
+    from .check import CheckError
 
     errors: tuple[type[Exception], ...] = (RecipeError, DatasetError, ModelError, ModelStructureError, CheckpointError, OutputExistsError, TextError,
                                           EvalError, TaskDataError, BenchTargetError, WorkloadError,
-                                          RunRecipeError, RunError, CardError, SynthError, PlanError)
+                                          RunRecipeError, RunError, CardError, SynthError, PlanError,
+                                          CheckError)
     if args.verb in ("generate", "chat"):  # the engine validates its input with ValueError / TypeError
         errors += (ValueError, TypeError)
     try:
