@@ -15,6 +15,7 @@ def _compress(a: argparse.Namespace) -> int:
         scheme=a.scheme, group_size=a.group_size, num_samples=a.num_samples, max_seq_len=a.max_seq_len,
         dataset=a.dataset, dampening_frac=a.dampening_frac, seed=a.seed, device=a.device,
         observer=a.observer, smoothing_strength=a.smoothing_strength, dtype=a.dtype, gptq=a.gptq,
+        rotate=a.rotate,
     )
     if a.ignore is not None:
         overrides["ignore"] = tuple(x for x in a.ignore.split(",") if x)
@@ -319,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--smoothing-strength", type=float, help="SmoothQuant alpha for W8A8 (0 = off)")
     c.add_argument("--gptq", action=argparse.BooleanOptionalAction, default=None,
                    help="GPTQ error compensation (default: on for int schemes, off for FP8_DYNAMIC)")
+    c.add_argument("--rotate", action="store_true", default=None,
+                   help="fuse QuaRot/SpinQuant Hadamard rotations (R1 residual, R2 per head) into the weights first")
     c.add_argument("--no-actorder", action="store_true", help="quantize columns in order, with error-compensated group scales")
     c.add_argument("--ignore", help="comma-separated module names / re: patterns left unquantized")
     c.add_argument("--seed", type=int, help="calibration sample draw (default: 42)")

@@ -22,11 +22,12 @@ MOD = "model.layers.1.mlp.down_proj"
 @pytest.fixture(scope="module")
 def base(tmp_path_factory, default_model):
     """A tiny Llama whose next-token choice depends on its layers: untied and with a sharp lm_head (the
-    conftest model's tied embeddings make it predict mostly from the current token, whatever its layers do)."""
+    conftest model's tied embeddings make it predict mostly from the current token, whatever its layers do,
+    and a flat distribution hides a broken model: shuffled weights measured KL 0.5 with lm_head x8, 4.3 x24)."""
     src = make_tiny_model("llama", tmp_path_factory.mktemp("check") / "base", default_model, tie_word_embeddings=False)
     for f in src.glob("*.safetensors"):
         t = load_file(f)
-        t["lm_head.weight"] = t["lm_head.weight"] * 8
+        t["lm_head.weight"] = t["lm_head.weight"] * 24
         save_file(t, f, metadata={"format": "pt"})
     return src
 
@@ -143,7 +144,7 @@ def test_planted_shuffled_weights_fail_against_the_base(good, base, tmp_path, sc
           if k.endswith(("weight_packed", "proj.weight")) else v)
     assert _faults(ck)[0].passed  # structurally fine
     r, found = _faults(ck, base=str(base))
-    assert found == {("quality", "")} and r.quality["top1_agreement"] < r.quality["min_top1"]
+    assert ("quality", "") in found and r.quality["kl_divergence"] > 2 * r.quality["max_kl"]
 
 
 def test_compress_sets_a_failing_checkpoint_aside(base, calib_file, tmp_path, monkeypatch, capsys):

@@ -26,7 +26,7 @@ from ..checkpoint.compressed_tensors import compress_linear, quantization_config
 from ..checkpoint.shards import LazyCheckpoint, ShardWriter, atomic_output_dir, copy_side_files
 from .. import plan
 from ..models import resolve_model
-from . import sequential
+from . import rotate, sequential
 from .calibrate import CalibrationError, DecoderInputs, InputStats, capture_decoder_inputs, fastest_cpu_dtype, run_layer
 from .dataset import calibration_samples
 from .fp8 import fp8_quantize_weight
@@ -62,6 +62,8 @@ def compress(
     config, skeleton = _skeleton(src)
     layers_prefix, layers = find_decoder_layers(skeleton, config.num_hidden_layers)
     ckpt = LazyCheckpoint(src)
+    if recipe.rotate:
+        ckpt = _rotated(ckpt, config, recipe.seed)
 
     names = list(target_linears(layers[0], f"{layers_prefix}.0", recipe.targets, recipe.ignore))
     if not names:
@@ -131,6 +133,8 @@ def compress(
         writer.close()
 
         cfg = json.loads((src / "config.json").read_text())
+        if recipe.rotate:
+            cfg["tie_word_embeddings"] = False  # the rotated lm_head holds the final norm; the embedding does not
         cfg["quantization_config"] = quantization_config(scheme, list(recipe.ignore), list(recipe.targets))
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         copy_side_files(src, tmp)
@@ -176,6 +180,22 @@ def _gate(tmp: Path, src: Path, source_bytes: int, output) -> None:
                           f"{failed / 'CHECK_FAILED.txt'}), not at {output}")
     write_report(report, tmp)
     _log(report.summary())
+
+
+def _rotated(ckpt: LazyCheckpoint, config, seed: int) -> rotate.RotatedCheckpoint:
+    """The checkpoint seen through R1 + R2 Hadamard rotations (rotate.py), refused where they do not apply."""
+    if config.model_type not in rotate.SUPPORTED:
+        raise RecipeError(f"rotate: {config.model_type} is not supported (Llama, Mistral, Qwen2 layouts only); "
+                          "drop `rotate` / --rotate")
+    d, heads = config.hidden_size, config.num_attention_heads
+    for n, what in ((d, "hidden_size"), (getattr(config, "head_dim", None) or d // heads, "head_dim")):
+        if rotate.hadamard(n) is None:
+            raise RecipeError(f"rotate: no Hadamard matrix of order {n} ({what}) is built here; drop --rotate")
+    view = rotate.RotatedCheckpoint(ckpt, config, seed)
+    if view.tied:
+        _log("rotate: lm_head is untied from the embedding (it absorbs the final norm's scale, the embedding "
+             "does not), so the output stores both")
+    return view
 
 
 @functools.cache
