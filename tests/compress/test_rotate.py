@@ -16,8 +16,13 @@ def test_hadamard_orders(n):
     h = hadamard(n)
     assert h is not None and set(h.unique().tolist()) <= {-1.0, 1.0}
     torch.testing.assert_close(h @ h.T, n * torch.eye(n, dtype=torch.float64), rtol=0, atol=0)
-    q = random_hadamard(n, 0)
+    rot = random_hadamard(n, 0)
+    q = rot.matrix()
     torch.testing.assert_close(q @ q.T, torch.eye(n, dtype=torch.float64), rtol=0, atol=1e-12)
+    # the Kronecker-factored products equal the dense ones on random inputs
+    x = torch.randn(5, n, dtype=torch.float64, generator=torch.Generator().manual_seed(n))
+    torch.testing.assert_close(rot.right(x), x @ (hadamard(n) * rot.signs / n ** 0.5))
+    torch.testing.assert_close(rot.left_t(x.T), q.T @ x.T)
 
 
 def test_no_hadamard_where_none_exists():
