@@ -15,6 +15,7 @@ def _compress(a: argparse.Namespace) -> int:
         scheme=a.scheme, group_size=a.group_size, num_samples=a.num_samples, max_seq_len=a.max_seq_len,
         dataset=a.dataset, dampening_frac=a.dampening_frac, seed=a.seed, device=a.device,
         observer=a.observer, smoothing_strength=a.smoothing_strength, dtype=a.dtype, gptq=a.gptq,
+        rotate=a.rotate,
     )
     if a.ignore is not None:
         overrides["ignore"] = tuple(x for x in a.ignore.split(",") if x)
@@ -49,6 +50,17 @@ def _ppl(a: argparse.Namespace) -> int:
               f"top-1 agreement {100 * r.top1_agreement:.2f}%")
     print(json.dumps(r.to_dict()))
     return 0
+
+
+def _check(a: argparse.Namespace) -> int:
+    from .check import CheckConfig, check
+
+    r = check(CheckConfig(a.checkpoint, base=a.base, tokens=a.tokens, max_kl=a.max_kl, min_top1=a.min_top1))
+    print(r.to_markdown())
+    print(json.dumps(r.to_dict()))
+    if not r.passed:
+        print(f"llmpress check: {r.summary()}", file=sys.stderr)
+    return 0 if r.passed else 1
 
 
 def _engine_args(p: argparse.ArgumentParser, model_optional: bool = True) -> None:
@@ -285,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--smoothing-strength", type=float, help="SmoothQuant alpha for W8A8 (0 = off)")
     c.add_argument("--gptq", action=argparse.BooleanOptionalAction, default=None,
                    help="GPTQ error compensation (default: on for int schemes, off for FP8_DYNAMIC)")
+    c.add_argument("--rotate", action="store_true", default=None,
+                   help="fuse QuaRot/SpinQuant Hadamard rotations (R1 residual, R2 per head) into the weights first")
     c.add_argument("--no-actorder", action="store_true", help="quantize columns in order, with error-compensated group scales")
     c.add_argument("--ignore", help="comma-separated module names / re: patterns left unquantized")
     c.add_argument("--seed", type=int, help="calibration sample draw (default: 42)")
@@ -302,6 +316,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--window", type=int, default=512, help="tokens per non-overlapping window")
     q.add_argument("--max-tokens", type=int, default=16384, help="0 = the whole text")
     q.set_defaults(fn=_ppl)
+
+    k = sub.add_parser("check", help="quality gate: scales, groups, calibration, config; KL / top-1 with --base")
+    k.add_argument("checkpoint", help="a compressed-tensors checkpoint folder")
+    k.add_argument("--base", help="the model it was compressed from: adds KL / top-1 agreement against limits")
+    k.add_argument("--tokens", type=int, default=512, help="held-text tokens scored against --base")
+    k.add_argument("--max-kl", type=float, help="KL limit, nats/token (default: 0.8 for 4-bit weights, 0.15 for 8-bit)")
+    k.add_argument("--min-top1", type=float, help="top-1 agreement limit, a fraction (default: 0.55 4-bit, 0.75 8-bit)")
+    k.set_defaults(fn=_check)
 
     g = sub.add_parser("generate", help="complete a prompt with the embedded engine")
     _engine_args(g, model_optional=False)

@@ -6,7 +6,7 @@ import torch
 
 from llmpress.compress.gptq import HessianAccumulator, _one_group, gptq_quantize
 from llmpress.compress.observers import observe
-from llmpress.compress.schemes import QuantArgs
+from llmpress.quant import QuantArgs
 
 
 def _ref_inverse_cholesky(H, dampening_frac, warn):

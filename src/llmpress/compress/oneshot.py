@@ -28,7 +28,7 @@ from .. import plan
 from ..layout import NORM_READERS, O_PROJ, V_PROJ
 from ..models import resolve_model
 from ..quant import dequantize, dynamic_per_token
-from . import sequential
+from . import rotate, sequential
 from .calibrate import CalibrationError, DecoderInputs, InputStats, capture_decoder_inputs, fastest_cpu_dtype, run_layer
 from .dataset import calibration_samples
 from .fp8 import fp8_quantize_weight
@@ -60,6 +60,8 @@ def compress(
     config, skeleton = _skeleton(src)
     layers_prefix, layers = find_decoder_layers(skeleton, config.num_hidden_layers)
     ckpt = LazyCheckpoint(src)
+    if recipe.rotate:
+        ckpt = _rotated(ckpt, config, recipe.seed)
 
     names = list(target_linears(layers[0], f"{layers_prefix}.0", recipe.targets, recipe.ignore))
     if not names:
@@ -115,6 +117,8 @@ def compress(
                 inputs.hidden = outs
             layer.to("meta")
             _trim_heap()
+            for name, n in layer_stats.pop("module_tokens", {}).items():  # read by `llmpress check`
+                stats.setdefault("calibration_tokens", {})[f"{prefix}.{name}"] = n
             stats["layers"].append(layer_stats)
             if (skipped := layer_stats.get("smoothquant_not_folded")) and skipped not in said:
                 said.append(skipped)
@@ -127,6 +131,8 @@ def compress(
         writer.close()
 
         cfg = json.loads((src / "config.json").read_text())
+        if recipe.rotate:
+            cfg["tie_word_embeddings"] = False  # the rotated lm_head holds the final norm; the embedding does not
         cfg["quantization_config"] = quantization_config(scheme, list(recipe.ignore), list(recipe.targets))
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         copy_side_files(src, tmp)
@@ -142,7 +148,52 @@ def compress(
             calibration_dtype=str(calib_dtype).removeprefix("torch."),
         )
         (tmp / "llmpress_compress.json").write_text(json.dumps(stats, indent=2) + "\n")
+        _gate(tmp, src, stats["source_bytes"], output)
     return Path(output)
+
+
+def _gate(tmp: Path, src: Path, source_bytes: int, output) -> None:
+    """`llmpress check` on the checkpoint before it is renamed into place (check/), with the source as
+    the base when both fit in RAM in float32 (transformers loads each; ~4x the bf16 bytes). A failing
+    checkpoint goes to OUTPUT.failed/ with the reason, and the run stops with one line."""
+    from ..check import CheckConfig, CheckFailed, check, set_aside, write_report
+    from ..eval.perplexity import TextError, lee_corpus_path
+
+    base, why = src, ""
+    try:
+        if not lee_corpus_path().is_file():
+            base, why = None, "the Lee corpus (gensim's test data) is not installed"
+    except TextError as e:
+        base, why = None, str(e)
+    if base is not None and 4 * source_bytes > plan.this_machine(output, measure=False).ram_available:
+        base, why = None, f"the base and the checkpoint in float32 (~{4 * source_bytes / 1e9:.1f} GB) exceed free RAM"
+    report = check(CheckConfig(str(tmp), base=str(base) if base else None))
+    report.checkpoint = str(Path(output).expanduser().resolve())  # where it goes, not the temporary folder
+    if why:
+        report.notes.append(f"KL vs the base not measured: {why}; run `llmpress check DIR --base MODEL` elsewhere")
+        _log(f"check: KL vs the base not measured: {why}")
+    if not report.passed:
+        failed = set_aside(tmp, output, report)
+        raise CheckFailed(f"{report.summary()}; the checkpoint is kept at {failed} (reason in "
+                          f"{failed / 'CHECK_FAILED.txt'}), not at {output}")
+    write_report(report, tmp)
+    _log(report.summary())
+
+
+def _rotated(ckpt: LazyCheckpoint, config, seed: int) -> rotate.RotatedCheckpoint:
+    """The checkpoint seen through R1 + R2 Hadamard rotations (rotate.py), refused where they do not apply."""
+    if config.model_type not in rotate.SUPPORTED:
+        raise RecipeError(f"rotate: {config.model_type} is not supported (Llama, Mistral, Qwen2 layouts only); "
+                          "drop `rotate` / --rotate")
+    d, heads = config.hidden_size, config.num_attention_heads
+    for n, what in ((d, "hidden_size"), (getattr(config, "head_dim", None) or d // heads, "head_dim")):
+        if rotate.hadamard(n) is None:
+            raise RecipeError(f"rotate: no Hadamard matrix of order {n} ({what}) is built here; drop --rotate")
+    view = rotate.RotatedCheckpoint(ckpt, config, seed)
+    if view.tied:
+        _log("rotate: lm_head is untied from the embedding (it absorbs the final norm's scale, the embedding "
+             "does not), so the output stores both")
+    return view
 
 
 @functools.cache
@@ -272,7 +323,7 @@ def _quantize_layer(
             out[name] = compress_linear(res.q.cpu(), res.scale.cpu(), zp, scheme)
             lin.weight.data = dequantize(res.q, res.scale, res.zero_point).to(W.dtype)
 
-    outs, skipped = None, []
+    outs, skipped, tokens = None, [], None
     if not scheme.uses_gptq:
         quantize(list(linears), None)
     elif recipe.sequential and sequential.supports(layer, linears, config, recipe.max_seq_len):
@@ -284,11 +335,14 @@ def _quantize_layer(
             skipped = _smooth_layer(layer, linears, stats, hessians, recipe.smoothing_strength, config)
         for name in linears:
             quantize([name], hessians[stats.owner[name]])
+        tokens = stats.tokens
     layer_stats = {"gptq_loss": float(sum(losses))} if losses else {}
     if skipped:
         layer_stats["smoothquant_not_folded"] = skipped
     if inputs is not None:
         layer_stats["calibration_tokens"] = sum(h.numel() // h.shape[-1] for h, _ in inputs)
+        # per Linear: the hooks' counts, or on the staged path every token of the layer's input
+        layer_stats["module_tokens"] = tokens or dict.fromkeys(linears, layer_stats["calibration_tokens"])
     return layer_stats, out, outs
 
 

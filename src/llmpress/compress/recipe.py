@@ -32,6 +32,7 @@ class Recipe:
     sequential: bool = True  # Llama-family layers: quantize q/k/v -> o -> gate/up -> down in one staged pass
     smoothing_strength: float = 0.8  # SmoothQuant α for schemes with int8 activations; 0 turns it off
     device: str = "auto"  # "auto" = cuda when present, else cpu
+    rotate: bool = False  # QuaRot / SpinQuant R1 + R2 Hadamard rotations fused into the weights first (rotate.py)
     dtype: str = "auto"  # calibration forward dtype: "auto" (bf16 on GPU; on CPU the faster, measured) | float32 | bfloat16
 
     def __post_init__(self) -> None:
@@ -52,6 +53,8 @@ class Recipe:
             raise RecipeError(f"dampening_frac must be in [0, 10), got {self.dampening_frac!r}")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise RecipeError(f"dtype must be 'auto', 'float32' or 'bfloat16', got {self.dtype!r}")
+        if self.rotate not in (True, False):
+            raise RecipeError(f"rotate must be true or false, got {self.rotate!r}")
         if self.gptq not in (None, True, False):
             raise RecipeError(f"gptq must be true or false, got {self.gptq!r}")
         if self.observer not in (None, "mse", "minmax"):
