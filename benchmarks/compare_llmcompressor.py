@@ -108,8 +108,11 @@ def main() -> None:
     print("| tool | wall s | peak RSS MB | perplexity | Δppl vs base | KL (nats/tok) | top-1 agree |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, t in sorted(results["tools"].items(), key=lambda kv: kv[0] != "llm-compressor 0.14.0.1"):
-        print(f"| {name}{' (previous run)' if t.get('reused') else ''} | {t['wall_s']} | {t['peak_rss_mb']} | {t['ppl']:.3f} | {100 * (t['ppl'] / base_ppl - 1):+.1f}% "
-              f"| {t['kl']:.4f} | {100 * t['top1']:.2f}% |")
+        print(
+            f"| {name}{' (previous run)' if t.get('reused') else ''} | {t['wall_s']} | {t['peak_rss_mb']} "
+            f"| {t['ppl']:.3f} | {100 * (t['ppl'] / base_ppl - 1):+.1f}% "
+            f"| {t['kl']:.4f} | {100 * t['top1']:.2f}% |"
+        )
     tools = results["tools"]
     lc = tools.get("llm-compressor 0.14.0.1")
     for name in ("llmpress", "llmpress (GPTQ)"):
@@ -117,8 +120,13 @@ def main() -> None:
             continue
         lp = tools[name]
         r = results.setdefault("ratios", {})[name] = dict(
-            wall=lp["wall_s"] / lc["wall_s"], ppl_loss=(lp["ppl"] - base_ppl) / (lc["ppl"] - base_ppl), kl=lp["kl"] / lc["kl"])
-        print(f"\n{name} / llm-compressor: wall {r['wall']:.2f}x, perplexity loss {r['ppl_loss']:.2f}x, KL {r['kl']:.2f}x")
+            wall=lp["wall_s"] / lc["wall_s"],
+            ppl_loss=(lp["ppl"] - base_ppl) / (lc["ppl"] - base_ppl),
+            kl=lp["kl"] / lc["kl"],
+        )
+        print(
+            f"\n{name} / llm-compressor: wall {r['wall']:.2f}x, perplexity loss {r['ppl_loss']:.2f}x, KL {r['kl']:.2f}x"
+        )
     (out / "compare.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results))
 

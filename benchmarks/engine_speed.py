@@ -93,13 +93,22 @@ def main() -> None:
             sys.exit(f"{m}: failed\n{p.stderr[-3000:]}")
         rows.append(json.loads(p.stdout.strip().splitlines()[-1]))
     print(f"\nprompt {a.prompt_len} tokens, {a.gen} generated per sequence, greedy; torch threads = cores\n")
-    head = "| model | linears MiB | embed+head MiB | prefill tok/s | " + " | ".join(f"decode tok/s @{b}" for b in batches) + " | GB/s @1 | peak RSS MB |"
+    head = (
+        "| model | linears MiB | embed+head MiB | prefill tok/s | "
+        + " | ".join(f"decode tok/s @{b}" for b in batches)
+        + " | GB/s @1 | peak RSS MB |"
+    )
     print(head)
     print("|---" * (6 + len(batches)) + "|")
     for r in rows:
         wb = r["weight_bytes"]
-        dec = " | ".join(str(r["decode"][str(b)]["tok_s"] if str(b) in r["decode"] else r["decode"][b]["tok_s"]) for b in batches)
-        print(f"| {r['model']} | {wb['linears'] / 2**20:.1f} | {(wb['embedding'] + wb['lm_head']) / 2**20:.1f} | {r['prefill_tok_s']} | {dec} | {r['gb_s_at_1']} | {r['peak_rss_mb']} |")
+        dec = " | ".join(
+            str(r["decode"][str(b)]["tok_s"] if str(b) in r["decode"] else r["decode"][b]["tok_s"]) for b in batches
+        )
+        print(
+            f"| {r['model']} | {wb['linears'] / 2**20:.1f} | {(wb['embedding'] + wb['lm_head']) / 2**20:.1f} "
+            f"| {r['prefill_tok_s']} | {dec} | {r['gb_s_at_1']} | {r['peak_rss_mb']} |"
+        )
     print(json.dumps(rows))
 
 

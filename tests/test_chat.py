@@ -10,7 +10,6 @@ import signal
 import sys
 import time
 
-import pytest
 
 
 class Terminal:

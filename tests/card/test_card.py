@@ -4,7 +4,6 @@ bench.json, the card is a pure function of the run folder, and --report inlines 
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 import yaml

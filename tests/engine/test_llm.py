@@ -54,12 +54,18 @@ def test_stop_token_ids_and_stop_strings(llm):
     ref = llm.generate("Hello there", greedy, use_tqdm=False)[0].outputs[0]
     stop_id = ref.token_ids[5]
     first = ref.token_ids.index(stop_id)
-    out = llm.generate("Hello there", SamplingParams(temperature=0, max_tokens=20, ignore_eos=True, stop_token_ids=[stop_id]), use_tqdm=False)[0].outputs[0]
+    out = llm.generate(
+        "Hello there",
+        SamplingParams(temperature=0, max_tokens=20, ignore_eos=True, stop_token_ids=[stop_id]),
+        use_tqdm=False,
+    )[0].outputs[0]
     assert out.token_ids == ref.token_ids[: first + 1] and out.finish_reason == "stop" and out.stop_reason == stop_id
     # a stop string from the middle of the reference text cuts the text right before it
     tail = ref.text[len(ref.text) // 2 :].strip()[:3]
     if tail:
-        s = llm.generate("Hello there", SamplingParams(temperature=0, max_tokens=20, ignore_eos=True, stop=[tail]), use_tqdm=False)[0].outputs[0]
+        s = llm.generate(
+            "Hello there", SamplingParams(temperature=0, max_tokens=20, ignore_eos=True, stop=[tail]), use_tqdm=False
+        )[0].outputs[0]
         assert s.finish_reason == "stop" and s.stop_reason == tail
         assert s.text == ref.text[: ref.text.find(tail)]
 
@@ -68,13 +74,21 @@ def test_min_tokens_blocks_stop(llm):
     greedy = dict(temperature=0, max_tokens=10, ignore_eos=True)
     ref = llm.generate("Hello", SamplingParams(**greedy), use_tqdm=False)[0].outputs[0]
     stop_id = ref.token_ids[0]
-    out = llm.generate("Hello", SamplingParams(**greedy, stop_token_ids=[stop_id], min_tokens=4), use_tqdm=False)[0].outputs[0]
+    out = llm.generate("Hello", SamplingParams(**greedy, stop_token_ids=[stop_id], min_tokens=4), use_tqdm=False)[
+        0
+    ].outputs[0]
     assert len(out.token_ids) >= 4 and stop_id not in out.token_ids[:4]
 
 
 def test_penalties_change_repetition(llm):
-    base = llm.generate("a a a a a a", SamplingParams(temperature=0, max_tokens=30, ignore_eos=True), use_tqdm=False)[0].outputs[0]
-    pen = llm.generate("a a a a a a", SamplingParams(temperature=0, max_tokens=30, ignore_eos=True, frequency_penalty=2.0), use_tqdm=False)[0].outputs[0]
+    base = llm.generate("a a a a a a", SamplingParams(temperature=0, max_tokens=30, ignore_eos=True), use_tqdm=False)[
+        0
+    ].outputs[0]
+    pen = llm.generate(
+        "a a a a a a",
+        SamplingParams(temperature=0, max_tokens=30, ignore_eos=True, frequency_penalty=2.0),
+        use_tqdm=False,
+    )[0].outputs[0]
     assert len(set(pen.token_ids)) > len(set(base.token_ids))
 
 
@@ -82,7 +96,11 @@ def test_logprobs_and_prompt_logprobs_match_full_forward(llm, tiny_llama):
     from transformers import AutoModelForCausalLM
 
     ids = [1, 500, 900, 1200, 77, 31]
-    out = llm.generate({"prompt_token_ids": ids}, SamplingParams(temperature=0, max_tokens=3, logprobs=2, prompt_logprobs=1, ignore_eos=True), use_tqdm=False)[0]
+    out = llm.generate(
+        {"prompt_token_ids": ids},
+        SamplingParams(temperature=0, max_tokens=3, logprobs=2, prompt_logprobs=1, ignore_eos=True),
+        use_tqdm=False,
+    )[0]
     hf = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
     full = ids + out.outputs[0].token_ids
     with torch.no_grad():
@@ -95,7 +113,13 @@ def test_logprobs_and_prompt_logprobs_match_full_forward(llm, tiny_llama):
         row = lp[len(ids) - 1 + j]
         assert abs(d[tok].logprob - row[tok].item()) < 1e-3 and d[tok].rank == 1
         assert len(d) == 2  # greedy pick is the top-1, plus the second best
-    assert abs(out.outputs[0].cumulative_logprob - sum(d[t].logprob for t, d in zip(out.outputs[0].token_ids, out.outputs[0].logprobs))) < 1e-4
+    assert (
+        abs(
+            out.outputs[0].cumulative_logprob
+            - sum(d[t].logprob for t, d in zip(out.outputs[0].token_ids, out.outputs[0].logprobs))
+        )
+        < 1e-4
+    )
 
 
 def test_small_cache_makes_requests_wait_not_fail(tiny_llama):
@@ -115,15 +139,18 @@ def test_chat_uses_the_template(llm):
     assert "<|im_start|>assistant" in out.prompt and out.prompt.rstrip().endswith("assistant")
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(max_tokens=-1), "max_tokens"),
-    (dict(top_p=0.0), "top_p"),
-    (dict(top_p=1.5), "top_p"),
-    (dict(stop=[1, 2]), "stop"),
-    (dict(stop=5), "stop"),
-    (dict(temperature=-1), "temperature"),
-    (dict(n=0), "n="),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(max_tokens=-1), "max_tokens"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(stop=[1, 2]), "stop"),
+        (dict(stop=5), "stop"),
+        (dict(temperature=-1), "temperature"),
+        (dict(n=0), "n="),
+    ],
+)
 def test_bad_sampling_params(kwargs, match):
     with pytest.raises(SamplingError, match=match):
         SamplingParams(**kwargs)

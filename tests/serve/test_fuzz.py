@@ -32,36 +32,61 @@ message = st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "ass
 
 FIELDS = {
     "model": st.one_of(st.just("tiny-llama"), st.just("tiny"), json_value),
-    "prompt": st.one_of(st.text(max_size=30), small_tokens, st.lists(small_tokens, max_size=3), st.lists(st.text(max_size=10), max_size=3), json_value),
+    "prompt": st.one_of(
+        st.text(max_size=30),
+        small_tokens,
+        st.lists(small_tokens, max_size=3),
+        st.lists(st.text(max_size=10), max_size=3),
+        json_value,
+    ),
     "messages": st.one_of(st.lists(message, max_size=3), json_value),
     "max_tokens": st.one_of(st.integers(min_value=-2, max_value=4), junk),
     "max_completion_tokens": st.one_of(st.integers(min_value=-2, max_value=4), junk),
-    "temperature": junk, "top_p": junk, "top_k": junk, "min_p": junk, "seed": junk,
+    "temperature": junk,
+    "top_p": junk,
+    "top_k": junk,
+    "min_p": junk,
+    "seed": junk,
     "n": st.one_of(st.integers(min_value=-1, max_value=3), junk),
     "stop": st.one_of(st.text(max_size=5), st.lists(st.text(max_size=5), max_size=5), json_value),
     "stop_token_ids": st.one_of(small_tokens, json_value),
     "logprobs": st.one_of(st.integers(min_value=-1, max_value=25), junk),
     "top_logprobs": st.one_of(st.integers(min_value=-1, max_value=25), junk),
-    "echo": junk, "stream": st.booleans(), "stream_options": json_value, "ignore_eos": junk, "min_tokens": junk,
-    "presence_penalty": junk, "frequency_penalty": junk, "repetition_penalty": junk, "logit_bias": json_value,
-    "tokens": st.one_of(small_tokens, json_value), "add_special_tokens": junk, "add_generation_prompt": junk,
+    "echo": junk,
+    "stream": st.booleans(),
+    "stream_options": json_value,
+    "ignore_eos": junk,
+    "min_tokens": junk,
+    "presence_penalty": junk,
+    "frequency_penalty": junk,
+    "repetition_penalty": junk,
+    "logit_bias": json_value,
+    "tokens": st.one_of(small_tokens, json_value),
+    "add_special_tokens": junk,
+    "add_generation_prompt": junk,
 }
 body = st.one_of(
     st.fixed_dictionaries({}, optional=FIELDS),
-    st.fixed_dictionaries({"model": st.just("tiny-llama"), "prompt": st.text(max_size=20)},  # mostly valid
-                          optional={k: v for k, v in FIELDS.items() if k not in ("model", "prompt")}),
+    st.fixed_dictionaries(
+        {"model": st.just("tiny-llama"), "prompt": st.text(max_size=20)},  # mostly valid
+        optional={k: v for k, v in FIELDS.items() if k not in ("model", "prompt")},
+    ),
     json_value,
 )
-raw = st.one_of(body.map(lambda b: json.dumps(b, allow_nan=True).encode()),
-                st.binary(max_size=64), st.text(max_size=64).map(str.encode))
+raw = st.one_of(
+    body.map(lambda b: json.dumps(b, allow_nan=True).encode()),
+    st.binary(max_size=64),
+    st.text(max_size=64).map(str.encode),
+)
 
 
 def test_fuzz_no_5xx_no_hang(idle, ref):
     client = httpx.Client(base_url=idle.url, timeout=30)
     seen = {"n": 0, "4xx": 0}
 
-    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=EXAMPLES, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+    )
     @given(route=st.sampled_from(ROUTES), payload=raw)
     def one(route: str, payload: bytes) -> None:
         r = client.post(route, content=payload, headers={"content-type": "application/json"})
@@ -80,6 +105,8 @@ def test_fuzz_no_5xx_no_hang(idle, ref):
     assert seen["n"] >= 1000 and seen["4xx"] > 100
     # still answering, and correctly
     want = ref.generate("Hello", SamplingParams(temperature=0, max_tokens=4, ignore_eos=True), use_tqdm=False)[0]
-    got = client.post("/v1/completions", json={"model": "tiny-llama", "prompt": "Hello", "max_tokens": 4,
-                                               "temperature": 0, "ignore_eos": True}).json()
+    got = client.post(
+        "/v1/completions",
+        json={"model": "tiny-llama", "prompt": "Hello", "max_tokens": 4, "temperature": 0, "ignore_eos": True},
+    ).json()
     assert got["choices"][0]["text"] == want.outputs[0].text

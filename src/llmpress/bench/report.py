@@ -38,15 +38,20 @@ def tables(out: dict, usd: float | None, level: int = 2, names: dict[str, str] |
 
 
 def detail(out: dict) -> str:
-    lines = ["\n## Every run\n", "| model | profile | run | requests (counted) | errors | req/s | out tok/s | TTFT p50 s | ITL p50 ms | latency p50 s | latency p99 s |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "\n## Every run\n",
+        "| model | profile | run | requests (counted) | errors | req/s | out tok/s | TTFT p50 s | ITL p50 ms | latency p50 s | latency p99 s |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for side, m in out["models"].items():
         for lab, p in m["profiles"].items():
             for run, s in p["runs"].items():
                 f = lambda d, k, x=1.0: "—" if not d else f"{d[k] * x:.3f}"  # noqa: E731
-                lines.append(f"| {m['model']} | {lab} | {run} | {s['requests']} ({s['counted']}) | {s['errors']} | {s['requests_per_s']:.3f} "
-                             f"| {s['output_tokens_per_s']:.1f} | {f(s['ttft_s'], 'p50')} | {f(s['itl_s'], 'p50', 1000)} "
-                             f"| {f(s['latency_s'], 'p50')} | {f(s['latency_s'], 'p99')} |")
+                lines.append(
+                    f"| {m['model']} | {lab} | {run} | {s['requests']} ({s['counted']}) | {s['errors']} | {s['requests_per_s']:.3f} "
+                    f"| {s['output_tokens_per_s']:.1f} | {f(s['ttft_s'], 'p50')} | {f(s['itl_s'], 'p50', 1000)} "
+                    f"| {f(s['latency_s'], 'p50')} | {f(s['latency_s'], 'p99')} |"
+                )
     return "\n".join(lines)
 
 
@@ -82,8 +87,10 @@ def write(out: dict, folder: Path, usd: float | None) -> None:
     md = [f"# Inference performance\n\nPrice: {out['price_source']}" + (f" (${usd}/hour)" if usd else "") + "."]
     if out["skipped_profiles"]:
         md.append("Skipped: " + "; ".join(f"{s['profile']} ({s['why']})" for s in out["skipped_profiles"]) + ".")
-    md.append("Single-stream latency is the median over synchronous requests; QPS is completed requests/s with the "
-              f"server saturated ({out['config']['concurrency']} requests in flight); QPD as in the cards.")
+    md.append(
+        "Single-stream latency is the median over synchronous requests; QPS is completed requests/s with the "
+        f"server saturated ({out['config']['concurrency']} requests in flight); QPD as in the cards."
+    )
     md += [tables(out, usd), detail(out)]
     (folder / "bench.md").write_text("\n".join(md) + "\n")
     out["plots"] = plots(out, folder)

@@ -163,25 +163,35 @@ def optimizations(run: Run, s: str) -> str:
     src, dst = st["source_bytes"], st["output_bytes"]
     wdesc = {"group": f"per-group scheme (group size {w.get('group_size')})", "channel": "per-channel scheme",
              "tensor": "per-tensor scheme"}.get(w.get("strategy"), w.get("strategy", ""))
-    text = [f"This model was obtained by quantizing the weights{' and activations' if a else ''} of "
-            f"{run.base_name} to {_bits(q)[0]} data type"
-            + (f" (activations: {_bits(q)[1]})" if a else "") + f". This reduces the number of bits per weight parameter from 16 to {w.get('num_bits')}; "
-            f"measured on disk the checkpoint went from {src / 1e6:.1f} MB to {dst / 1e6:.1f} MB "
-            f"({100 * (1 - dst / src):.1f}% smaller; embeddings and lm_head stay 16-bit).",
-            f"Only the weights{' and activations' if a else ''} of the linear operators within transformer blocks are quantized "
-            f"(ignored: {', '.join(q.get('ignore') or []) or 'none'}). Weights use a "
-            f"{'symmetric' if w.get('symmetric') else 'asymmetric'} {wdesc}"
-            + (f"; activations a {'symmetric' if a.get('symmetric') else 'asymmetric'} per-{a.get('strategy')} scheme, "
-               f"{'dynamic (computed at run time)' if a.get('dynamic') else 'static'}" if a else "") + "."]
+    text = [
+        f"This model was obtained by quantizing the weights{' and activations' if a else ''} of "
+        f"{run.base_name} to {_bits(q)[0]} data type"
+        + (f" (activations: {_bits(q)[1]})" if a else "")
+        + f". This reduces the number of bits per weight parameter from 16 to {w.get('num_bits')}; "
+        f"measured on disk the checkpoint went from {src / 1e6:.1f} MB to {dst / 1e6:.1f} MB "
+        f"({100 * (1 - dst / src):.1f}% smaller; embeddings and lm_head stay 16-bit).",
+        f"Only the weights{' and activations' if a else ''} of the linear operators within transformer blocks are quantized "
+        f"(ignored: {', '.join(q.get('ignore') or []) or 'none'}). Weights use a "
+        f"{'symmetric' if w.get('symmetric') else 'asymmetric'} {wdesc}"
+        + (
+            f"; activations a {'symmetric' if a.get('symmetric') else 'asymmetric'} per-{a.get('strategy')} scheme, "
+            f"{'dynamic (computed at run time)' if a.get('dynamic') else 'static'}"
+            if a
+            else ""
+        )
+        + ".",
+    ]
     algo = []
     if a and a.get("type") == "int" and r.get("smoothing_strength"):
         algo.append(f"SmoothQuant (α = {r['smoothing_strength']}) folds activation outliers into the weights")
     uses_gptq = r.get("gptq") if r.get("gptq") is not None else w.get("type") != "float"
     if uses_gptq:
-        algo.append(f"GPTQ (dampening {r.get('dampening_frac')}, block 128{', static act-order' if w.get('actorder') else ''}, "
-                    f"{w.get('observer') or 'minmax'} scale observer) quantizes the weights with "
-                    f"{r.get('num_samples')} calibration samples of up to {r.get('max_seq_len')} tokens from {r.get('dataset')}, "
-                    "rendered with the model's chat template")
+        algo.append(
+            f"GPTQ (dampening {r.get('dampening_frac')}, block 128{', static act-order' if w.get('actorder') else ''}, "
+            f"{w.get('observer') or 'minmax'} scale observer) quantizes the weights with "
+            f"{r.get('num_samples')} calibration samples of up to {r.get('max_seq_len')} tokens from {r.get('dataset')}, "
+            "rendered with the model's chat template"
+        )
     else:
         algo.append(f"weights are rounded to nearest with {w.get('observer') or 'minmax'} scales; no calibration data")
     text.append("Algorithm: " + "; then ".join(algo) + ". llmpress wrote the compressed-tensors checkpoint.")
@@ -220,11 +230,16 @@ or from the shell: `llmpress chat {model}`, `llmpress serve {model}` (OpenAI-com
 
 def creation(run: Run, s: str | None) -> str:
     if s is None:
-        return ("These models were created with llmpress from this run recipe:\n\n```yaml\n" + run.recipe_text.rstrip()
-                + "\n```\n\nby running `llmpress run recipe.yaml --output OUT`; each checkpoint's own card lists its compress recipe.")
-    return (f"This model was created with llmpress from the compress recipe below:\n\n```yaml\n{run.ckpt_recipe[s].rstrip()}\n```\n\n"
-            f"```bash\nllmpress compress {run.model} --recipe recipe.yaml --output {run.quant_name(s)}\n```\n\n"
-            "(`llmpress run recipe.yaml` reproduces the whole run: compression, evaluation, benchmarks and this card.)")
+        return (
+            "These models were created with llmpress from this run recipe:\n\n```yaml\n"
+            + run.recipe_text.rstrip()
+            + "\n```\n\nby running `llmpress run recipe.yaml --output OUT`; each checkpoint's own card lists its compress recipe."
+        )
+    return (
+        f"This model was created with llmpress from the compress recipe below:\n\n```yaml\n{run.ckpt_recipe[s].rstrip()}\n```\n\n"
+        f"```bash\nllmpress compress {run.model} --recipe recipe.yaml --output {run.quant_name(s)}\n```\n\n"
+        "(`llmpress run recipe.yaml` reproduces the whole run: compression, evaluation, benchmarks and this card.)"
+    )
 
 
 def evaluation(run: Run, schemes: list[str]) -> str:
@@ -234,16 +249,26 @@ def evaluation(run: Run, schemes: list[str]) -> str:
     cfg = run.evals[evs[0]]["config"]
     limits = dict(cfg.get("task_limits") or [])
     limit = ",".join(f"{t}={n}" for t, n in limits.items()) or (str(cfg["limit"]) if cfg.get("limit") else "")
-    shots = ",".join(([str(cfg["num_fewshot"])] if cfg.get("num_fewshot") is not None else [])
-                     + [f"{t}={n}" for t, n in dict(cfg.get("task_fewshot") or []).items()])
-    ours = (f"llmpress eval {run.repo(evs[0])} --base {run.model} --tasks {','.join(cfg['tasks'])}"
-            + (f" --limit {limit}" if limit else "") + (f" --num-fewshot {shots}" if shots else "")
-            + f" --backend {cfg['backend']} --output eval/{evs[0]}")
+    shots = ",".join(
+        ([str(cfg["num_fewshot"])] if cfg.get("num_fewshot") is not None else [])
+        + [f"{t}={n}" for t, n in dict(cfg.get("task_fewshot") or []).items()]
+    )
+    ours = (
+        f"llmpress eval {run.repo(evs[0])} --base {run.model} --tasks {','.join(cfg['tasks'])}"
+        + (f" --limit {limit}" if limit else "")
+        + (f" --num-fewshot {shots}" if shots else "")
+        + f" --backend {cfg['backend']} --output eval/{evs[0]}"
+    )
     hw = _hardware(run, "eval")
-    return (f"This run evaluated the model{'s' if len(evs) > 1 else ''} with `llmpress eval` ({cfg['backend']} backend{hw}):\n\n"
-            f"```bash\n{ours}\n```\n\n"
-            "To evaluate it as the seed cards do (OpenLLM Leaderboard V1 and V2 with vLLM on a GPU), run:\n\n"
-            + card_commands(run.repo(evs[0])).removeprefix(CARD_INTRO + "\n\n").replace("\n\nlm_eval", "\n\n```\nlm_eval").replace("--show_config", "--show_config\n```"))
+    return (
+        f"This run evaluated the model{'s' if len(evs) > 1 else ''} with `llmpress eval` ({cfg['backend']} backend{hw}):\n\n"
+        f"```bash\n{ours}\n```\n\n"
+        "To evaluate it as the seed cards do (OpenLLM Leaderboard V1 and V2 with vLLM on a GPU), run:\n\n"
+        + card_commands(run.repo(evs[0]))
+        .removeprefix(CARD_INTRO + "\n\n")
+        .replace("\n\nlm_eval", "\n\n```\nlm_eval")
+        .replace("--show_config", "--show_config\n```")
+    )
 
 
 def accuracy(run: Run, schemes: list[str]) -> str:
@@ -257,8 +282,12 @@ def accuracy(run: Run, schemes: list[str]) -> str:
     last = None
     for i, r in enumerate(first["rows"]):
         score = r.get("score", False)
-        cells = ["" if r["category"] == last else r["category"], r["metric"], format_n(r),
-                 format_cell(r["base"], r.get("base_stderr"), score, r["metric"])]
+        cells = [
+            "" if r["category"] == last else r["category"],
+            r["metric"],
+            format_n(r),
+            format_cell(r["base"], r.get("base_stderr"), score, r["metric"]),
+        ]
         last = r["category"]
         for s in evs:
             row = run.evals[s]["rows"][i]
@@ -279,13 +308,25 @@ def performance(run: Run, schemes: list[str]) -> str:
         usd = b.get("price_usd_per_hour")
         speed = _speedups(b)
         title = f"### {run.quant_name(s)}\n\n" if len(bs) > 1 else ""
-        lead = (f"Against the base model this checkpoint runs up to {speed[0]:.2f}x faster single-stream and reaches up to "
-                f"{speed[1]:.2f}x the throughput multi-stream" if all(speed) else "")
+        lead = (
+            f"Against the base model this checkpoint runs up to {speed[0]:.2f}x faster single-stream and reaches up to "
+            f"{speed[1]:.2f}x the throughput multi-stream"
+            if all(speed)
+            else ""
+        )
         cfg = b["config"]
-        parts.append(title + (lead + ", depending on the profile. " if lead else "")
-                     + f"Measured with `llmpress bench` against the {cfg['engine']} server{_hardware(run, 'bench')}; "
-                     f"profiles scaled by {cfg['scale']}; price: {b['price_source']}" + (f" (${usd}/hour)" if usd else "") + "."
-                     + "\n" + bench_tables(b, usd, level=4 if len(bs) > 1 else 3, names={"base": run.base_name, "model": run.quant_name(s)}))
+        parts.append(
+            title
+            + (lead + ", depending on the profile. " if lead else "")
+            + f"Measured with `llmpress bench` against the {cfg['engine']} server{_hardware(run, 'bench')}; "
+            f"profiles scaled by {cfg['scale']}; price: {b['price_source']}"
+            + (f" (${usd}/hour)" if usd else "")
+            + "."
+            + "\n"
+            + bench_tables(
+                b, usd, level=4 if len(bs) > 1 else 3, names={"base": run.base_name, "model": run.quant_name(s)}
+            )
+        )
     return "\n\n".join(parts)
 
 
@@ -295,8 +336,12 @@ def _speedups(b: dict) -> tuple[float | None, float | None]:
         return None, None
     out = []
     for key, better in (("latency_s", lambda m, base: base / m), ("max_qps", lambda m, base: m / base)):
-        r = [better(m, base) for lab in models["model"]["profiles"]
-             if (m := models["model"]["profiles"][lab].get(key)) and (base := models["base"]["profiles"].get(lab, {}).get(key))]
+        r = [
+            better(m, base)
+            for lab in models["model"]["profiles"]
+            if (m := models["model"]["profiles"][lab].get(key))
+            and (base := models["base"]["profiles"].get(lab, {}).get(key))
+        ]
         out.append(max(r) if r else None)
     return tuple(out)
 
@@ -304,7 +349,9 @@ def _speedups(b: dict) -> tuple[float | None, float | None]:
 def _hardware(run: Run, stage: str) -> str:
     if run.info.get("hardware_note"):
         return f", {run.info['hardware_note']}"
-    hw = next((v.get("hardware") for k, v in sorted(run.ledger.get("stages", {}).items()) if k.startswith(stage + "/")), None)
+    hw = next(
+        (v.get("hardware") for k, v in sorted(run.ledger.get("stages", {}).items()) if k.startswith(stage + "/")), None
+    )
     if not hw:
         return ""
     return f", on {hw['gpu']}" if hw.get("gpu") else f", on a CPU: {hw['cpu']}, {hw['cpu_cores']} cores, no GPU"
@@ -315,19 +362,37 @@ def render(run: Run, schemes: list[str]) -> str:
     single = schemes[0] if len(schemes) == 1 else None
     title = run.quant_name(single) if single else f"{run.base_name} quantized ({', '.join(schemes)})"
     info = run.info
-    opt_lines = "\n".join(f"  - **{s}:** weight quantization {_bits(run.quant_config[s])[0]}, activation quantization "
-                          f"{_bits(run.quant_config[s])[1]}" for s in schemes)
+    opt_lines = "\n".join(
+        f"  - **{s}:** weight quantization {_bits(run.quant_config[s])[0]}, activation quantization "
+        f"{_bits(run.quant_config[s])[1]}"
+        for s in schemes
+    )
     base_link = f"[{run.base_name}](https://huggingface.co/{run.base_hub_id})" if run.base_hub_id else run.base_name
-    overview = [f"- **Model Architecture:** {run.architecture}", "- **Input:** Text", "- **Output:** Text",
-                "- **Model Optimizations:**\n" + opt_lines]
+    overview = [
+        f"- **Model Architecture:** {run.architecture}",
+        "- **Input:** Text",
+        "- **Output:** Text",
+        "- **Model Optimizations:**\n" + opt_lines,
+    ]
     if info.get("release_date"):
         overview.append(f"- **Release Date:** {info['release_date']}")
-    overview += [f"- **Version:** {info.get('version', '1.0')}", f"- **Model Developers:** {info.get('developers', 'llmpress user')}"]
-    body = [f"# {title}", "## Model Overview", "\n".join(overview),
-            f"Quantized version{'s' if not single else ''} of {base_link}."
-            + (" " + DEFAULT_MODEL_NOTE if run.is_default else "")]
-    body += ["### Model Optimizations"] + [(f"#### {s}\n\n" if not single else "") + optimizations(run, s) for s in schemes]
-    body += ["## Use with vLLM"] + [(f"#### {s}\n\n" if not single else "") + use_with_vllm(run, s) for s in (schemes if single else schemes[:1])]
+    overview += [
+        f"- **Version:** {info.get('version', '1.0')}",
+        f"- **Model Developers:** {info.get('developers', 'llmpress user')}",
+    ]
+    body = [
+        f"# {title}",
+        "## Model Overview",
+        "\n".join(overview),
+        f"Quantized version{'s' if not single else ''} of {base_link}."
+        + (" " + DEFAULT_MODEL_NOTE if run.is_default else ""),
+    ]
+    body += ["### Model Optimizations"] + [
+        (f"#### {s}\n\n" if not single else "") + optimizations(run, s) for s in schemes
+    ]
+    body += ["## Use with vLLM"] + [
+        (f"#### {s}\n\n" if not single else "") + use_with_vllm(run, s) for s in (schemes if single else schemes[:1])
+    ]
     body += ["## Creation", creation(run, single)]
     body += ["## Evaluation", evaluation(run, schemes)]
     if acc := accuracy(run, schemes):

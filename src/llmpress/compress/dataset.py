@@ -18,7 +18,16 @@ import torch
 from ..errors import LlmpressError
 
 _SHAREGPT_FILE = "data/ShareGPT_V3_unfiltered_cleaned_split.json"
-_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system", "chatgpt": "assistant", "bard": "assistant", "bing": "assistant"}
+_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+    "chatgpt": "assistant",
+    "bard": "assistant",
+    "bing": "assistant",
+}
 
 
 class DatasetError(LlmpressError, ValueError):
@@ -53,14 +62,26 @@ def iter_json_array(path: Path) -> Iterator[dict]:
 def to_messages(row: dict) -> list[dict] | str | None:
     """A row as chat messages (or plain text); None when it has nothing usable."""
     if isinstance(row.get("messages"), list):
-        msgs = [{"role": _ROLES.get(str(m.get("role")), str(m.get("role"))), "content": m.get("content")} for m in row["messages"] if isinstance(m, dict)]
+        msgs = [
+            {"role": _ROLES.get(str(m.get("role")), str(m.get("role"))), "content": m.get("content")}
+            for m in row["messages"]
+            if isinstance(m, dict)
+        ]
     elif isinstance(row.get("conversations"), list):
-        msgs = [{"role": _ROLES.get(str(m.get("from")), "user"), "content": m.get("value")} for m in row["conversations"] if isinstance(m, dict)]
+        msgs = [
+            {"role": _ROLES.get(str(m.get("from")), "user"), "content": m.get("value")}
+            for m in row["conversations"]
+            if isinstance(m, dict)
+        ]
     elif isinstance(row.get("text"), str):
         return row["text"] if row["text"].strip() else None
     else:
         return None
-    msgs = [m for m in msgs if isinstance(m["content"], str) and m["content"].strip() and m["role"] in ("user", "assistant", "system")]
+    msgs = [
+        m
+        for m in msgs
+        if isinstance(m["content"], str) and m["content"].strip() and m["role"] in ("user", "assistant", "system")
+    ]
     return msgs if any(m["role"] == "user" for m in msgs) else None
 
 
@@ -120,10 +141,14 @@ def calibration_samples(
     once, that conversations become plain text when the tokenizer has no chat template."""
     rows, name = load_rows(source)
     if log is not None and not getattr(tokenizer, "chat_template", None) and any(not isinstance(r, str) for r in rows):
-        log(f"calibration: the tokenizer has no chat template; {name} conversations are used as plain text "
-            "(turns joined by blank lines, with the tokenizer's own special tokens)")
+        log(
+            f"calibration: the tokenizer has no chat template; {name} conversations are used as plain text "
+            "(turns joined by blank lines, with the tokenizer's own special tokens)"
+        )
     if num_samples > len(rows):
-        raise DatasetError(f"num_samples={num_samples} but {name} has only {len(rows)} usable conversations; lower --num-samples")
+        raise DatasetError(
+            f"num_samples={num_samples} but {name} has only {len(rows)} usable conversations; lower --num-samples"
+        )
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
     samples = []

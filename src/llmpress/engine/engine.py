@@ -8,10 +8,8 @@ completion.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import psutil
 import torch
@@ -25,7 +23,7 @@ from .detokenizer import IncrementalDetokenizer
 from .loader import load_model
 from .model import AttnSegment, BatchMeta, Model
 from .sampling import SamplingParams, apply_penalties, has_penalties, sample, top_logprobs
-from .scheduler import Scheduled, Scheduler, Sequence, Status
+from .scheduler import Scheduler, Sequence
 
 
 @dataclass

@@ -46,7 +46,6 @@ operand is a layout conversion through shared memory per tile; the int4 GEMV str
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 
 import torch

@@ -111,7 +111,11 @@ def run_program(program: str, timeout: float = 10.0, memory_mb: int = 1024) -> O
         err = err.decode(errors="replace")
         if DENIED_MARK in err:
             return Outcome("denied", err.split(DENIED_MARK, 1)[1].splitlines()[0])
-        return Outcome("passed") if proc.returncode == 0 else Outcome("failed", err.strip().splitlines()[-1] if err.strip() else f"exit {proc.returncode}")
+        return (
+            Outcome("passed")
+            if proc.returncode == 0
+            else Outcome("failed", err.strip().splitlines()[-1] if err.strip() else f"exit {proc.returncode}")
+        )
 
 
 def load_problems() -> list[dict]:
@@ -134,8 +138,16 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 
-def evaluate(lm, problems: list[dict], samples: int = 10, temperature: float = 0.8, max_gen_toks: int = 384,
-             timeout: float = 10.0, workers: int = 2, seed: int = 1234) -> dict:
+def evaluate(
+    lm,
+    problems: list[dict],
+    samples: int = 10,
+    temperature: float = 0.8,
+    max_gen_toks: int = 384,
+    timeout: float = 10.0,
+    workers: int = 2,
+    seed: int = 1234,
+) -> dict:
     """pass@1 (greedy, one sample) and pass@k for k in {1, 10} ≤ samples (sampled at `temperature`).
 
     `lm` is any lm-eval model (embedded engine, vLLM, OpenAI endpoint): generation goes
@@ -144,10 +156,32 @@ def evaluate(lm, problems: list[dict], samples: int = 10, temperature: float = 0
 
     reqs = []
     for i, p in enumerate(problems):
-        reqs.append(Instance("generate_until", {}, (p["prompt"], {"until": STOP, "max_gen_toks": max_gen_toks, "do_sample": False}), i))
+        reqs.append(
+            Instance(
+                "generate_until",
+                {},
+                (p["prompt"], {"until": STOP, "max_gen_toks": max_gen_toks, "do_sample": False}),
+                i,
+            )
+        )
         for s in range(samples):
-            reqs.append(Instance("generate_until", {}, (p["prompt"], {"until": STOP, "max_gen_toks": max_gen_toks, "do_sample": True,
-                                                                     "temperature": temperature, "seed": seed + s}), i))
+            reqs.append(
+                Instance(
+                    "generate_until",
+                    {},
+                    (
+                        p["prompt"],
+                        {
+                            "until": STOP,
+                            "max_gen_toks": max_gen_toks,
+                            "do_sample": True,
+                            "temperature": temperature,
+                            "seed": seed + s,
+                        },
+                    ),
+                    i,
+                )
+            )
     completions = lm.generate_until(reqs)
     per = 1 + samples
     programs = [program_for(problems[j // per], c) for j, c in enumerate(completions)]
@@ -155,13 +189,20 @@ def evaluate(lm, problems: list[dict], samples: int = 10, temperature: float = 0
         outcomes = list(pool.map(lambda prog: run_program(prog, timeout), programs))
     rows, greedy, stats = [], [], {"passed": 0, "failed": 0, "timeout": 0, "denied": 0}
     for i, p in enumerate(problems):
-        block = outcomes[i * per:(i + 1) * per]
+        block = outcomes[i * per : (i + 1) * per]
         for o in block:
             stats[o.status] += 1
         c = sum(o.passed for o in block[1:])
         greedy.append(block[0].passed)
-        rows.append({"task_id": p["task_id"], "greedy_passed": block[0].passed, "samples": samples, "correct": c,
-                     "greedy_completion": completions[i * per]})
+        rows.append(
+            {
+                "task_id": p["task_id"],
+                "greedy_passed": block[0].passed,
+                "samples": samples,
+                "correct": c,
+                "greedy_completion": completions[i * per],
+            }
+        )
     out = {"pass@1": float(np.mean(greedy)), "problems": len(problems), "outcomes": stats, "rows": rows}
     for k in (1, 10):
         if k <= samples:
