@@ -37,12 +37,12 @@ LLAMA_CPP = "llama-cpp-python==0.3.36"
 
 def ensure_venv(venv: Path) -> Path:
     py = venv / "bin" / "python"
-    probe = [str(py), "-c", "import llama_cpp, gguf"]
+    probe = [str(py), "-c", "import llama_cpp, gguf, psutil"]
     if py.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
         return py
     print(f"building llama.cpp into {venv} (~10 min on 2 cores)", file=sys.stderr)
     subprocess.run(["python3", "-m", "venv", str(venv)], check=True)
-    subprocess.run(["nice", str(py), "-m", "pip", "install", "-q", LLAMA_CPP, "gguf"], check=True)
+    subprocess.run(["nice", str(py), "-m", "pip", "install", "-q", LLAMA_CPP, "gguf", "psutil"], check=True)
     return py
 
 
@@ -257,7 +257,7 @@ path, prompt, gen, threads, streams = sys.argv[1], int(sys.argv[2]), int(sys.arg
 n_ctx = max(prompt + gen + 16, max(streams) * (64 + gen) + 16)
 t0 = time.perf_counter()
 llm = llama_cpp.Llama(path, n_ctx=n_ctx, n_batch=max(512, prompt), n_ubatch=max(512, prompt), n_threads=threads,
-                      n_threads_batch=threads, n_seq_max=max(streams), verbose=False)
+                      n_threads_batch=threads, verbose=False)
 res = {"load_s": round(time.perf_counter() - t0, 1), "rss_after_load_gb": round(psutil.Process().memory_info().rss / 1e9, 2)}
 rng = np.random.default_rng(0)
 ids = lambda n: rng.integers(1000, 100000, n).tolist()
@@ -271,7 +271,12 @@ for _ in range(gen):
     llm.eval([tok]); tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
 res["decode"] = {"1": round(gen / (time.perf_counter() - t), 2)}
 # batched: b sequences in one llama_decode per step (its low-level API), greedy, after a joint prefill
-ctx, n_vocab = llm.ctx, llm.n_vocab()
+# Llama(...) leaves n_seq_max at 1 in this version, so the batched runs get a context of their own
+n_vocab = llm.n_vocab()
+cp = llama_cpp.llama_context_default_params()
+cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = n_ctx, max(512, max(streams) * 64), max(512, max(streams) * 64), max(streams)
+cp.n_threads = cp.n_threads_batch = threads
+ctx = llama_cpp.llama_init_from_model(llm.model, cp)
 mem = llama_cpp.llama_get_memory(ctx)
 for b in [s for s in streams if s > 1]:
     llama_cpp.llama_memory_clear(mem, True)
