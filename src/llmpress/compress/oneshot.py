@@ -157,7 +157,7 @@ def _gate(tmp: Path, src: Path, source_bytes: int, output) -> None:
     the base when both fit in RAM in float32 (transformers loads each; ~4x the bf16 bytes). A failing
     checkpoint goes to OUTPUT.failed/ with the reason, and the run stops with one line."""
     from ..check import CheckConfig, CheckFailed, check, set_aside, write_report
-    from ..eval.perplexity import TextError, lee_corpus_path
+    from ..corpus import TextError, lee_corpus_path
 
     base, why = src, ""
     try:
