@@ -12,6 +12,7 @@ then quantize activations per token at run time as vLLM does.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,8 +54,27 @@ def token_windows(tokenizer, text: str, window: int, max_tokens: int | None) -> 
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    kwargs = {}
+    if _asymmetric_int_weights(Path(path)):
+        # transformers 5.25 + compressed-tensors 0.19/0.20 run a pack-quantized checkpoint compressed with the
+        # zero point registered unpacked [out, groups], so the stored packed [out / 8, groups] one is
+        # re-initialised (a size mismatch) and the model is garbage. Decompressing at load reads it exactly.
+        from transformers import CompressedTensorsConfig
+
+        kwargs["quantization_config"] = CompressedTensorsConfig(run_compressed=False)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **kwargs)
     return model.eval()
+
+
+def _asymmetric_int_weights(path: Path) -> bool:
+    """Whether the checkpoint's quantization_config has an asymmetric integer weight group."""
+    try:
+        qc = json.loads((path / "config.json").read_text()).get("quantization_config") or {}
+    except (OSError, ValueError, AttributeError):
+        return False  # not a local folder (a hub id) or no readable config: transformers says what is wrong
+    groups = qc.get("config_groups") or {}
+    return any(isinstance(g, dict) and isinstance(g.get("weights"), dict) and g["weights"].get("type", "int") == "int"
+               and g["weights"].get("symmetric", True) is False for g in groups.values())
 
 
 @dataclass
