@@ -7,6 +7,7 @@ from typing import Sequence as Seq
 
 from tqdm.auto import tqdm
 
+from ..chat_template import render_chat
 from .engine import EngineConfig, LLMEngine, RequestOutput
 from .sampling import SamplingParams
 
@@ -91,14 +92,8 @@ class LLM:
         tok = self.engine.tokenizer
         prompts = []
         for conv in convs:
-            try:
-                ids = tok.apply_chat_template(
-                    conv, chat_template=chat_template, add_generation_prompt=add_generation_prompt and not continue_final_message,
-                    continue_final_message=continue_final_message, tokenize=True, return_dict=False, **(chat_template_kwargs or {}),
-                )
-            except ValueError as e:
-                raise ValueError(f"cannot apply the chat template: {e}; pass chat_template=... for a model without one") from None
-            if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-                ids = ids["input_ids"]
+            ids = render_chat(tok, conv, tokenize=True, chat_template=chat_template,
+                              add_generation_prompt=add_generation_prompt and not continue_final_message,
+                              continue_final_message=continue_final_message, **(chat_template_kwargs or {}))
             prompts.append({"prompt_token_ids": list(ids), "prompt": tok.decode(ids)})
         return self.generate(prompts, sampling_params, use_tqdm)
