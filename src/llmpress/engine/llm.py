@@ -2,13 +2,12 @@
 and `LLM(model).chat(messages, ...)`, returning RequestOutput / CompletionOutput."""
 from __future__ import annotations
 
-from dataclasses import fields
 from typing import Sequence as Seq
 
 from tqdm.auto import tqdm
 
 from ..chat_template import render_chat
-from .engine import EngineConfig, LLMEngine, RequestOutput
+from .llm_engine import EngineConfig, LLMEngine, RequestOutput
 from .sampling import SamplingParams
 
 Prompt = str | list[int] | dict
@@ -22,10 +21,7 @@ class LLM:
     """
 
     def __init__(self, model: str = "default", **kwargs):
-        known = {f.name for f in fields(EngineConfig)}
-        if unknown := sorted(set(kwargs) - known):
-            raise TypeError(f"LLM() got unknown arguments {unknown}; known: {sorted(known - {'model'})}")
-        self.engine = LLMEngine(EngineConfig(model=str(model), **kwargs))
+        self.engine = LLMEngine(EngineConfig.from_args(model, **kwargs))
         self._counter = 0
 
     @classmethod

@@ -25,10 +25,10 @@ Routes, picked per call by `linear` from shapes only:
   FP8 dynamic, M>16  torch._scaled_mm with row-wise scales (fp8 tensor cores, compute capability >= 8.9) when x
                      is bf16 (its only output type on every GPU), scales are channel-wise and K, N are multiples of 16
 W8A8 / FP8-dynamic activations are quantized per token by `_quant_act_kernel`, bit for bit what
-observers.dynamic_per_token computes (scale amax / qmax, x / scale rounded half to even, clamped).
+quant.dynamic_per_token computes (scale amax / qmax, x / scale rounded half to even, clamped).
 
 On CPU tensors these kernels run only under Triton's interpreter (TRITON_INTERPRET=1, set before triton is
-imported), which is how tests/engine/test_triton_kernels.py checks them: kernels.py takes this path for CUDA
+imported), which is how tests/engine/test_triton_kernels.py checks them: linear.py takes this path for CUDA
 weights, or for every weight when LLMPRESS_KERNELS=triton. The interpreter stores bfloat16 as raw bits and
 cannot multiply it, so on CPU a bf16 dot runs in float32 (same products: bf16 x small integers is exact).
 
