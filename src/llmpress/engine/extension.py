@@ -1,5 +1,6 @@
-"""The C++ extension behind the engine's kernels (csrc/): compiled once per CPU and code version,
-loaded, and probed (available / amx_available / vector width).
+"""The C++ extension behind the engine's kernels (csrc/; its Python module is csrc/bindings.cpp):
+compiled once per CPU and code version, loaded, and probed (available / amx_available / vector width).
+`load()` is the one way to the module; linear.py's weights, ops.py and Model's decode steps call it.
 
 The extension is compiled on first use (or by `build()`) with torch.utils.cpp_extension into
 ~/.cache/llmpress/torch_extensions/<torch, python, CPU flags, code hash>/ ($LLMPRESS_CACHE

@@ -52,7 +52,7 @@ import torch
 import triton
 import triton.language as tl
 
-FP8 = torch.float8_e4m3fn
+from ..quant import FP8_DTYPE
 
 
 @dataclass(frozen=True)
@@ -378,7 +378,7 @@ def _has_fp8_mma(device: torch.device) -> bool:
 def quantize_act(x: torch.Tensor, act: str) -> tuple[torch.Tensor, torch.Tensor]:
     """x [M, K] (last dim contiguous) -> (q [M, K] int8 or float8_e4m3fn, scales float32 [M])."""
     m, k = x.shape
-    q = torch.empty(m, k, dtype=torch.int8 if act == "int8" else FP8, device=x.device)
+    q = torch.empty(m, k, dtype=torch.int8 if act == "int8" else FP8_DTYPE, device=x.device)
     s = torch.empty(m, dtype=torch.float32, device=x.device)
     if m:
         _quant_act_kernel[(m,)](x, q, s, k, x.stride(0), QMAX=127.0 if act == "int8" else 448.0,
