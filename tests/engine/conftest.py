@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from llmpress.compress import Recipe, compress
-from llmpress.engine.engine import EngineConfig, LLMEngine
+from llmpress.engine.llm_engine import EngineConfig, LLMEngine
 from llmpress.corpus import held_text
 from llmpress.eval.perplexity import load_model, token_windows
 

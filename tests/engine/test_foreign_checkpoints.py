@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmpress.engine.engine import EngineConfig, LLMEngine
+from llmpress.engine.llm_engine import EngineConfig, LLMEngine
 from llmpress.engine.loader import UnsupportedCheckpoint
 
 ROOT = Path(os.environ.get("LLMPRESS_LLMC_DIR", "out/llmc-ckpt"))

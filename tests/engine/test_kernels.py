@@ -22,24 +22,24 @@ import torch
 from llmpress.checkpoint.compressed_tensors import compress_linear, decompress_linear, pack_int, unpack_int
 from llmpress.compress.observers import minmax_qparams
 from llmpress.quant import QuantArgs, Scheme, dynamic_per_token, get_scheme, quantize
-from llmpress.engine import kernels
+from llmpress.engine import extension, linear
 
 MIN_SQNR_DB = 80.0
 MS = (1, 3, 16, 40, 300)
-FAST = kernels.available()  # False under LLMPRESS_KERNELS=reference
-AMX = kernels.amx_available()  # CPUs with AMX (Sapphire Rapids on): the AMX GEMMs are tested too
+FAST = extension.available()  # False under LLMPRESS_KERNELS=reference
+AMX = extension.amx_available()  # CPUs with AMX (Sapphire Rapids on): the AMX GEMMs are tested too
 # The float-decoded GEMMs have 256-bit (AVX2) and, in AVX-512 builds, 512-bit tiles: test each.
-WIDTHS = [b for b in (256, 512) if b <= kernels.max_vector_bits()] if FAST else [0]
+WIDTHS = [b for b in (256, 512) if b <= extension.max_vector_bits()] if FAST else [0]
 
 
 @pytest.fixture(params=WIDTHS, ids=lambda b: f"{b}bit" if b else "reference")
 def width(request):
     """Runs the test at one vector width, then restores the widest."""
     if request.param:
-        kernels.set_vector_bits(request.param)
+        extension.set_vector_bits(request.param)
     yield request.param
     if request.param:
-        kernels.set_vector_bits(WIDTHS[-1])
+        extension.set_vector_bits(WIDTHS[-1])
 
 
 def sqnr_db(y: torch.Tensor, truth: torch.Tensor) -> float:
@@ -77,11 +77,11 @@ def truth(x: torch.Tensor, tensors: dict, scheme: Scheme) -> torch.Tensor:
     return x.double() @ w.double().T
 
 
-def weight_for(tensors: dict, scheme: Scheme) -> kernels.QuantizedWeight:
-    return kernels.make_weight(tensors, scheme.weights, scheme.input_activations)
+def weight_for(tensors: dict, scheme: Scheme) -> linear.QuantizedWeight:
+    return linear.make_weight(tensors, scheme.weights, scheme.input_activations)
 
 
-def check_all_paths(w: kernels.QuantizedWeight, tensors: dict, scheme: Scheme, monkeypatch, ms=MS, seed=1):
+def check_all_paths(w: linear.QuantizedWeight, tensors: dict, scheme: Scheme, monkeypatch, ms=MS, seed=1):
     assert (w._ext is not None) == FAST  # the mode under test is the one the weight runs
     g = torch.Generator().manual_seed(seed)
     for m in ms:
@@ -125,7 +125,7 @@ CASES = [(n, k, gs) for n, k, groups in SHAPES for gs in groups]
 def test_int4(n, k, group, sym, monkeypatch, width):
     tensors, scheme = make_checkpoint("int4", n, k, group, sym)
     w = weight_for(tensors, scheme)
-    assert isinstance(w, kernels.Int4Weight) and (w.out_features, w.in_features) == (n, k)
+    assert isinstance(w, linear.Int4Weight) and (w.out_features, w.in_features) == (n, k)
     assert w._amx_ok == (AMX and w.group_size % 64 == 0)
     check_all_paths(w, tensors, scheme, monkeypatch)
 
@@ -135,7 +135,7 @@ def test_int4(n, k, group, sym, monkeypatch, width):
 def test_byte_formats(fmt, sym, n, k, group, monkeypatch, width):
     tensors, scheme = make_checkpoint(fmt, n, k, group, sym)
     w = weight_for(tensors, scheme)
-    expected = {"int8": kernels.Int8Weight, "w8a8": kernels.W8A8Weight, "fp8": kernels.FP8Weight, "fp8w": kernels.FP8Weight}
+    expected = {"int8": linear.Int8Weight, "w8a8": linear.W8A8Weight, "fp8": linear.FP8Weight, "fp8w": linear.FP8Weight}
     assert type(w) is expected[fmt]
     if fmt.startswith("fp8"):
         assert w.dynamic_act == (fmt == "fp8")
@@ -147,7 +147,7 @@ def test_byte_formats(fmt, sym, n, k, group, monkeypatch, width):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_dense(n, k, dtype, monkeypatch, width):
     w32 = torch.randn(n, k)
-    w = kernels.DenseWeight(w32.to(dtype))
+    w = linear.DenseWeight(w32.to(dtype))
     assert w.nbytes == n * k * dtype.itemsize + (n * (-k % 64) * 2 if dtype == torch.bfloat16 else 0)
     g = torch.Generator().manual_seed(0)
     for m in MS:
@@ -199,12 +199,12 @@ def test_int4_stays_4_bit(group):
 def test_int4_blocked_layout():
     """Nibble t of word j in block b holds k = 64b + 8t + j (what one 256-bit load + mask reads)."""
     q = torch.randint(-8, 8, (5, 200), dtype=torch.int8)
-    blocked = kernels._block_int4(pack_int(q, 4), 200)
+    blocked = linear._block_int4(pack_int(q, 4), 200)
     assert blocked.shape == (5, 256 // 8)
     b, t, j = 2, 5, 3
     word = int(blocked[4, b * 8 + j]) & 0xFFFFFFFF
     assert (word >> (4 * t)) & 15 == int(q[4, 64 * b + 8 * t + j]) + 8
-    torch.testing.assert_close(kernels._unblock_int4(blocked, 200), unpack_int(pack_int(q, 4), 4, 200), rtol=0, atol=0)
+    torch.testing.assert_close(linear._unblock_int4(blocked, 200), unpack_int(pack_int(q, 4), 4, 200), rtol=0, atol=0)
 
 
 def test_fp8_every_code(width):
@@ -213,7 +213,7 @@ def test_fp8_every_code(width):
     codes[(codes & 0x7F) == 0x7F] = 0  # the two NaNs
     q = codes.repeat(3, 1).view(torch.float8_e4m3fn)  # [3, 256]
     scale = torch.tensor([[1.0], [0.5], [2.0**-10]])
-    w = kernels.FP8Weight(q, scale, dynamic_act=False)
+    w = linear.FP8Weight(q, scale, dynamic_act=False)
     exact = q.float() * scale
     torch.testing.assert_close(w.dequantize(), exact, rtol=0, atol=0)
     x = torch.zeros(1, 256)
@@ -225,12 +225,12 @@ def test_fp8_every_code(width):
 
 def test_w8a8_activation_quantization_matches_torch():
     """The C++ per-token int8 quantizer is quant.dynamic_per_token, bit for bit (round half even)."""
-    assert kernels.build(), "the extension must build on this machine"
+    assert extension.build(), "the extension must build on this machine"
     x = torch.randn(7, 333) * torch.logspace(-3, 3, 7)[:, None]
     x[2, :6] = torch.tensor([127.0, 2.5, 3.5, -0.5, -1.5, 126.5])  # amax 127: scale 1, exact ties
     x[2, 6:] = x[2, 6:].clamp(-100, 100)
     x[3] = 0.0  # an all-zero row: the scale clamps at 1e-12
-    q, s = kernels._extension().quantize_act_int8(x)
+    q, s = extension.load().quantize_act_int8(x)
     args = QuantArgs(8, "int", True, "token", dynamic=True, observer=None)
     torch.testing.assert_close(q.float() * s[:, None], dynamic_per_token(x, args), rtol=0, atol=0)
 
@@ -257,14 +257,14 @@ def test_group_size_the_kernels_cannot_tile_still_runs(group):
 
 
 # ------------------------------------------------------------------------------------- make_weight
-@pytest.mark.parametrize("name,cls", [("W4A16", kernels.Int4Weight), ("W4A16_ASYM", kernels.Int4Weight),
-                                      ("W8A16", kernels.Int8Weight), ("W8A8", kernels.W8A8Weight),
-                                      ("FP8_DYNAMIC", kernels.FP8Weight)])
+@pytest.mark.parametrize("name,cls", [("W4A16", linear.Int4Weight), ("W4A16_ASYM", linear.Int4Weight),
+                                      ("W8A16", linear.Int8Weight), ("W8A8", linear.W8A8Weight),
+                                      ("FP8_DYNAMIC", linear.FP8Weight)])
 def test_make_weight_picks_the_scheme(name, cls):
     s = get_scheme(name).with_group_size(64)
     tensors, _ = make_checkpoint({"W4A16": "int4", "W4A16_ASYM": "int4", "W8A16": "int8", "W8A8": "w8a8",
                                   "FP8_DYNAMIC": "fp8"}[name], 32, 128, s.weights.group_size, s.weights.symmetric)
-    assert type(kernels.make_weight(tensors, s.weights, s.input_activations)) is cls
+    assert type(linear.make_weight(tensors, s.weights, s.input_activations)) is cls
 
 
 def _unsupported():
@@ -290,7 +290,7 @@ def test_make_weight_rejects_unsupported(case):
     match, tensors, wargs, aargs = _unsupported()[case]
     with pytest.raises(ValueError, match=match):
         # the args as a checkpoint's JSON states them, read back the way the loader reads them
-        kernels.make_weight(tensors, QuantArgs.from_ct(wargs), QuantArgs.from_ct(aargs) if aargs else None)
+        linear.make_weight(tensors, QuantArgs.from_ct(wargs), QuantArgs.from_ct(aargs) if aargs else None)
 
 
 # ------------------------------------------------------------------------------------- attention
@@ -312,14 +312,14 @@ def test_amx_can_be_switched_off(monkeypatch):
     """LLMPRESS_AMX=0, read when a weight is built, keeps it on the register-tile GEMMs."""
     tensors, scheme = make_checkpoint("int4", 192, 576, 64)
     monkeypatch.setenv("LLMPRESS_AMX", "0")
-    assert not kernels.amx_available() and not weight_for(tensors, scheme)._amx_ok
+    assert not extension.amx_available() and not weight_for(tensors, scheme)._amx_ok
     monkeypatch.delenv("LLMPRESS_AMX")
     assert weight_for(tensors, scheme)._amx_ok == AMX
 
 
 @pytest.mark.skipif(not FAST, reason="the extension is not built here")
-@pytest.mark.parametrize("fmt,cls", [("int4", kernels.Int4Weight), ("int8", kernels.Int8Weight), ("w8a8", kernels.W8A8Weight),
-                                     ("fp8", kernels.FP8Weight)])
+@pytest.mark.parametrize("fmt,cls", [("int4", linear.Int4Weight), ("int8", linear.Int8Weight), ("w8a8", linear.W8A8Weight),
+                                     ("fp8", linear.FP8Weight)])
 def test_fused_rows_follow_the_vector_width(fmt, cls, width):
     """The 512-bit tiles beat dequantize + sgemm up to more rows than the AVX2 ones: a weight takes
     the crossover of the width set when it binds, and the call at the crossover's edge takes each path."""

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmpress.engine import LLM, SamplingParams, kernels
-from llmpress.engine.engine import EngineConfig, LLMEngine
+from llmpress.engine import LLM, SamplingParams, extension, linear
+from llmpress.engine.llm_engine import EngineConfig, LLMEngine
 from llmpress.engine.model import AttnSegment, BatchMeta
 from llmpress.eval.perplexity import load_model
 
@@ -80,13 +80,13 @@ def test_default_model_logits_agree_with_transformers(scheme, default_model, def
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not kernels.amx_available(), reason="needs a CPU with AMX")
+@pytest.mark.skipif(not extension.amx_available(), reason="needs a CPU with AMX")
 @pytest.mark.parametrize("scheme", ["dense", "W4A16", "W4A16_ASYM"])
 def test_amx_logits_agree_with_transformers(scheme, default_model, default_checkpoints, lee_windows, compare, monkeypatch):
     """The same check with every linear layer, lm_head included, on the AMX GEMM (at every M, not
-    only kernels.amx_m's), whose activations are split into two bf16 parts: held to the float32
+    only linear.amx_m's), whose activations are split into two bf16 parts: held to the float32
     tolerances above."""
-    for cls in (kernels.QuantizedWeight, kernels.Int4Weight):
+    for cls in (linear.QuantizedWeight, linear.Int4Weight):
         monkeypatch.setattr(cls, "amx_m", (1, 10**9))
     folder = default_model if scheme == "dense" else default_checkpoints[scheme]
     top1, worst = compare(folder, lee_windows)
@@ -105,7 +105,7 @@ def test_act_quant_linear_equals_transformers(scheme, default_checkpoints, lee_w
 
     from safetensors import safe_open
 
-    from llmpress.engine.kernels import make_weight
+    from llmpress.engine.linear import make_weight
     from llmpress.quant import QuantArgs
 
     folder = default_checkpoints[scheme]

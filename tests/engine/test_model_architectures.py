@@ -12,7 +12,7 @@ import torch
 from llmpress.cli import main
 from llmpress.compress import Recipe, compress
 from llmpress.engine import LLM, SamplingParams
-from llmpress.engine.engine import EngineConfig, LLMEngine
+from llmpress.engine.llm_engine import EngineConfig, LLMEngine
 from llmpress.engine.model import AttnSegment, BatchMeta, ModelConfig, UnsupportedArchitecture
 
 ARCHS = ["qwen3", "gemma3", "mistral"]  # the window of gemma3's first layer and of mistral is 8 tokens

@@ -1,6 +1,6 @@
 """The fused per-layer ops (engine/ops.py) against their torch references and float64 truth.
 
-Each fast path runs where the extension is built (kernels.available()); under
+Each fast path runs where the extension is built (extension.available()); under
 LLMPRESS_KERNELS=reference the calls take the reference and the comparisons still hold. Tolerances
 as in test_kernels.py: SQNR >= 80 dB against float64, where a wrong element, head, slot or sign
 costs far more.
@@ -12,10 +12,10 @@ import math
 import pytest
 import torch
 
-from llmpress.engine import kernels, ops
+from llmpress.engine import extension, ops
 
 MIN_SQNR_DB = 80.0
-FAST = kernels.available()
+FAST = extension.available()
 
 
 def sqnr_db(y: torch.Tensor, truth: torch.Tensor) -> float:

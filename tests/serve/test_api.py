@@ -246,3 +246,17 @@ def test_tokenizer_routes(idle, ref):
     chat_ids = httpx.post(f"{idle.url}/tokenize", json={"messages": messages}).json()["tokens"]
     want = ref.chat(messages, SamplingParams(max_tokens=1), use_tqdm=False)[0].prompt_token_ids
     assert chat_ids == want
+
+
+def test_chat_template_flag_replaces_the_models(start_server, tiny_llama):
+    """serve --chat-template: chats are rendered with the operator's template, not the model's (one path:
+    chat_template.render_chat); a request's own template is still refused (test_bad_input_is_400 above)."""
+    from llmpress.engine import EngineConfig, LLMEngine
+
+    engine = LLMEngine(EngineConfig(model=str(tiny_llama), max_num_seqs=2, kv_cache_memory_bytes=64 << 20, max_model_len=512))
+    template = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+                "{% if add_generation_prompt %}<assistant>{% endif %}")
+    with start_server(engine, chat_template=template) as s:
+        r = httpx.post(f"{s.url}/tokenize", json={"messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200, r.text
+    assert r.json()["tokens"] == engine.tokenizer("<user>hi<assistant>", add_special_tokens=False).input_ids

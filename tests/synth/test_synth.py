@@ -27,7 +27,7 @@ def test_8b_shape_with_two_layers_loads_in_transformers_and_engine_alike(synth_8
     not ties; the RMSNorms carry the outlier channels the compression algorithms need."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmpress.engine.engine import EngineConfig, LLMEngine
+    from llmpress.engine.llm_engine import EngineConfig, LLMEngine
 
     cfg = json.loads((synth_8b_2layers / "config.json").read_text())
     assert cfg["num_hidden_layers"] == 2 and cfg["hidden_size"] == 4096 and cfg["intermediate_size"] == 14336

@@ -7,10 +7,11 @@
 The cards price GPUs at "on-demand cost at Lambda Labs (observed on 2/18/2025)" without
 printing the prices. Their tables imply them: each (latency, QPD) or (QPS, QPD) pair
 gives $/h = 3600 / (latency × QPD) or QPS × 3600 / QPD. The pairs below are the base
-model's rows of the W4A16 card (../shared/seeds/card-w4a16.txt, DeepSeek-R1-Distill-
-Llama-8B, vLLM 0.7.2); `derive_prices` recomputes every row: the medians are $0.80 (A6000),
-$1.80 (A100) and $3.29 (H100) per hour; every row lies within 5% of its median (the
-spread comes from the cards' rounding of latency and QPS).
+model's rows of the W4A16 card's "Inference Performance" tables (the model card of
+DeepSeek-R1-Distill-Llama-8B-quantized.w4a16, measured with vLLM 0.7.2); `derive_prices`
+recomputes every row: the medians are $0.80 (A6000), $1.80 (A100) and $3.29 (H100) per
+hour; every row lies within 5% of its median (the spread comes from the cards' rounding
+of latency and QPS).
 """
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """What a benchmark sends: the cards' eight use-case profiles and synthetic prompts of
 exact token lengths cut from real text.
 
-The cards (../shared/seeds, "Inference Performance") benchmark eight prompt/output token
-profiles with GuideLLM's emulated data. We build each prompt from the Lee news corpus
+The seed cards (the model cards of DeepSeek-R1-Distill-Llama-8B-quantized.w4a16, .w8a8 and
+-FP8-dynamic, section "Inference Performance") benchmark eight prompt/output token profiles
+with GuideLLM's emulated data. We build each prompt from the Lee news corpus
 (gensim test data) so the model reads natural English, and make its length exact under
 the tokenizer the server uses (`tokenizer(text).input_ids`, special tokens included, as
 vLLM's /v1/completions counts): a token window is decoded, re-encoded, and trimmed or

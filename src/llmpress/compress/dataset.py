@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
+from ..chat_template import has_chat_template, render_chat
 from ..errors import LlmpressError
 
 _SHAREGPT_FILE = "data/ShareGPT_V3_unfiltered_cleaned_split.json"
@@ -125,11 +126,11 @@ def load_rows(source: str) -> tuple[list, str]:
 
 
 def render(row, tokenizer, max_seq_len: int) -> list[int]:
-    if isinstance(row, str) or not getattr(tokenizer, "chat_template", None):
+    if isinstance(row, str) or not has_chat_template(tokenizer):
         text = row if isinstance(row, str) else "\n\n".join(m["content"] for m in row)
         ids = tokenizer(text, add_special_tokens=True)["input_ids"]
     else:
-        text = tokenizer.apply_chat_template(row, tokenize=False, add_generation_prompt=False)
+        text = render_chat(tokenizer, row, tokenize=False, add_generation_prompt=False)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     return list(ids[:max_seq_len])
 
@@ -140,7 +141,7 @@ def calibration_samples(
     """num_samples token-id tensors [1, T<=max_seq_len], chosen by a seeded shuffle. `log` hears,
     once, that conversations become plain text when the tokenizer has no chat template."""
     rows, name = load_rows(source)
-    if log is not None and not getattr(tokenizer, "chat_template", None) and any(not isinstance(r, str) for r in rows):
+    if log is not None and not has_chat_template(tokenizer) and any(not isinstance(r, str) for r in rows):
         log(
             f"calibration: the tokenizer has no chat template; {name} conversations are used as plain text "
             "(turns joined by blank lines, with the tokenizer's own special tokens)"

@@ -9,6 +9,7 @@ import yaml
 
 from ..quant import SCHEMES, Scheme, get_scheme
 from ..errors import LlmpressError
+from ..yamlfile import read_yaml
 
 
 class RecipeError(LlmpressError, ValueError):
@@ -108,15 +109,10 @@ class Recipe:
         path = Path(path)
         if not path.is_file():
             raise RecipeError(f"recipe file {path} not found")
-        text = path.read_text()
-        try:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as e:
-            raise RecipeError(yaml_error(path, e)) from None
+        data, key_lines, _ = read_yaml(path, RecipeError)
         if not isinstance(data, dict):
             raise RecipeError(f"{path}: a recipe is a mapping of fields ({', '.join(FIELD_NAMES)})")
-        lines = {k.value: k.start_mark.line + 1 for k, _ in node.value} if node is not None else {}
+        lines = {k[0]: n for k, n in key_lines.items() if len(k) == 1}
         for key in data:
             if key not in FIELD_NAMES:
                 raise RecipeError(
@@ -131,13 +127,6 @@ class Recipe:
             bad = next((k for k in data if k in str(e) or (k == "scheme" and "scheme" in str(e))), None)
             where = f"{path}:{lines.get(bad, '?')}" if bad else str(path)
             raise RecipeError(f"{where}: {e}") from None
-
-
-def yaml_error(path: Path, e: yaml.YAMLError) -> str:
-    """PyYAML's message spans several lines (a caret under the text): one line, with file:line."""
-    mark = getattr(e, "problem_mark", None)
-    where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-    return f"{where}: not valid YAML: {getattr(e, 'problem', None) or str(e).splitlines()[0]}"
 
 
 FIELD_NAMES = tuple(f.name for f in fields(Recipe))

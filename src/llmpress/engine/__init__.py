@@ -1,6 +1,6 @@
 """The embedded engine: a compact Llama-family model over quantized CPU kernels, a
 paged KV cache, continuous batching with chunked prefill, and vLLM's offline API."""
-from .engine import CompletionOutput, EngineConfig, LLMEngine, Logprob, RequestOutput
+from .llm_engine import CompletionOutput, EngineConfig, LLMEngine, Logprob, RequestOutput
 from .llm import LLM
 from .sampling import SamplingError, SamplingParams
 

@@ -1,5 +1,6 @@
-"""The C++ extension behind the engine's kernels (csrc/): compiled once per CPU and code version,
-loaded, and probed (available / amx_available / vector width).
+"""The C++ extension behind the engine's kernels (csrc/; its Python module is csrc/bindings.cpp):
+compiled once per CPU and code version, loaded, and probed (available / amx_available / vector width).
+`load()` is the one way to the module; linear.py's weights, ops.py and Model's decode steps call it.
 
 The extension is compiled on first use (or by `build()`) with torch.utils.cpp_extension into
 ~/.cache/llmpress/torch_extensions/<torch, python, CPU flags, code hash>/ ($LLMPRESS_CACHE
@@ -22,7 +23,7 @@ from pathlib import Path
 import torch
 
 _CSRC = Path(__file__).with_name("csrc")
-_SOURCES = [_CSRC / "qgemm.cpp", _CSRC / "amx_gemm.cpp", _CSRC / "layer_ops.cpp"]  # + the headers beside them
+_SOURCES = [_CSRC / "qgemm.cpp", _CSRC / "amx_gemm.cpp", _CSRC / "layer_ops.cpp", _CSRC / "bindings.cpp"]  # + headers beside them
 # -ffp-contract=off: GCC would fuse a written multiply and add (intrinsics included) into an FMA,
 # and the rotary kernel must round like torch's two products and a subtraction.
 _CFLAGS = ["-O3", "-march=native", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-ffp-contract=off"]
@@ -39,13 +40,14 @@ def _cpu_flags() -> set[str]:
 
 
 @functools.cache
-def _extension():
-    """The compiled module, or None (warned once) when this CPU or toolchain cannot have it."""
+def load():
+    """The compiled module (built on the first call, then cached), or None (warned once) when this CPU or
+    toolchain cannot have it. The one way in: linear.py's weights, ops.py and the model's decode step call it."""
     flags = _cpu_flags()
     if platform.machine().lower() not in ("x86_64", "amd64") or not {"avx2", "fma", "f16c"} <= flags:
         warnings.warn("llmpress kernels: this CPU lacks AVX2/FMA/F16C; using the slow reference path", stacklevel=3)
         return None
-    from torch.utils.cpp_extension import load
+    from torch.utils.cpp_extension import load as compile_extension
 
     from ..models import cache_dir
 
@@ -71,7 +73,7 @@ def _extension():
         if bindir not in os.environ.get("PATH", "").split(os.pathsep):
             os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
         try:
-            module = load(
+            module = compile_extension(
                 name="llmpress_qgemm",
                 sources=[str(f) for f in _SOURCES],
                 extra_cflags=_CFLAGS,
@@ -102,32 +104,32 @@ def _import_library(path: Path):
 
 def build() -> bool:
     """Compile (or load the cached) extension now; True when the fast kernels can run."""
-    return _extension() is not None
+    return load() is not None
 
 
 def available() -> bool:
     """True when weights built now take the fast path: the extension is built and
     LLMPRESS_KERNELS is not "reference"."""
-    return os.environ.get("LLMPRESS_KERNELS", "").lower() != "reference" and _extension() is not None
+    return os.environ.get("LLMPRESS_KERNELS", "").lower() != "reference" and load() is not None
 
 
 def amx_available() -> bool:
     """True when weights built now may use the AMX GEMMs (csrc/amx_gemm.cpp): the extension was
     built for a CPU with AMX-BF16/INT8, Linux granted the tile state, and LLMPRESS_AMX is not "0"."""
-    ext = _extension() if available() else None
+    ext = load() if available() else None
     return ext is not None and os.environ.get("LLMPRESS_AMX", "") != "0" and ext.amx_available()
 
 
 def max_vector_bits() -> int:
     """512 when the extension was built with AVX-512 (this CPU has it), else 256; 0 without it."""
-    ext = _extension()
+    ext = load()
     return ext.max_vector_bits() if ext is not None else 0
 
 
 def set_vector_bits(bits: int) -> None:
     """Run the float-decoded GEMMs (int4, int8, fp8, bf16) with 512- or 256-bit tiles; both are
     exact decodes with float32 FMAs, tested against the reference. For tests and benchmarks."""
-    ext = _extension()
+    ext = load()
     if ext is None or bits not in (256, 512) or bits > ext.max_vector_bits():
         raise ValueError(f"vector width {bits} is not available (this build: {max_vector_bits()} bits at most)")
     ext.set_vector_bits(bits)

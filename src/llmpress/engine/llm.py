@@ -2,12 +2,12 @@
 and `LLM(model).chat(messages, ...)`, returning RequestOutput / CompletionOutput."""
 from __future__ import annotations
 
-from dataclasses import fields
 from typing import Sequence as Seq
 
 from tqdm.auto import tqdm
 
-from .engine import EngineConfig, LLMEngine, RequestOutput
+from ..chat_template import render_chat
+from .llm_engine import EngineConfig, LLMEngine, RequestOutput
 from .sampling import SamplingParams
 
 Prompt = str | list[int] | dict
@@ -21,10 +21,7 @@ class LLM:
     """
 
     def __init__(self, model: str = "default", **kwargs):
-        known = {f.name for f in fields(EngineConfig)}
-        if unknown := sorted(set(kwargs) - known):
-            raise TypeError(f"LLM() got unknown arguments {unknown}; known: {sorted(known - {'model'})}")
-        self.engine = LLMEngine(EngineConfig(model=str(model), **kwargs))
+        self.engine = LLMEngine(EngineConfig.from_args(model, **kwargs))
         self._counter = 0
 
     @classmethod
@@ -91,14 +88,8 @@ class LLM:
         tok = self.engine.tokenizer
         prompts = []
         for conv in convs:
-            try:
-                ids = tok.apply_chat_template(
-                    conv, chat_template=chat_template, add_generation_prompt=add_generation_prompt and not continue_final_message,
-                    continue_final_message=continue_final_message, tokenize=True, return_dict=False, **(chat_template_kwargs or {}),
-                )
-            except ValueError as e:
-                raise ValueError(f"cannot apply the chat template: {e}; pass chat_template=... for a model without one") from None
-            if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-                ids = ids["input_ids"]
+            ids = render_chat(tok, conv, tokenize=True, chat_template=chat_template,
+                              add_generation_prompt=add_generation_prompt and not continue_final_message,
+                              continue_final_message=continue_final_message, **(chat_template_kwargs or {}))
             prompts.append({"prompt_token_ids": list(ids), "prompt": tok.decode(ids)})
         return self.generate(prompts, sampling_params, use_tqdm)

@@ -17,7 +17,7 @@ from ..checkpoint.compressed_tensors import pack_int, unpack_int
 from ..checkpoint.shards import LazyCheckpoint
 from ..layout import DOWN, GATE_UP, K_NORM, O, Q_NORM, QKV
 from ..quant import ConfigGroup, QuantizationConfig
-from . import kernels
+from . import extension, linear
 from .model import Layer, Model, ModelConfig, UnsupportedArchitecture
 
 QUANT_SUFFIXES = ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point", "weight_g_idx", "weight")
@@ -99,7 +99,7 @@ def _storage_dtype(stored: torch.dtype, dtype: torch.dtype, device: torch.device
     stays bf16: widening bf16 is exact, so the float32 math sees the same values, and our bf16
     GEMV reads half the bytes (1.5x faster than torch's fp32 sgemv at one row, measured by
     benchmarks/engine_kernels.py). Otherwise: the engine dtype."""
-    if stored == torch.bfloat16 and dtype == torch.float32 and device.type == "cpu" and kernels.available():
+    if stored == torch.bfloat16 and dtype == torch.float32 and device.type == "cpu" and extension.available():
         return torch.bfloat16
     return dtype
 
@@ -109,9 +109,9 @@ def _weight(tensors: dict[str, torch.Tensor], group: ConfigGroup | None, name: s
         if "weight" not in tensors:
             raise UnsupportedCheckpoint(f"{name}: no 'weight' tensor in the checkpoint")
         w = tensors["weight"]
-        return kernels.DenseWeight(w.to(_storage_dtype(w.dtype, dtype, w.device)))
+        return linear.DenseWeight(w.to(_storage_dtype(w.dtype, dtype, w.device)))
     try:
-        return kernels.make_weight(tensors, group.weights, group.input_activations)
+        return linear.make_weight(tensors, group.weights, group.input_activations)
     except ValueError as e:
         raise UnsupportedCheckpoint(f"{name}: {e}") from None
 
@@ -135,6 +135,7 @@ def load_model(folder: str | Path, dtype: torch.dtype = torch.float32, device: s
     """Build the engine Model from a local folder (config.json + safetensors) on `device`: each
     tensor goes from the memory map to the device on its own, so host memory never holds the model."""
     folder, device = Path(folder), torch.device(device)
+    linear.dispatch_overrides()  # a bad LLMPRESS_SMALL_M_MAX / LLMPRESS_AMX_M is refused before any work
     hf = json.loads((folder / "config.json").read_text())
     cfg = ModelConfig.from_hf(hf)
     lay = cfg.layout
@@ -160,11 +161,11 @@ def load_model(folder: str | Path, dtype: torch.dtype = torch.float32, device: s
     for i in range(cfg.num_layers):
         p = f"{pre}.layers.{i}"
 
-        def linear(names: tuple[str, ...]):
+        def fused(names: tuple[str, ...]):
             return _linear(ckpt, qc, [f"{p}.{n}" for n in names], dtype, device)
 
         w = {n: norm(f"{p}.{n}.weight") for n in lay.norms}
-        w.update(qkv=linear(QKV), o_proj=linear(O), gate_up=linear(GATE_UP), down_proj=linear(DOWN))
+        w.update(qkv=fused(QKV), o_proj=fused(O), gate_up=fused(GATE_UP), down_proj=fused(DOWN))
         if lay.qk_norm:
             w.update(q_norm=norm(f"{p}.{Q_NORM}.weight"), k_norm=norm(f"{p}.{K_NORM}.weight"))
         if f"{p}.{QKV[0]}.bias" in ckpt:
@@ -176,7 +177,7 @@ def load_model(folder: str | Path, dtype: torch.dtype = torch.float32, device: s
     embed = ckpt.get(name)
     embed = embed.to(device, _storage_dtype(embed.dtype, dtype, device))  # rows are widened to `dtype` as they are looked up
     if cfg.tie_word_embeddings or "lm_head.weight" not in ckpt and "lm_head.weight_scale" not in ckpt:
-        lm_head = kernels.DenseWeight(embed)
+        lm_head = linear.DenseWeight(embed)
         lm_head.shares_embedding = lm_head.weight.data_ptr() == embed.data_ptr()  # no padded copy
     else:
         lm_head = _linear(ckpt, qc, ["lm_head"], dtype, device)

@@ -5,7 +5,7 @@ RMSNorm (Gemma's (1 + w) folded into the weight at load), rotary embeddings with
 with per-layer sliding windows, per-head q/k RMSNorms (Qwen3, Gemma 3),
 SwiGLU or GeGLU (gelu-tanh) MLP, Gemma's sandwich norms, scaled embeddings and final-logit soft-capping,
 tied or untied embeddings, optional q/k/v bias. Which architecture has which is llmpress.layout's table. Linear
-layers are `kernels.QuantizedWeight`s, so int4 / int8 / fp8 stay compressed in memory.
+layers are `linear.QuantizedWeight`s, so int4 / int8 / fp8 stay compressed in memory.
 
 The forward pass takes a *flattened* batch, as nano-vllm and vLLM do: the new tokens
 of every scheduled sequence are concatenated into one [T] vector, so each Linear runs
@@ -21,6 +21,7 @@ replaced Gemma 2's soft-capping with the q/k norms).
 from __future__ import annotations
 
 import math
+from types import ModuleType
 from dataclasses import dataclass, field
 
 import torch
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 
 from ..errors import LlmpressError
 from ..layout import LAYOUTS, OTHER_ENGINES, Layout, layout_of
-from . import kernels, ops
+from . import extension, ops
 
 SUPPORTED_ARCHITECTURES = tuple(LAYOUTS)
 ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh"}  # config name -> ours
@@ -368,7 +369,10 @@ class Model:
         self.embed_scale = None if cfg.embed_scale is None else torch.tensor(cfg.embed_scale, dtype=dtype).item()
         self._rope_len = 0
         self._tables: list[tuple[torch.Tensor, torch.Tensor]] = []  # per rope: cos, sin [rope_len, D/2]
-        self._decode_kernels = False  # the extension or None, decided on the first decode step (_decode_ext)
+        # The extension for direct calls in decode steps, or None (reference ops); decided once, on the first
+        # decode step (_decode_ext), when _decode_decided turns True.
+        self._decode_decided = False
+        self._decode_kernels: ModuleType | None = None
 
     @property
     def device(self) -> torch.device:
@@ -401,14 +405,15 @@ class Model:
         eps = self.cfg.rms_norm_eps
         return ops.rms_norm(x, self.norm, eps) if delta is None else ops.add_rms_norm_(x, delta, self.norm, eps)
 
-    def _decode_ext(self, cache: list["KVLayer"]):
+    def _decode_ext(self, cache: list["KVLayer"]) -> ModuleType | None:
         """The extension when a decode step can call its ops directly (what ops.py checks per call):
         float32 activations, norms and KV cache on the CPU, a head size the rotary kernel takes."""
-        if self._decode_kernels is False:  # decided once per model
+        if not self._decode_decided:  # decided once per model
             ok = self.dtype == torch.float32 and self.cfg.head_dim % 16 == 0 and all(
                 t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous()
                 for layer in self.layers for t in layer.norms)
-            self._decode_kernels = kernels._extension() if ok and kernels.available() else None
+            self._decode_kernels = extension.load() if ok and extension.available() else None
+            self._decode_decided = True
         kv = cache[0].k
         if self._decode_kernels is None or not (kv.dtype == torch.float32 and kv.device.type == "cpu" and kv.is_contiguous()):
             return None

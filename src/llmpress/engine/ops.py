@@ -13,7 +13,7 @@ and two torch-only ops for the other architectures' layers (Gemma 3, sliding win
 
 At decode a layer runs each on a handful of rows, where torch's dispatch of the ops they replace
 (4-10 each) costs more than the arithmetic: fused, a SmolLM2 decode step spends ~2 ms less outside
-the GEMMs. The fast path needs the extension (kernels.available()), CPU float32 tensors and a
+the GEMMs. The fast path needs the extension (extension.available()), CPU float32 tensors and a
 float32 cache; anything else takes the reference, which is also what tests/engine/test_ops.py
 compares the kernels with on random inputs.
 
@@ -30,13 +30,13 @@ import math
 import torch
 import torch.nn.functional as F
 
-from . import kernels
+from . import extension, linear
 
 
 @functools.cache
 def _enabled() -> bool:
-    """kernels.available(), read once: these ops run ~150 times a decode step."""
-    return kernels.available()
+    """extension.available(), read once: these ops run ~150 times a decode step."""
+    return extension.available()
 
 
 def _fast(*tensors: torch.Tensor) -> bool:
@@ -47,13 +47,13 @@ _TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def _triton(*tensors: torch.Tensor):
-    """triton_ops when these tensors run the Triton kernels (kernels.triton_wanted: CUDA with triton installed,
+    """triton_ops when these tensors run the Triton kernels (linear.triton_wanted: CUDA with triton installed,
     or LLMPRESS_KERNELS=triton) and the kernels take them (contiguous float32 / bfloat16 / float16), else None."""
-    if kernels.triton_wanted(tensors[0].device) is None:
+    if linear.triton_wanted(tensors[0].device) is None:
         return None
     if not all(t.is_contiguous() and t.dtype in _TRITON_DTYPES for t in tensors):
         return None
-    from . import triton_ops  # imported on first use, as kernels imports the other Triton modules
+    from . import triton_ops  # imported on first use, as linear imports the other Triton modules
 
     return triton_ops
 
@@ -64,7 +64,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     if x.dim() == 2 and (tri := _triton(x, weight)) is not None:
         return tri.rms_norm(x, weight, eps)
     if x.dim() == 2 and _fast(x, weight):
-        return kernels._extension().rms_norm(x.contiguous(), weight.contiguous(), eps)
+        return extension.load().rms_norm(x.contiguous(), weight.contiguous(), eps)
     return rms_norm_reference(x, weight, eps)
 
 
@@ -79,7 +79,7 @@ def add_rms_norm_(x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, ep
     if x.dim() == 2 and delta.shape == x.shape and (tri := _triton(x, delta, weight)) is not None:
         return tri.add_rms_norm_(x, delta, weight, eps)
     if x.dim() == 2 and x.is_contiguous() and _fast(x, delta, weight):
-        return kernels._extension().add_rms_norm_(x, delta.contiguous(), weight.contiguous(), eps)
+        return extension.load().add_rms_norm_(x, delta.contiguous(), weight.contiguous(), eps)
     x.add_(delta)
     return rms_norm_reference(x, weight, eps)
 
@@ -97,7 +97,7 @@ def rope_qkv_cache_(
             and (tri := _triton(qkv, cos, sin, k_cache, v_cache)) is not None):
         return tri.rope_qkv_cache_(qkv, cos, sin, k_cache, v_cache, slots, num_heads, num_kv_heads)
     if d % 16 == 0 and qkv.is_contiguous() and k_cache.is_contiguous() and v_cache.is_contiguous() and _fast(qkv, cos, sin, k_cache, v_cache):
-        return kernels._extension().rope_qkv_cache_(
+        return extension.load().rope_qkv_cache_(
             qkv, cos.contiguous(), sin.contiguous(), k_cache, v_cache, slots.to(torch.int64).contiguous(), num_heads, num_kv_heads
         )
     return rope_qkv_cache_reference(qkv, cos, sin, k_cache, v_cache, slots, num_heads, num_kv_heads)
@@ -125,7 +125,7 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     if gate_up.dim() == 2 and (tri := _triton(gate_up)) is not None:
         return tri.silu_mul(gate_up)
     if gate_up.dim() == 2 and gate_up.is_contiguous() and _fast(gate_up):
-        return kernels._extension().silu_mul(gate_up)
+        return extension.load().silu_mul(gate_up)
     return silu_mul_reference(gate_up)
 
 
@@ -151,7 +151,7 @@ def decode_attention(
     int [B, max_blocks]; context_lens int [B] (tokens to attend, the new one included); H a
     multiple of KVH (head h reads kv head h // (H / KVH)). -> out [B, H, D] = softmax(q K^T scale) V.
     On CUDA (or under LLMPRESS_KERNELS=triton) q and the caches may be float32, bfloat16 or float16."""
-    mods = kernels.triton_wanted(q.device)
+    mods = linear.triton_wanted(q.device)
     if mods is not None:
         return mods[1].decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale)
     fast = (
@@ -160,7 +160,7 @@ def decode_attention(
     )
     if not fast:
         return decode_attention_reference(q, k_cache, v_cache, block_tables, context_lens, scale)
-    return kernels._extension().decode_attention(
+    return extension.load().decode_attention(
         q.contiguous(), k_cache, v_cache, block_tables.to(torch.int32).contiguous(),
         context_lens.to(torch.int32).contiguous(), float(scale),
     )

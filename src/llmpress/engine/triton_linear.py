@@ -25,10 +25,10 @@ Routes, picked per call by `linear` from shapes only:
   FP8 dynamic, M>16  torch._scaled_mm with row-wise scales (fp8 tensor cores, compute capability >= 8.9) when x
                      is bf16 (its only output type on every GPU), scales are channel-wise and K, N are multiples of 16
 W8A8 / FP8-dynamic activations are quantized per token by `_quant_act_kernel`, bit for bit what
-observers.dynamic_per_token computes (scale amax / qmax, x / scale rounded half to even, clamped).
+quant.dynamic_per_token computes (scale amax / qmax, x / scale rounded half to even, clamped).
 
 On CPU tensors these kernels run only under Triton's interpreter (TRITON_INTERPRET=1, set before triton is
-imported), which is how tests/engine/test_triton_kernels.py checks them: kernels.py takes this path for CUDA
+imported), which is how tests/engine/test_triton_kernels.py checks them: linear.py takes this path for CUDA
 weights, or for every weight when LLMPRESS_KERNELS=triton. The interpreter stores bfloat16 as raw bits and
 cannot multiply it, so on CPU a bf16 dot runs in float32 (same products: bf16 x small integers is exact).
 
@@ -52,7 +52,7 @@ import torch
 import triton
 import triton.language as tl
 
-FP8 = torch.float8_e4m3fn
+from ..quant import FP8_DTYPE
 
 
 @dataclass(frozen=True)
@@ -378,7 +378,7 @@ def _has_fp8_mma(device: torch.device) -> bool:
 def quantize_act(x: torch.Tensor, act: str) -> tuple[torch.Tensor, torch.Tensor]:
     """x [M, K] (last dim contiguous) -> (q [M, K] int8 or float8_e4m3fn, scales float32 [M])."""
     m, k = x.shape
-    q = torch.empty(m, k, dtype=torch.int8 if act == "int8" else FP8, device=x.device)
+    q = torch.empty(m, k, dtype=torch.int8 if act == "int8" else FP8_DTYPE, device=x.device)
     s = torch.empty(m, dtype=torch.float32, device=x.device)
     if m:
         _quant_act_kernel[(m,)](x, q, s, k, x.stride(0), QMAX=127.0 if act == "int8" else 448.0,

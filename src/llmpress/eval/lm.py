@@ -16,6 +16,7 @@ from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 
+from ..chat_template import render_chat
 from ..engine import LLM, SamplingParams
 
 
@@ -59,8 +60,8 @@ class EngineLM(TemplateLM):
         return self.tokenizer.decode(tokens)
 
     def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        return self.tokenizer.apply_chat_template(chat_history, tokenize=False, add_generation_prompt=add_generation_prompt,
-                                                  continue_final_message=not add_generation_prompt)
+        return render_chat(self.tokenizer, chat_history, tokenize=False, add_generation_prompt=add_generation_prompt,
+                           continue_final_message=not add_generation_prompt)
 
     def chat_template(self, chat_template: bool | str = False) -> str | None:
         return self.tokenizer.chat_template if chat_template is not False and chat_template is not None else None

@@ -16,10 +16,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from ..compress.recipe import FIELD_NAMES as COMPRESS_FIELDS, Recipe, RecipeError, yaml_error
+from ..compress.recipe import FIELD_NAMES as COMPRESS_FIELDS, Recipe, RecipeError
 from ..errors import LlmpressError
+from ..yamlfile import read_yaml
 
 SECTIONS = ("model", "schemes", "compress", "eval", "bench", "card", "output")
 # Settings a run owns, so the recipe may not set them inside eval / bench.
@@ -68,33 +67,14 @@ class RunRecipe:
         return BenchConfig(launch=checkpoint, base=self.model, **(self.bench or {}))
 
 
-def _lines(node, path=()) -> dict[tuple, int]:
-    """Map each key path (('eval', 'limit'), ('schemes', 1), ...) to its 1-based line."""
-    out = {path: node.start_mark.line + 1}
-    if isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            out[path + (k.value,)] = k.start_mark.line + 1
-            out.update({p: n for p, n in _lines(v, path + (k.value,)).items() if p != path + (k.value,)})
-    elif isinstance(node, yaml.SequenceNode):
-        for i, v in enumerate(node.value):
-            out.update(_lines(v, path + (i,)))
-    return out
-
-
 def load(path: str | os.PathLike) -> RunRecipe:
     """Parse and check a run recipe; every mistake raises RunRecipeError naming its line."""
     path = Path(path)
     if not path.is_file():
         raise RunRecipeError(f"run recipe {path} not found; give a YAML file (see recipes/ in the repository)")
-    text = path.read_text()
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise RunRecipeError(yaml_error(path, e)) from None
+    data, lines, text = read_yaml(path, RunRecipeError)
     if not isinstance(data, dict):
         raise RunRecipeError(f"{path}: a run recipe is a mapping with keys {', '.join(SECTIONS)}")
-    lines = _lines(node) if node is not None else {}
 
     def fail(where: tuple, msg: str):
         line = next((lines[where[:n]] for n in range(len(where), 0, -1) if where[:n] in lines), "?")

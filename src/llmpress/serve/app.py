@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..engine import LLMEngine
 from .async_engine import AsyncEngine, ClientDisconnected
-from .chat import Chat, render_chat
+from .chat import Chat, request_prompt
 from .completions import Completions
 from .metrics import Metrics
 from .protocol import (APIError, ChatCompletionRequest, CompletionRequest, DetokenizeRequest, DetokenizeResponse,
@@ -98,7 +98,7 @@ def create_app(engine: LLMEngine, served_model_names: list[str], api_key: str | 
         def work() -> TokenizeResponse:
             tok = serving.tokenizer
             if req.messages is not None:
-                _, ids = render_chat(tok, req, add_special_tokens=bool(req.add_special_tokens))
+                _, ids = request_prompt(tok, req, add_special_tokens=bool(req.add_special_tokens))
             else:
                 ids = tok(req.prompt, add_special_tokens=req.add_special_tokens is not False).input_ids
             strs = tok.convert_ids_to_tokens(ids) if req.return_token_strs else None

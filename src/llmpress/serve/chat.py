@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
+from ..chat_template import ChatTemplateError, render_chat
 from ..engine import CompletionOutput, Logprob, RequestOutput
 from .async_engine import RequestStream
 from .protocol import (APIError, AssistantMessage, ChatChoice, ChatCompletionChunk, ChatCompletionRequest,
@@ -17,7 +18,7 @@ from .protocol import (APIError, AssistantMessage, ChatChoice, ChatCompletionChu
 from .serving import OpenAIServing, clamp_logprob, sse
 
 
-def render_chat(tokenizer, req: ChatCompletionRequest | TokenizeRequest, add_special_tokens: bool = False
+def request_prompt(tokenizer, req: ChatCompletionRequest | TokenizeRequest, add_special_tokens: bool = False
                 ) -> tuple[str, list[int]]:
     """Prompt text and ids from the model's own template. The text is tokenised without
     special tokens by default: the template already wrote BOS and friends (as in vLLM)."""
@@ -31,10 +32,10 @@ def render_chat(tokenizer, req: ChatCompletionRequest | TokenizeRequest, add_spe
     if tools := getattr(req, "tools", None):
         kwargs["tools"] = tools
     try:
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=req.add_generation_prompt,
-                                             continue_final_message=req.continue_final_message, **kwargs)
-    except Exception as e:  # jinja errors, a model without a template, bad kwargs: all the request's doing
-        raise APIError(f"cannot apply the chat template: {e}", param="messages") from None
+        text = render_chat(tokenizer, messages, tokenize=False, add_generation_prompt=req.add_generation_prompt,
+                                    continue_final_message=req.continue_final_message, **kwargs)
+    except ChatTemplateError as e:  # jinja errors, a model without a template, bad kwargs: all the request's doing
+        raise APIError(str(e), param="messages") from None
     return text, tokenizer(text, add_special_tokens=add_special_tokens).input_ids
 
 
@@ -56,7 +57,7 @@ class Chat:
         rid = random_id("chatcmpl")
         stream = s.open(raw, [rid])
         try:
-            text, ids = await s.run_tokenizer(render_chat, s.tokenizer, req)
+            text, ids = await s.run_tokenizer(request_prompt, s.tokenizer, req)
             s.check_prompt(ids)
             max_tokens = s.max_tokens(len(ids), req.max_completion_tokens or req.max_tokens)
             logprobs = (req.top_logprobs or 0) if req.logprobs else None

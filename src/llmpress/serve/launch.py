@@ -144,9 +144,9 @@ def _run_embedded(o: ServeOptions, path: Path) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     template = read_chat_template(o.chat_template) if o.chat_template else None
-    extra = {k: v for k, v in (("seed", o.seed), ("max_num_batched_tokens", o.max_num_batched_tokens)) if v is not None}
-    engine = LLMEngine(EngineConfig(model=str(path), max_model_len=o.max_model_len, max_num_seqs=o.max_num_seqs,
-                                    kv_cache_memory_bytes=o.kv_cache_memory_bytes, dtype=o.dtype, **extra))
+    engine = LLMEngine(EngineConfig.from_args(path, max_model_len=o.max_model_len, max_num_seqs=o.max_num_seqs,
+                                              kv_cache_memory_bytes=o.kv_cache_memory_bytes, dtype=o.dtype, seed=o.seed,
+                                              max_num_batched_tokens=o.max_num_batched_tokens))
     names = served_names(o.model, path, o.served_model_name)
     if not o.api_key and not _is_loopback(o.host):
         log.warning("listening on %s without --api-key: anyone who can reach it can use it", o.host)

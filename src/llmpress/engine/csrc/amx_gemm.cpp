@@ -38,6 +38,7 @@
 #include <vector>
 
 #include "formats.h"
+#include "qgemm.h"  // quantize_act_int8
 
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AMX_INT8__) && defined(LLMPRESS_AVX512) && \
     defined(__AVX512BF16__)

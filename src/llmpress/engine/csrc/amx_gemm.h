@@ -1,4 +1,4 @@
-// GEMMs on Intel AMX tiles (amx_gemm.cpp), bound in qgemm.cpp's module. Same contract as the
+// GEMMs on Intel AMX tiles (amx_gemm.cpp), bound in bindings.cpp. Same contract as the
 // register-tile GEMMs there: y [M, N] = x [M, K] @ W^T, float32 x and y, W in its stored layout.
 #pragma once
 #include <torch/extension.h>
@@ -11,6 +11,3 @@ at::Tensor amx_w8a8_gemm(const at::Tensor& x, const at::Tensor& weight, const at
 at::Tensor amx_fp8_gemm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale, int64_t group_size,
                         bool dynamic_act);
 at::Tensor amx_bf16_gemm(const at::Tensor& x, const at::Tensor& weight);
-
-// qgemm.cpp's per-token dynamic int8 quantization: (q [M, K] int8, s [M] float32).
-std::tuple<at::Tensor, at::Tensor> quantize_act_int8(const at::Tensor& x);

@@ -1,4 +1,4 @@
-// The extension's per-layer ops besides the GEMMs (layer_ops.cpp), bound in qgemm.cpp's module.
+// The extension's per-layer ops besides the GEMMs (layer_ops.cpp), bound in bindings.cpp.
 #pragma once
 #include <torch/extension.h>
 

@@ -1,5 +1,5 @@
-// Fused dequantize + GEMM for small M (decode) on AVX2 + FMA + F16C CPUs; the module's bindings
-// (the per-layer ops are in layer_ops.cpp).
+// Fused dequantize + GEMM for small M (decode) on AVX2 + FMA + F16C CPUs (declared in qgemm.h, bound
+// in bindings.cpp; the per-layer ops are in layer_ops.cpp).
 //
 // Every GEMM computes y[M, N] = x[M, K] @ W[N, K]^T with float32 x and y. The weight is read in its
 // compressed form and decoded in registers, a step of 64 k values (8 AVX2 vectors, or 4 AVX-512
@@ -20,11 +20,9 @@
 #include <ATen/Parallel.h>
 #include <c10/util/Float8_e4m3fn.h>
 #include <immintrin.h>
-#include <pybind11/stl.h>
 
-#include "amx_gemm.h"
 #include "formats.h"
-#include "layer_ops.h"
+#include "qgemm.h"
 #include "simd.h"
 
 #include <algorithm>
@@ -518,39 +516,11 @@ at::Tensor bf16_dequant(const at::Tensor& weight, int64_t K, int64_t n0, int64_t
                       [](int64_t, int64_t, int, __m256 v) { return v; });
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  // The kernels touch no Python objects: they run without the GIL, so the server's event loop
-  // (another thread) streams tokens while the engine thread computes the next step.
-  const auto nogil = py::call_guard<py::gil_scoped_release>();
-  m.def("int4_gemm", &int4_gemm, "y = x @ W^T, int4 blocked weights", nogil);
-  m.def("int8_gemm", &int8_gemm, "y = x @ W^T, int8 weights, float activations", nogil);
-  m.def("w8a8_gemm", &w8a8_gemm, "y = x @ W^T, int8 weights, dynamic int8 activations", nogil);
-  m.def("fp8_gemm", &fp8_gemm, "y = x @ W^T, fp8 e4m3 weights (uint8 view)", nogil);
-  m.def("bf16_gemm", &bf16_gemm, "y = x @ W^T, bf16 weights (int16 view)", nogil);
-  m.def("quantize_act_int8", &quantize_act_int8, "per-token dynamic int8 activations", nogil);
-  m.def("int4_dequant", &int4_dequant, nogil);
-  m.def("int8_dequant", &int8_dequant, nogil);
-  m.def("fp8_dequant", &fp8_dequant, nogil);
-  m.def("bf16_dequant", &bf16_dequant, nogil);
-  m.def("amx_available", &amx_available, "AMX tiles built in and granted by the OS");
-  m.def("amx_int4_gemm", &amx_int4_gemm, "y = x @ W^T on AMX, int4 blocked weights", nogil);
-  m.def("amx_int8_gemm", &amx_int8_gemm, "y = x @ W^T on AMX, symmetric int8 weights, float activations", nogil);
-  m.def("amx_w8a8_gemm", &amx_w8a8_gemm, "y = x @ W^T on AMX, int8 weights, dynamic int8 activations", nogil);
-  m.def("amx_fp8_gemm", &amx_fp8_gemm, "y = x @ W^T on AMX, fp8 e4m3 weights (uint8 view)", nogil);
-  m.def("amx_bf16_gemm", &amx_bf16_gemm, "y = x @ W^T on AMX, bf16 weights (int16 view)", nogil);
-  m.def("decode_attention", &decode_attention, "paged decode attention", nogil);
-  m.def("rms_norm", &rms_norm, "RMSNorm of float32 rows", nogil);
-  m.def("add_rms_norm_", &add_rms_norm_, "x += delta, then RMSNorm of x", nogil);
-  m.def("rope_qkv_cache_", &rope_qkv_cache_, "rotary q/k of a fused qkv, k/v into the cache; returns q", nogil);
-  m.def("silu_mul", &silu_mul, "silu(gate) * up", nogil);
-#ifdef LLMPRESS_AVX512
-  m.def("max_vector_bits", []() { return 512; });
-#else
-  m.def("max_vector_bits", []() { return 256; });
-#endif
-  m.def("vector_bits", []() { return g_wide ? 512 : 256; }, "the float-decoded GEMMs' vector width now");
-  m.def("set_vector_bits", [](int bits) {
-    TORCH_CHECK(bits == 256 || (bits == 512 && LLMPRESS_WIDE_BUILT), "vector width ", bits, " is not built in");
-    g_wide = bits == 512;
-  }, "512 (AVX-512 builds) or 256 (AVX2)");
+int64_t max_vector_bits() { return LLMPRESS_WIDE_BUILT ? 512 : 256; }
+
+int64_t vector_bits() { return g_wide ? 512 : 256; }
+
+void set_vector_bits(int64_t bits) {
+  TORCH_CHECK(bits == 256 || (bits == 512 && LLMPRESS_WIDE_BUILT), "vector width ", bits, " is not built in");
+  g_wide = bits == 512;
 }

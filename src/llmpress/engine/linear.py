@@ -14,7 +14,7 @@ bf16) and `w(x)` computes y = x @ W^T for float32 x [..., K]:
   larger M (prefill)                         dequantize N-tiles to transient float32 and run
                                              torch's sgemm (compute-bound; MKL is faster there).
   no extension, LLMPRESS_KERNELS=reference,  the reference path: the project's own dequantize
-  or group sizes the kernels do not tile     (observers.dequantize, i.e. compressed-tensors'
+  or group sizes the kernels do not tile     (quant.dequantize, i.e. compressed-tensors'
   (not 32 or a multiple of 64)               (q - zp) * s in float32) and x @ W^T in torch.
 
 Weights built from CUDA tensors keep their own layout and run `triton_linear`'s kernels (W4A16, W8A16,
@@ -23,21 +23,54 @@ installed they take the reference path. Dense bf16 / fp16 weights on CUDA run F.
 
 LLMPRESS_KERNELS ("reference": the torch path everywhere; "triton": the Triton kernels for every
 quantized weight, CPU tensors too, which only runs under Triton's interpreter, TRITON_INTERPRET=1,
-as the tests do) and LLMPRESS_AMX ("0": no AMX) are read when a weight is built. The extension
-itself is compiled and loaded by `extension.py`.
+as the tests do) and LLMPRESS_AMX ("0": no AMX) are read when a weight is built; LLMPRESS_SMALL_M_MAX
+and LLMPRESS_AMX_M (the row thresholds above, measured on a 2-core host) once, by the first weight. The
+extension itself is compiled and loaded by `extension.py`.
 """
 from __future__ import annotations
 
 import functools
 import math
 import os
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 
 from ..checkpoint.compressed_tensors import unpack_int
+from ..errors import LlmpressError
 from ..quant import FP8_DTYPE, FP8_PER_TOKEN, INT8_PER_TOKEN, QuantArgs, dequantize, dynamic_per_token
-from .extension import _extension, amx_available, available, build, max_vector_bits, set_vector_bits  # noqa: F401 (the API)
+from . import extension
+
+class DispatchSettingError(LlmpressError, ValueError):
+    """LLMPRESS_SMALL_M_MAX / LLMPRESS_AMX_M set to something that is not a row count or range."""
+
+
+def parse_dispatch(environ: Mapping[str, str]) -> tuple[int | None, tuple[int, int] | None]:
+    """(small_m_max, amx_m) from LLMPRESS_SMALL_M_MAX ("N": the fused kernel up to N rows, every format
+    and vector width) and LLMPRESS_AMX_M ("LO,HI": the AMX GEMM for LO..HI rows); None where unset.
+    The defaults are crossovers measured on a 2-core host (benchmarks/README.md); a host of another
+    shape can set its own, measured with `benchmarks/engine_kernels.py --crossover`."""
+    small = amx = None
+    if (v := environ.get("LLMPRESS_SMALL_M_MAX", "").strip()):
+        if not (v.isascii() and v.isdigit()):
+            raise DispatchSettingError(f"LLMPRESS_SMALL_M_MAX={v!r} is not a row count: set a whole number >= 0 (rows up "
+                                       "to which the fused decode kernel runs) or unset it for the measured defaults")
+        small = int(v)
+    if (v := environ.get("LLMPRESS_AMX_M", "").strip()):
+        parts = [p.strip() for p in v.split(",")]
+        if len(parts) != 2 or not all(p.isascii() and p.isdigit() for p in parts) or not 1 <= int(parts[0]) <= int(parts[1]):
+            raise DispatchSettingError(f"LLMPRESS_AMX_M={v!r} is not a row range: set LO,HI with 1 <= LO <= HI (rows that "
+                                       "take the AMX GEMM, e.g. 8,256), LLMPRESS_AMX=0 for no AMX, or unset it")
+        amx = (int(parts[0]), int(parts[1]))
+    return small, amx
+
+
+@functools.cache
+def dispatch_overrides() -> tuple[int | None, tuple[int, int] | None]:
+    """parse_dispatch(os.environ), read once per process (the first weight that binds)."""
+    return parse_dispatch(os.environ)
+
 
 # Prefill dequantizes W in tiles of at most this many weights (4 MiB of float32): small enough for
 # malloc to reuse the buffer (a fresh 64 MiB one costs more in page faults than the sgemm) and to
@@ -160,6 +193,7 @@ class QuantizedWeight:
     # one: its cost hardly grows with M up to 16 (one tile of rows) where the register tiles' grows
     # linearly, and it beats dequantize + sgemm up to 256 rows at least. Crossovers measured per
     # format with `benchmarks/engine_kernels.py --crossover` (2 threads, SmolLM2 shapes), below.
+    # LLMPRESS_SMALL_M_MAX and LLMPRESS_AMX_M replace these for every format (dispatch_overrides).
     amx_m = (8, 256)
     _ext = None  # the extension when this weight takes the fast path
     _amx_ok = False  # ... and the AMX GEMM when this weight may use it
@@ -175,10 +209,15 @@ class QuantizedWeight:
         """Take the fast path if the layout suits the kernels, the weight is on the CPU, the extension
         is built, and LLMPRESS_KERNELS (read now, once per weight) is not "reference"; the AMX one
         too where it fits the layout and amx_available() (LLMPRESS_AMX, read now)."""
-        self._ext = _extension() if kernels_fit and self.device.type == "cpu" and available() else None
-        self._amx_ok = self._ext is not None and amx_fits and amx_available()
+        self._ext = extension.load() if kernels_fit and self.device.type == "cpu" and extension.available() else None
+        self._amx_ok = self._ext is not None and amx_fits and extension.amx_available()
         if self._ext is not None and self._ext.vector_bits() == 512:
             self.small_m_max = self.small_m_max_wide
+        small, amx = dispatch_overrides()
+        if small is not None:
+            self.small_m_max = small
+        if amx is not None:
+            self.amx_m = amx
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self._tri is not None:

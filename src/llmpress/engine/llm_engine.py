@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import psutil
 import torch
@@ -17,11 +17,12 @@ import torch
 from .. import plan
 from ..models import check_max_model_len, resolve_model
 from . import cache as kvcache
-from . import kernels
+from . import extension
 from .cuda_graphs import DecodeGraphs
 from .detokenizer import IncrementalDetokenizer
 from .loader import load_model
-from .model import AttnSegment, BatchMeta, Model
+from .batch import prefill_one, prepare
+from .model import Model
 from .sampling import SamplingParams, apply_penalties, has_penalties, sample, top_logprobs
 from .scheduler import Scheduler, Sequence
 
@@ -74,6 +75,15 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.9
     enforce_eager: bool = False
 
+    @classmethod
+    def from_args(cls, model: str, **kwargs) -> "EngineConfig":
+        """The one builder of an engine's config from keyword arguments: LLM(...) (so generate, chat, eval)
+        and serve. Unknown names are refused; None means not given (the field's default)."""
+        known = {f.name for f in fields(cls)} - {"model"}
+        if unknown := sorted(set(kwargs) - known):
+            raise TypeError(f"LLM() / the engine got unknown arguments {unknown}; known: {sorted(known)}")
+        return cls(model=str(model), **{k: v for k, v in kwargs.items() if v is not None})
+
 
 DTYPES = {"float32": torch.float32, "float": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "half": torch.float16}
 
@@ -104,7 +114,7 @@ class LLMEngine:
             check_max_model_len(self.path, c.max_model_len)
             if c.device == "cpu":  # fail now with the numbers, not OOM-killed while loading
                 plan.check_engine(self.path, c.kv_cache_memory_bytes, c.max_num_batched_tokens, c.max_num_seqs,
-                                  self.dtype.itemsize, kernels.available())
+                                  self.dtype.itemsize, extension.available())
             self.model = load_model(self.path, self.dtype, self.device)
             self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         else:
@@ -224,10 +234,8 @@ class LLMEngine:
             raise RuntimeError(f"KV cache has room for {self.blocks.num_free * self.blocks.block_size} tokens, not {n}; "
                                "score between generate() calls or raise kv_cache_memory_bytes")
         self.blocks.grow(table, n)
-        bs = self.blocks.block_size
         try:
-            meta = BatchMeta.build(list(range(n)), [table[p // bs] * bs + p % bs for p in range(n)],
-                                   [AttnSegment(0, n, n, table)], self.device)
+            meta = prefill_one(table, n, self.blocks.block_size, self.device)
             hidden = self.model.forward(torch.tensor(prompt_ids, dtype=torch.long), meta, self.kv)
             return self.model.logits(hidden[-1:] if last_only else hidden).float().cpu()
         finally:
@@ -251,35 +259,14 @@ class LLMEngine:
                 return self._outputs({seq.request_id})
             return []
         self.stats["steps"] += 1
-        ids, positions, slots, segments = [], [], [], []
-        bs = self.config.block_size
-        for s in batch:
-            seq, start = s.seq, len(ids)
-            for p in range(seq.num_computed, seq.num_computed + s.n):
-                ids.append(seq.token(p))
-                positions.append(p)
-                slots.append(seq.block_table[p // bs] * bs + p % bs)
-            segments.append(AttnSegment(start, s.n, seq.num_computed + s.n, seq.block_table))
-        graphed = self.graphs is not None and len(ids) == len(batch) <= self.graphs.max_batch
+        flat = prepare(batch, self.config.block_size)
+        graphed = self.graphs is not None and flat.all_decode and len(batch) <= self.graphs.max_batch
         if graphed:  # every row a single-token decode: replay the captured step, logits of every row
-            all_logits = self.graphs.run(ids, positions, slots, [s.block_table for s in segments],
-                                         [s.ctx_len for s in segments])
+            all_logits = self.graphs.run(flat.ids, flat.positions, flat.slots, [s.block_table for s in flat.segments],
+                                         [s.ctx_len for s in flat.segments])
         else:
-            meta = BatchMeta.build(positions, slots, segments, self.device)
-            hidden = self.model.forward(torch.tensor(ids), meta, self.kv)
-        rows: list[int] = []  # hidden rows whose logits are needed
-        spans = []  # per scheduled chunk: (first logits row, number of rows, wants prompt logprobs)
-        for s, seg in zip(batch, segments):
-            seq = s.seq
-            want_prompt = seq.params.prompt_logprobs is not None and seq.num_computed < len(seq.prompt_ids)
-            if want_prompt:  # every row predicts the next prompt token
-                spans.append((len(rows), s.n, True))
-                rows.extend(range(seg.start, seg.start + s.n))
-            elif s.samples:
-                spans.append((len(rows), 1, False))
-                rows.append(seg.start + s.n - 1)
-            else:
-                spans.append((len(rows), 0, False))
+            hidden = self.model.forward(flat.input_ids(), flat.meta(self.device), self.kv)
+        rows = flat.logit_rows
         if not rows:
             logits = None
         elif graphed:
@@ -287,9 +274,10 @@ class LLMEngine:
         else:  # sampling and logprobs run on the host: one copy of the rows' logits per step
             logits = self.model.logits(hidden[torch.tensor(rows, device=self.device)]).cpu()
         touched: set[str] = set()
-        for s, (r, k, want_prompt) in zip(batch, spans):
+        for s, span in zip(batch, flat.spans):
             seq, samples = s.seq, s.samples  # read before num_computed moves
-            if want_prompt:
+            r, k = span.first, span.n
+            if span.prompt:
                 self._prompt_logprobs(seq, logits[r : r + k], seq.num_computed)
             seq.num_computed += s.n
             if samples:
