@@ -1,7 +1,10 @@
 """The card model's shape on this CPU, side by side with llama.cpp on the same random weights (issue 17).
 
     python benchmarks/card_scale.py SYNTH_DIR W4A16_DIR [--gguf OUT.gguf] [--venv /work/venvs/llamacpp]
-                                    [--threads 2] [--prompt 256] [--gen 32] [--no-dense]
+                                    [--threads 2] [--prompt 256] [--gen 32] [--streams 1,4,16] [--no-dense]
+                                    [--llama-bufts repack|auto|none]
+
+SYNTH_DIR may hold any number of layers (`synth ... --layers 2` keeps every shape, the card's vocabulary included).
 
 SYNTH_DIR: the bf16 checkpoint (`llmpress synth deepseek-r1-distill-llama-8b --output SYNTH_DIR`); W4A16_DIR: it
 compressed int4 g128, e.g. round-to-nearest (`llmpress compress SYNTH_DIR --scheme W4A16 --no-gptq ...`): decode
@@ -16,7 +19,10 @@ What it does, each engine in its own subprocess (clean resident memory), one aft
 - ours (LLM on W4A16_DIR): load time, resident memory after load, prefill tok/s (one PROMPT-token prompt),
   single-stream decode, 4 and 16 streams; dense bf16 (SYNTH_DIR): single-stream decode;
 - llama.cpp (same GGUF weights, n_batch >= prompt): load, prefill, single-stream decode, and 4 / 16 sequences
-  decoded together in one batch through llama_decode (its low-level API);
+  decoded together in one batch through llama_decode (its low-level API). Its decoder weights go to its
+  CPU_REPACK buffers (Q4_0x8 AVX-512 GEMMs) by default: its AMX buffers, its own first choice where built with
+  AMX, segfault in ggml_backend_amx_mul_mat on batches of 16+ tokens on this Xeon (llama.cpp issue #20824);
+  `--llama-bufts auto` restores its choice, `none` is plain Q4_0;
 - prints one Markdown table, the bandwidth ceiling (bytes read per token / bandwidth) and our % of it, and a JSON line.
 """
 from __future__ import annotations
@@ -252,9 +258,39 @@ import json, sys, time, ctypes
 import numpy as np
 import psutil
 import llama_cpp
-path, prompt, gen, threads, streams = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), \
-    [int(s) for s in sys.argv[5].split(",")]
+path, prompt, gen, threads, streams, bufts = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), \
+    [int(s) for s in sys.argv[5].split(",")], sys.argv[6]
 n_ctx = max(prompt + gen + 16, max(streams) * (64 + gen) + 16)
+if bufts != "auto":  # weights' buffer type: Llama() has no argument for it, so the default params are replaced
+    import ctypes, pathlib
+    vp = ctypes.c_void_p
+    lib = pathlib.Path(llama_cpp.__file__).parent / "lib"
+    base = ctypes.CDLL(str(lib / "libggml-base.so"), mode=ctypes.RTLD_GLOBAL)
+    ggml = ctypes.CDLL(str(lib / "libggml.so"), mode=ctypes.RTLD_GLOBAL)
+    ggml.ggml_backend_dev_by_type.restype, ggml.ggml_backend_dev_by_type.argtypes = vp, [ctypes.c_int]
+    base.ggml_backend_dev_backend_reg.restype, base.ggml_backend_dev_backend_reg.argtypes = vp, [vp]
+    base.ggml_backend_reg_get_proc_address.restype, base.ggml_backend_reg_get_proc_address.argtypes = vp, [vp, ctypes.c_char_p]
+    base.ggml_backend_buft_name.restype, base.ggml_backend_buft_name.argtypes = ctypes.c_char_p, [vp]
+    dev = ggml.ggml_backend_dev_by_type(0)  # GGML_BACKEND_DEVICE_TYPE_CPU
+    get = ctypes.CFUNCTYPE(ctypes.POINTER(vp), vp)(base.ggml_backend_reg_get_proc_address(
+        base.ggml_backend_dev_backend_reg(dev), b"ggml_backend_dev_get_extra_bufts"))
+    arr, extra = get(dev), {}
+    for i in range(16):
+        if not arr[i]:
+            break
+        extra[base.ggml_backend_buft_name(arr[i]).decode()] = arr[i]
+    class Override(ctypes.Structure):  # llama_model_tensor_buft_override
+        _fields_ = [("pattern", ctypes.c_char_p), ("buft", vp)]
+    pattern = rb"blk\.\d+\.(attn_q|attn_k|attn_v|attn_output|ffn_gate|ffn_up|ffn_down)\.weight"
+    overrides = (Override * 2)(Override(pattern, extra["CPU_REPACK"]), Override(None, None))
+    _default = llama_cpp.llama_cpp.llama_model_default_params
+    def _params():
+        p = _default()
+        p.use_extra_bufts = False
+        if bufts == "repack":
+            p.tensor_buft_overrides = ctypes.cast(overrides, vp)
+        return p
+    llama_cpp.llama_cpp.llama_model_default_params = _params
 t0 = time.perf_counter()
 llm = llama_cpp.Llama(path, n_ctx=n_ctx, n_batch=max(512, prompt), n_ubatch=max(512, prompt), n_threads=threads,
                       n_threads_batch=threads, verbose=False)
@@ -305,7 +341,7 @@ print(json.dumps(res))
 def _sub(cmd: list[str], env: dict | None = None) -> dict:
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if p.returncode:
-        sys.exit(f"{' '.join(cmd[:3])}...: failed\n{p.stderr[-4000:]}")
+        sys.exit(f"{' '.join(cmd[:2])} ...: failed (exit {p.returncode})\n{p.stderr[-4000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
@@ -321,6 +357,10 @@ def main() -> None:
     ap.add_argument("--streams", default="1,4,16")
     ap.add_argument("--no-dense", action="store_true", help="skip the dense bf16 decode (16 GB resident)")
     ap.add_argument("--no-llama-cpp", action="store_true")
+    ap.add_argument("--llama-bufts", choices=["repack", "auto", "none"], default="repack",
+                    help="llama.cpp's weight buffers: its Q4_0x8 repacked AVX-512 GEMMs (default); auto: its own choice, "
+                         "AMX where built with it, which segfaulted on batches of 16+ tokens here (llama.cpp issue "
+                         "#20824); none: plain Q4_0")
     ap.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args()
     streams = [int(s) for s in a.streams.split(",")]
@@ -347,7 +387,7 @@ def main() -> None:
     rows["ours W4A16"] = _sub(me + ["--one", "ours", str(w4)], env)
     if py:
         rows["llama.cpp Q4_0"] = _sub([str(py), "-c", LLAMA_CPP_SCRIPT, str(gguf_path), str(a.prompt), str(a.gen),
-                                       str(a.threads), a.streams], env)
+                                       str(a.threads), a.streams, a.llama_bufts], env)
     if not a.no_dense:
         rows["ours dense bf16"] = _sub(me[:-2] + ["--streams", "1", "--one", "ours", str(synth)], env)
     size = {"ours W4A16": _dir_bytes(w4), "ours dense bf16": _dir_bytes(synth),

@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import sys
 from collections.abc import Mapping
 
 import torch
@@ -328,7 +329,11 @@ class Int4Weight(QuantizedWeight):
 
     small_m_max = 20
     small_m_max_wide = 32  # M=32 fused / sgemm us: 592 / 638 (576->1536), 433 / 619 (1536->576); M=48 847 / 832
-    amx_m = (4, 256)  # 1536x576 g64, us: M=2 AMX 48 / fused 34; M=4 49 / 61; M=16 52 / 212; M=256 1095 / sgemm 1416
+    # 1536x576 g64, us: M=2 AMX 48 / fused 34; M=4 49 / 61; M=16 52 / 212; M=256 1095 / sgemm 1416. No upper
+    # bound: AMX's cost grows linearly in M, and so does the sgemm's once the dequantize is amortized, at a
+    # steeper rate: 4096x4096 g128 at M=256, 16 tiles of 256 rows, ms: AMX 133-162, sgemm alone 452-569 (and
+    # dequantize 123-303 more), shared 2-core Xeon, 2 threads (issue 17: a 512-token prefill chunk took sgemm).
+    amx_m = (4, sys.maxsize)
 
     def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, in_features: int):
         self.out_features, self.in_features = qweight.shape[0], in_features

@@ -322,20 +322,70 @@ class Layer:
         return torch.cat([q, k, v], 1).view(T, -1)
 
 
-def prefill_attention(q: torch.Tensor, cache: "KVLayer", s: AttnSegment, scale: float,
-                      window: int | None) -> torch.Tensor:
-    """q [n, H, D] for positions [ctx-n, ctx) against the sequence's cached keys [0, ctx): causal, and
-    within `window` keys of each query where given (transformers' sliding_window_overlay: q - k < window)."""
-    k, v = cache.gather(s.block_table, s.ctx_len)  # [ctx, KVH, D]
-    n, ctx = q.shape[0], s.ctx_len
-    qpos = torch.arange(ctx - n, ctx, device=q.device).unsqueeze(1)
-    kpos = torch.arange(ctx, device=q.device).unsqueeze(0)
-    mask = kpos <= qpos  # [n, ctx] causal, offset by the cached prefix
+# Prefill attention on the CPU computes its scores in chunks of query rows of at most this many
+# floats (64 MiB): a 4k-token prompt's whole [H, n, ctx] score matrix would be 2 GiB at 32 heads.
+_SCORE_CHUNK_FLOATS = 1 << 24
+
+
+def _prefill_mask(n: int, ctx: int, window: int | None, device: torch.device) -> torch.Tensor:
+    """[n, ctx] bool, True where query i (position ctx - n + i) attends to key j: causal, offset by the
+    cached prefix, and within `window` keys of the query where given (transformers'
+    sliding_window_overlay: q - k < window)."""
+    qpos = torch.arange(ctx - n, ctx, device=device).unsqueeze(1)
+    kpos = torch.arange(ctx, device=device).unsqueeze(0)
+    mask = kpos <= qpos
     if window is not None:
         mask &= kpos > qpos - window
+    return mask
+
+
+def prefill_attention(q: torch.Tensor, cache: "KVLayer", s: AttnSegment, scale: float,
+                      window: int | None) -> torch.Tensor:
+    """q [n, H, D] for positions [ctx-n, ctx) against the sequence's cached keys [0, ctx) -> [n, H, D].
+
+    float32 on the CPU: `grouped_attention`, three batched GEMMs per chunk of query rows (the query
+    heads that share a KV head stacked as rows of one GEMM). torch's scaled_dot_product_attention
+    takes its math path here (an explicit mask and GQA), ~12 ops over the [H, n, ctx] scores, and
+    was ~60% of a 2-layer 8B-shape prefill's non-GEMM time (benchmarks/README.md, issue 17). Other
+    devices and dtypes: `prefill_attention_reference`."""
+    k, v = cache.gather(s.block_table, s.ctx_len)  # [ctx, KVH, D]
+    if not (q.is_cpu and q.dtype == k.dtype == torch.float32):
+        return prefill_attention_reference(q, k, v, scale, window)
+    n, H, _ = q.shape
+    ctx = s.ctx_len
+    rows = max(1, _SCORE_CHUNK_FLOATS // (H * ctx))
+    if rows >= n:
+        return grouped_attention(q, k, v, _prefill_mask(n, ctx, window, q.device), scale)
+    out = q.new_empty(q.shape)
+    mask = _prefill_mask(n, ctx, window, q.device)
+    for i in range(0, n, rows):  # a chunk attends only to keys up to its last query
+        j = min(n, i + rows)
+        last = ctx - n + j
+        out[i:j] = grouped_attention(q[i:j], k[:last], v[:last], mask[i:j, :last], scale)
+    return out
+
+
+def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                      scale: float) -> torch.Tensor:
+    """softmax(q k^T scale + mask) v, q [n, H, D], k, v [ctx, KVH, D], mask bool [n, ctx] (True:
+    attend; every row needs one) -> [n, H, D]. Query head h reads KV head h // (H / KVH)."""
+    n, H, D = q.shape
+    ctx, KVH = k.shape[0], k.shape[1]
+    G = H // KVH
+    qg = q.reshape(n, KVH, G, D).permute(1, 2, 0, 3).reshape(KVH, G * n, D)  # row g n + i: head KVH-group g, query i
+    bias = torch.zeros(n, ctx, dtype=q.dtype, device=q.device).masked_fill_(~mask, -math.inf)
+    scores = torch.baddbmm(bias.repeat(G, 1), qg, k.permute(1, 2, 0), alpha=scale)  # [KVH, G n, ctx]
+    out = torch.bmm(torch.softmax(scores, -1), v.transpose(0, 1))  # [KVH, G n, D]
+    return out.view(KVH, G, n, D).permute(2, 0, 1, 3).reshape(n, H, D)
+
+
+def prefill_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                                window: int | None) -> torch.Tensor:
+    """torch's scaled_dot_product_attention, q [n, H, D] (the last n of ctx positions), k, v [ctx, KVH, D]."""
+    n, ctx = q.shape[0], k.shape[0]
     out = F.scaled_dot_product_attention(
-        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=mask, scale=scale,
-        enable_gqa=q.shape[1] != k.shape[1],
+        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=_prefill_mask(n, ctx, window, q.device),
+        scale=scale, enable_gqa=q.shape[1] != k.shape[1],
     )  # [H, n, D]
     return out.transpose(0, 1)
 
