@@ -12,6 +12,7 @@ then quantize activations per token at run time as vLLM does.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,8 +54,27 @@ def token_windows(tokenizer, text: str, window: int, max_tokens: int | None) -> 
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    kw = {}
+    if _asymmetric_packed(Path(path)):
+        # transformers' compressed execution allocates zero points [out, groups] but compressed-tensors stores
+        # them packed [out/8, groups] (ours and llm-compressor's), so it refuses to load them; decompressing to
+        # dense reads them right (each dequantized weight rounded to the scale's dtype, bf16 here)
+        from transformers import CompressedTensorsConfig
+
+        kw["quantization_config"] = CompressedTensorsConfig(run_compressed=False)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **kw)
     return model.eval()
+
+
+def _asymmetric_packed(path: Path) -> bool:
+    """A compressed-tensors pack-quantized checkpoint with asymmetric weights (zero points)."""
+    try:
+        qc = json.loads((path / "config.json").read_text()).get("quantization_config") or {}
+    except (OSError, ValueError):
+        return False
+    groups = (qc.get("config_groups") or {}).values() if qc.get("quant_method") == "compressed-tensors" else ()
+    return any(isinstance(g, dict) and (g.get("weights") or {}).get("symmetric") is False
+               and (g.get("format") or qc.get("format")) == "pack-quantized" for g in groups)
 
 
 @dataclass
