@@ -154,3 +154,20 @@ def test_algorithm_and_gptq_flags():
     with pytest.raises(RecipeError, match="dampening_frac"):
         Recipe(algorithm="awq").check_applies(["dampening_frac"])
     Recipe(algorithm="awq").check_applies(["num_samples"])  # AWQ reads calibration data
+
+
+def test_plan_counts_the_awq_pass():
+    """plan's compress model: AWQ adds its forward and search; AWQ without GPTQ still calibrates."""
+    from llmpress import plan
+
+    from llmpress.models import default_model_dir
+
+    cfg = json.loads((default_model_dir() / "config.json").read_text())
+    shape = plan.Shape.from_config(cfg)
+    gptq = plan.compress_flops(shape, plan.CompressRun(group_size=64))
+    both = plan.compress_flops(shape, plan.CompressRun(group_size=64, awq=True))
+    awq_only = plan.compress_flops(shape, plan.CompressRun(group_size=64, gptq=False, awq=True))
+    rtn = plan.compress_flops(shape, plan.CompressRun(group_size=64, gptq=False))
+    assert both["AWQ search"] > 0 and sum(both.values()) > sum(gptq.values())
+    assert "GPTQ" not in awq_only and awq_only["AWQ forward"] > 0 and "calibration forward" not in rtn
+    assert plan.compress_run(Recipe(algorithm="awq"), 2, 2).awq
