@@ -95,6 +95,18 @@ def build_recipe(scheme: str, group_size: int, dampening: float, smoothing: floa
     raise ValueError(f"unknown scheme {scheme!r}")
 
 
+def cpu_pinning_workaround() -> None:
+    """llm-compressor 0.14's AWQModifier pins its cached activations (IntermediatesCache.pin_memory,
+    to speed host-to-GPU copies), and pinning raises "Cannot access accelerator device when none is
+    available" on a machine without a GPU. Pinning changes no value, so on such a machine it is
+    skipped, for this process only."""
+    import torch
+    from llmcompressor.pipelines.cache import IntermediatesCache
+
+    if not torch.cuda.is_available():
+        IntermediatesCache.pin_memory = lambda self, batch_index, input_names=None: None
+
+
 def load_calibration(path: str) -> Dataset:
     with open(path) as f:
         ids = json.load(f)["input_ids"]
@@ -121,6 +133,8 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(a.model, torch_dtype="auto")
     tokenizer = AutoTokenizer.from_pretrained(a.model)
     recipe = build_recipe(a.scheme, a.group_size, a.dampening, a.smoothing, a.actorder, a.algorithm)
+    if a.algorithm == "awq":
+        cpu_pinning_workaround()
 
     if a.scheme == "FP8_DYNAMIC":  # data-free, like the model cards
         oneshot(model=model, recipe=recipe)
