@@ -29,7 +29,7 @@ SHAREGPT_S = 3.0  # measured: parsing that dump
 SLACK = 1.10  # measured: allocator fragmentation and transient copies not modelled term by term
 GEMM_EFFICIENCY = 0.55  # measured: the layer math runs at this fraction of the plan-time GEMM benchmark
 MSE_EVALS = 26  # observers.mse_qparams: coarse-to-fine grid evaluations per weight
-AWQ_CANDIDATES = 40  # compress/awq.search_scales: 20 ratios, with and without duo scaling
+AWQ_CANDIDATES = 21  # compress/awq.search_scales: s = 1 and 20 duo-scaling ratios
 SKIP_ENV = "LLMPRESS_SKIP_PLAN"
 
 
@@ -184,7 +184,7 @@ def compress_flops(shape: Shape, run: CompressRun) -> dict[str, float]:
         lazy = sum(r * c * c for r, c in shape.linears)  # GPTQ's blocked error updates
         if run.gptq:
             per_layer["GPTQ"] = chol + 2 * lazy
-        if run.awq:  # its own float forward with Hessians, then 2 x 20 candidates of tr(ΔW H ΔWᵀ) per Linear
+        if run.awq:  # its own float forward with Hessians, then 21 candidates of tr(ΔW H ΔWᵀ) per Linear
             per_layer["AWQ forward"] = per_layer["calibration forward"] + per_layer["Hessians"]
             per_layer["AWQ search"] = 2 * AWQ_CANDIDATES * sum(r * c * c for r, c in shape.linears)
             if not run.gptq:  # round-to-nearest needs no Hessians; the output pass is the forward's cost

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..quant import QuantArgs, fake_quantize
-from .observers import minmax_qparams
+from ..quant import QuantArgs
+from .observers import _fake_quantize_grouped, _grouped, qparams_from_range
 
 GRID = 20  # ratios r = 0, 1/20, ..., 19/20 (the paper's and llm-compressor's n_grid)
 
@@ -74,10 +74,13 @@ def candidate_scales(x_mean: torch.Tensor, w_mean: torch.Tensor | None, ratio: f
 
 def scaled_quant_error(W: torch.Tensor, s: torch.Tensor, args: QuantArgs) -> torch.Tensor:
     """ΔW = W - Q(W·s)/s [out, C] for W [out, C] float32, s [C]: the error the readers' outputs
-    see once the input is divided by s. Scales in float32 (the search compares candidates)."""
-    Ws = W * s
-    scale, zp = minmax_qparams(Ws, args, torch.float32)
-    return W - fake_quantize(Ws, scale, zp, args).float() / s
+    see once the input is divided by s. Min-max scales in float32 (the search compares candidates),
+    the same arithmetic as quant.fake_quantize, on the [out, groups, group_size] view in place
+    (the search runs it 21 times per Linear: no [out, C] scale tables)."""
+    g = _grouped(W * s, args)  # [out, G, S]
+    scale, zp = qparams_from_range(g.amin(-1), g.amax(-1), args, torch.float32)
+    dq = _fake_quantize_grouped(g, scale, zp, args, out=g).reshape(W.shape)
+    return dq.div_(s).neg_().add_(W)
 
 
 def output_error(W: torch.Tensor, s: torch.Tensor, H: torch.Tensor, args: QuantArgs) -> float:
@@ -93,14 +96,14 @@ def search_scales(
     weights: list[torch.Tensor],
     H: torch.Tensor,
     args: QuantArgs,
-    duo: bool | str = "both",
+    duo: bool | str = True,
     grid: int = GRID,
 ) -> AwqResult:
     """The AWQ scale search for Linears that all read the same input.
 
     x_mean [C]: mean |x| per input channel; weights: the readers' [out_i, C]; H [C, C]: the input's
-    Hessian 2/n Σ x xᵀ. duo: False (s = x̄^r), True (duo scaling) or "both" (each grid, the better
-    wins: llm-compressor's duo_scaling="both"; the objective costs no forward, so trying both is cheap).
+    Hessian 2/n Σ x xᵀ. duo: False (s = x̄^r), True (duo scaling, plus s = 1: llm-compressor's default
+    candidates, so plain round-to-nearest is always among them) or "both" (both forms at every r).
     Ties keep the earlier candidate, so flat activations without duo give r = 0, s = 1."""
     if duo not in (False, True, "both"):
         raise ValueError(f"duo must be False, True or 'both', got {duo!r}")
@@ -109,14 +112,16 @@ def search_scales(
     w_mean = weight_mean(Ws, args)
     ones = torch.ones_like(x_mean, dtype=torch.float32)
     rtn = sum(output_error(W, ones, Hf, args) for W in Ws)
-    best = None
-    for use_w in {False: (False,), True: (True,), "both": (False, True)}[duo]:
-        for i in range(grid):
-            r = i / grid
-            s = candidate_scales(x_mean, w_mean if use_w else None, r)
-            loss = sum(output_error(W, s, Hf, args) for W in Ws)
-            if best is None or loss < best[0]:
-                best = (loss, r, s, use_w)
+    best = (rtn, 0.0, ones, False)  # s = 1 (r = 0 without duo scaling)
+    forms = {False: (False,), True: (True,), "both": (False, True)}[duo]
+    for use_w, i in ((u, i) for u in forms for i in range(grid)):
+        if not use_w and i == 0:
+            continue  # s = 1, evaluated above
+        r = i / grid
+        s = candidate_scales(x_mean, w_mean if use_w else None, r)
+        loss = sum(output_error(W, s, Hf, args) for W in Ws)
+        if loss < best[0]:
+            best = (loss, r, s, use_w)
     loss, r, s, use_w = best
     return AwqResult(s, r, loss, rtn, use_w)
 
