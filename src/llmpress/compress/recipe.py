@@ -108,7 +108,7 @@ class Recipe:
                 + ("(--algorithm awq+gptq)" if self.uses_awq else "(add --gptq)"))
         for key in ("num_samples", "max_seq_len", "dataset"):
             why[key] = None if calibrated else (f"{self.scheme} without GPTQ or AWQ uses no calibration data, so {key} "
-                                                "does nothing (add --gptq or --algorithm awq)")
+                                                f"does nothing (add --gptq{'' if s.input_activations else ' or --algorithm awq'})")
         for key in given:
             if why.get(key):
                 raise RecipeError(f"{key}: {why[key]}; drop it")
