@@ -108,6 +108,16 @@ def test_search_beats_round_to_nearest_on_planted_outliers(args, duo):
     assert ours < 0.7 * rtn
 
 
+def test_search_with_the_mse_observer_never_loses_to_its_round_to_nearest():
+    """With the scheme's MSE observer, the chosen scales are judged as they will be rounded."""
+    X, W, H = _planted(True)
+    mse = QuantArgs(4, "int", True, "group", 32, observer="mse")
+    res = awq.search_scales(X.abs().mean(0), [W], H, mse)
+    assert res.rtn_loss == pytest.approx(awq.output_error(W, torch.ones(128), H, mse, "mse"), rel=1e-6)
+    assert res.loss == pytest.approx(awq.output_error(W, res.scales, H, mse, "mse"), rel=1e-6)
+    assert res.loss < 0.7 * res.rtn_loss
+
+
 @pytest.mark.parametrize("scheme,algorithm", [("W4A16", "awq"), ("W4A16_ASYM", "awq+gptq")])
 def test_awq_checkpoint_reads_back(scheme, algorithm, tiny_llama, calib_file, tmp_path):
     """compress (with its `llmpress check` gate) writes a checkpoint that transformers +
