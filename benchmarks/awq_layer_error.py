@@ -63,23 +63,24 @@ def main() -> None:
         return dequantize(res.q, res.scale, res.zero_point).float()
 
     print(f"layer {a.layer}, {a.num_samples} x {a.max_seq_len}, W4A16 g{a.group_size}, observer {args.observer}")
-    print("| pair | RTN | AWQ + RTN | GPTQ | AWQ + GPTQ | AWQ's r |")
+    print("| pair | RTN | AWQ + RTN | GPTQ | AWQ + GPTQ | AWQ's r (awq; awq+gptq) |")
     print("|---|---:|---:|---:|---:|---|")
     total = [0.0] * 4
     for name, readers in PAIRS.items():
         H = stats.hessians[stats.owner[readers[0]]].hessian()
         Ws = [linears[n].weight.detach().float() for n in readers]
-        res = awq.search_scales(stats.act_mean(readers[0]), Ws, H, args)
-        s, Hs = res.scales, move_hessian(H, res.scales)
+        res = awq.search_scales(stats.act_mean(readers[0]), Ws, H, args)  # as compress --algorithm awq
+        res_g = awq.search_scales(stats.act_mean(readers[0]), Ws, H, args, rescore=False)  # as awq+gptq
+        s, sg, Hs = res.scales, res_g.scales, move_hessian(H, res_g.scales)
         e = [0.0] * 4
         for W in Ws:
             e[0] += err(W - deq(rtn_quantize(W, args, torch.float32)), H)
             e[1] += err(W - deq(rtn_quantize(W * s, args, torch.float32)) / s, H)
             e[2] += err(W - deq(gptq_quantize(W, H, args, recipe.dampening_frac, torch.float32, warn=print)), H)
-            e[3] += err(W - deq(gptq_quantize(W * s, Hs, args, recipe.dampening_frac, torch.float32, warn=print)) / s, H)
+            e[3] += err(W - deq(gptq_quantize(W * sg, Hs, args, recipe.dampening_frac, torch.float32, warn=print)) / sg, H)
         total = [t + x for t, x in zip(total, e)]
-        print(f"| {name} | " + " | ".join(f"{x:.3f}" for x in e) + f" | {res.ratio:.2f}{' duo' if res.duo else ''} |",
-              flush=True)
+        rs = "; ".join(f"{x.ratio:.2f}{' duo' if x.duo else ''}" for x in (res, res_g))
+        print(f"| {name} | " + " | ".join(f"{x:.3f}" for x in e) + f" | {rs} |", flush=True)
     print("| all | " + " | ".join(f"{x:.3f}" for x in total) + " | |")
     print(f"wall {time.time() - t0:.1f} s")
 

@@ -103,13 +103,16 @@ def search_scales(
     args: QuantArgs,
     duo: bool | str = True,
     grid: int = GRID,
+    rescore: bool = True,
 ) -> AwqResult:
     """The AWQ scale search for Linears that all read the same input.
 
     x_mean [C]: mean |x| per input channel; weights: the readers' [out_i, C]; H [C, C]: the input's
     Hessian 2/n Σ x xᵀ. duo: False (s = x̄^r), True (duo scaling, plus s = 1: llm-compressor's default
     candidates, so plain round-to-nearest is always among them) or "both" (both forms at every r).
-    Ties keep the earlier candidate, so flat activations without duo give r = 0, s = 1."""
+    Ties keep the earlier candidate, so flat activations without duo give r = 0, s = 1. rescore: re-score
+    the best with the scheme's MSE observer (when it has one) because round-to-nearest follows; GPTQ
+    compensates rounding itself, and there the min-max choice measured better (benchmarks/README.md)."""
     if duo not in (False, True, "both"):
         raise ValueError(f"duo must be False, True or 'both', got {duo!r}")
     Ws = [w.detach().float() for w in weights]
@@ -129,7 +132,7 @@ def search_scales(
         tried.append((loss, r, s, use_w))
         if loss < best[0]:
             best = (loss, r, s, use_w)
-    if args.observer == "mse":
+    if rescore and args.observer == "mse":
         # the grid rounds with min-max scales (cheap); the scheme's MSE range search rounds differently
         # (measured on the default model's layer 0: the min-max optimum made q/k/v's error 16% worse than
         # s = 1 under the MSE observer), so the best few and s = 1 are re-scored as they will be rounded

@@ -331,7 +331,7 @@ def _quantize_layer(
             lin.weight.data = dequantize(res.q, res.scale, res.zero_point).to(W.dtype)
 
     outs, skipped, tokens = None, [], None
-    awq_stats = _awq_layer(layer, linears, inputs, scheme.weights, config) if recipe.uses_awq else None
+    awq_stats = _awq_layer(layer, linears, inputs, scheme.weights, config, scheme.uses_gptq) if recipe.uses_awq else None
     if not scheme.uses_gptq:
         quantize(list(linears), None)
     elif recipe.sequential and sequential.supports(layer, linears, config, recipe.max_seq_len):
@@ -356,7 +356,7 @@ def _quantize_layer(
     return layer_stats, out, outs
 
 
-def _awq_layer(layer: nn.Module, linears: dict[str, nn.Linear], inputs, args, config) -> dict:
+def _awq_layer(layer: nn.Module, linears: dict[str, nn.Linear], inputs, args, config, gptq: bool = False) -> dict:
     """AWQ (awq.py) on one float layer: one forward with stat hooks (mean |x| and the Hessian of each
     pair's input), a scale search per pair, and the folds, before the layer is quantized. The folds
     are exact, so the quantization after (staged GPTQ, or round-to-nearest) sees the same function.
@@ -388,7 +388,7 @@ def _awq_layer(layer: nn.Module, linears: dict[str, nn.Linear], inputs, args, co
         if stats.tokens[rs[0]] == 0:
             continue
         H = stats.hessians[stats.owner[rs[0]]].hessian()
-        res = awq.search_scales(stats.act_mean(rs[0]), [linears[r].weight for r in rs], H, args)
+        res = awq.search_scales(stats.act_mean(rs[0]), [linears[r].weight for r in rs], H, args, rescore=not gptq)
         fold(res.scales.to(H.device))
         out["pairs"][f"{label} -> {', '.join(rs)}"] = {"ratio": res.ratio, "duo": res.duo}
         out["loss"] += res.loss
