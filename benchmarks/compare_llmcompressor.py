@@ -3,7 +3,7 @@ calibration samples and the same scheme; prints wall time, peak RSS, perplexity
 and KL divergence of both.
 
     .venv/bin/python benchmarks/compare_llmcompressor.py --scheme W4A16 --group-size 64 \
-        [--model default] [--num-samples 128] [--max-seq-len 512] [--out out/compare]
+        [--model default] [--num-samples 128] [--max-seq-len 512] [--out out/compare] [--algorithm awq]
 
 llm-compressor runs in its own venv (default /work/venvs/llmcompressor; see
 benchmarks/README.md for the install) through benchmarks/llmcompressor_run.py,
@@ -36,14 +36,15 @@ def run(cmd: list[str]) -> tuple[dict, float]:
     return json.loads(last), wall
 
 
-def peak_rss_mb(cmd: list[str]) -> tuple[float, float, str]:
-    """Wall seconds and peak RSS (MB) of a whole process, via GNU time."""
+def timed(cmd: list[str]) -> tuple[float, float, float, str]:
+    """Wall seconds, peak RSS (MB) and CPU seconds (user + system: what a loaded host disturbs least)."""
     t = time.time()
-    p = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], capture_output=True, text=True)
+    p = subprocess.run(["/usr/bin/time", "-f", "%M %U %S", *cmd], capture_output=True, text=True)
     wall = time.time() - t
     if p.returncode != 0:
         sys.exit(f"failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr[-3000:]}")
-    return wall, int(p.stderr.strip().splitlines()[-1]) / 1024, p.stdout
+    rss, user, system = p.stderr.strip().splitlines()[-1].split()
+    return wall, int(rss) / 1024, float(user) + float(system), p.stdout
 
 
 def main() -> None:
@@ -58,6 +59,8 @@ def main() -> None:
     ap.add_argument("--llmc-python", default="/work/venvs/llmcompressor/bin/python")
     ap.add_argument("--out", default="out/compare")
     ap.add_argument("--gptq", action="store_true", help="llmpress: GPTQ for FP8 weights too (FP8_DYNAMIC is round-to-nearest by default)")
+    ap.add_argument("--algorithm", choices=["gptq", "awq"], default="gptq",
+                    help="W4A16: both tools' GPTQ (default), or AWQ then round-to-nearest (AWQModifier + QuantizationModifier)")
     ap.add_argument("--skip", choices=["llmpress", "llmcompressor"], action="append", default=[])
     a = ap.parse_args()
 
@@ -67,7 +70,8 @@ def main() -> None:
     from llmpress.eval.perplexity import perplexity
     from llmpress.models import resolve_model
 
-    out = Path(a.out) / a.scheme
+    awq = a.algorithm == "awq"
+    out = Path(a.out) / (a.scheme + ("-awq" if awq else ""))
     out.mkdir(parents=True, exist_ok=True)
     base = resolve_model(a.model)
     calib = out / "calib.json"
@@ -79,37 +83,37 @@ def main() -> None:
     if "llmcompressor" not in a.skip:
         cmd = [a.llmc_python, str(HERE / "llmcompressor_run.py"), "--model", str(base), "--calib", str(calib),
                "--scheme", a.scheme, "--group-size", str(a.group_size), "--dampening", str(a.dampening),
-               "--output", str(out / "llmcompressor")]
-        wall, rss, _ = peak_rss_mb(cmd)
-        rows["llm-compressor 0.14.0.1"] = (out / "llmcompressor", wall, rss)
+               "--output", str(out / "llmcompressor")] + (["--algorithm", "awq"] if awq else [])
+        wall, rss, cpu, _ = timed(cmd)
+        rows["llm-compressor 0.14.0.1"] = (out / "llmcompressor", wall, rss, cpu)
     if "llmpress" not in a.skip:
         folder = "llmpress-gptq" if a.gptq else "llmpress"
         cmd = [sys.executable, "-m", "llmpress.cli", "compress", str(base), "--scheme", a.scheme,
                "--group-size", str(a.group_size), "--num-samples", str(a.num_samples),
-               "--max-seq-len", str(a.max_seq_len), "--dampening-frac", str(a.dampening),
-               "--output", str(out / folder), "--overwrite"] + (["--gptq"] if a.gptq else [])
-        wall, rss, _ = peak_rss_mb(cmd)
-        rows["llmpress (GPTQ)" if a.gptq else "llmpress"] = (out / folder, wall, rss)
+               "--max-seq-len", str(a.max_seq_len), "--output", str(out / folder), "--overwrite"]
+        cmd += ["--algorithm", "awq"] if awq else ["--dampening-frac", str(a.dampening)] + (["--gptq"] if a.gptq else [])
+        wall, rss, cpu, _ = timed(cmd)
+        rows["llmpress (GPTQ)" if a.gptq else "llmpress"] = (out / folder, wall, rss, cpu)
 
-    results = {"scheme": a.scheme, "group_size": a.group_size, "samples": a.num_samples, "calib_tokens": ntok, "tools": {}}
+    results = {"scheme": a.scheme, "algorithm": a.algorithm, "group_size": a.group_size, "samples": a.num_samples, "calib_tokens": ntok, "tools": {}}
     previous = json.loads((out / "compare.json").read_text()) if (out / "compare.json").is_file() else {}
     for name, t in previous.get("tools", {}).items():  # a row not measured now keeps its last measurement
         if name not in rows:
             results["tools"][name] = {**t, "reused": True}
     base_ppl = previous.get("base_ppl")
-    for name, (path, wall, rss) in rows.items():
+    for name, (path, wall, rss, cpu) in rows.items():
         r = perplexity(path, base, max_tokens=a.ppl_tokens, progress=False)
         base_ppl = r.base_perplexity
-        results["tools"][name] = dict(wall_s=round(wall, 1), peak_rss_mb=round(rss), ppl=r.perplexity,
+        results["tools"][name] = dict(wall_s=round(wall, 1), cpu_s=round(cpu, 1), peak_rss_mb=round(rss), ppl=r.perplexity,
                                       kl=r.kl_divergence, top1=r.top1_agreement)
     results["base_ppl"] = base_ppl
-    print(f"\n{a.scheme} (group {a.group_size}), {a.num_samples} ShareGPT samples x {a.max_seq_len} tokens "
+    print(f"\n{a.scheme} (group {a.group_size}{', AWQ' if awq else ''}), {a.num_samples} ShareGPT samples x {a.max_seq_len} tokens "
           f"({ntok} tokens), Lee corpus first {a.ppl_tokens} tokens; base perplexity {base_ppl:.3f}\n")
-    print("| tool | wall s | peak RSS MB | perplexity | Δppl vs base | KL (nats/tok) | top-1 agree |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| tool | wall s | CPU s | peak RSS MB | perplexity | Δppl vs base | KL (nats/tok) | top-1 agree |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, t in sorted(results["tools"].items(), key=lambda kv: kv[0] != "llm-compressor 0.14.0.1"):
         print(
-            f"| {name}{' (previous run)' if t.get('reused') else ''} | {t['wall_s']} | {t['peak_rss_mb']} "
+            f"| {name}{' (previous run)' if t.get('reused') else ''} | {t['wall_s']} | {t.get('cpu_s', '')} | {t['peak_rss_mb']} "
             f"| {t['ppl']:.3f} | {100 * (t['ppl'] / base_ppl - 1):+.1f}% "
             f"| {t['kl']:.4f} | {100 * t['top1']:.2f}% |"
         )
@@ -121,11 +125,13 @@ def main() -> None:
         lp = tools[name]
         r = results.setdefault("ratios", {})[name] = dict(
             wall=lp["wall_s"] / lc["wall_s"],
+            cpu=lp["cpu_s"] / lc["cpu_s"] if lp.get("cpu_s") and lc.get("cpu_s") else None,
             ppl_loss=(lp["ppl"] - base_ppl) / (lc["ppl"] - base_ppl),
             kl=lp["kl"] / lc["kl"],
         )
         print(
-            f"\n{name} / llm-compressor: wall {r['wall']:.2f}x, perplexity loss {r['ppl_loss']:.2f}x, KL {r['kl']:.2f}x"
+            f"\n{name} / llm-compressor: wall {r['wall']:.2f}x"
+            + (f", CPU {r['cpu']:.2f}x" if r["cpu"] else "") + f", perplexity loss {r['ppl_loss']:.2f}x, KL {r['kl']:.2f}x"
         )
     (out / "compare.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results))

@@ -4,7 +4,7 @@ Run with the separate venv (llmpress is *not* importable there):
 
     /work/venvs/llmcompressor/bin/python benchmarks/llmcompressor_run.py \
         --model DIR --calib calib.json --scheme W4A16|W8A8|FP8_DYNAMIC \
-        --group-size 64 --dampening 0.1 --output OUT_DIR [--smoothing 0.8]
+        --group-size 64 --dampening 0.1 --output OUT_DIR [--smoothing 0.8] [--algorithm awq]
 
 ``--calib`` is a JSON file ``{"input_ids": [[int, ...], ...]}`` produced by
 llmpress (already chat-templated and truncated).  The exact same samples are
@@ -18,6 +18,8 @@ Recipes follow the Neural Magic / RedHatAI model cards:
                 weights, int8 dynamic per-token activations)
   * FP8_DYNAMIC round-to-nearest FP8 weights per channel + dynamic per-token
                 FP8 activations, data-free
+  * --algorithm awq (W4A16 / W4A16_ASYM): AWQModifier (its defaults: duo scaling,
+                n_grid 20) + QuantizationModifier with the same int4 group scheme
 
 The last stdout line is one JSON object with wall time (from process start,
 imports included) and peak RSS.
@@ -45,13 +47,16 @@ from llmcompressor.modifiers.quantization import (  # noqa: E402
     GPTQModifier,
     QuantizationModifier,
 )
-from llmcompressor.modifiers.transform import SmoothQuantModifier  # noqa: E402
+from llmcompressor.modifiers.transform import AWQModifier, SmoothQuantModifier  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 SCHEMES = ("W4A16", "W4A16_ASYM", "W8A8", "FP8_DYNAMIC")
 
 
-def build_recipe(scheme: str, group_size: int, dampening: float, smoothing: float, actorder: str | None = None):
+def build_recipe(scheme: str, group_size: int, dampening: float, smoothing: float, actorder: str | None = None,
+                 algorithm: str = "gptq"):
+    if algorithm == "awq" and scheme not in ("W4A16", "W4A16_ASYM"):
+        raise ValueError(f"--algorithm awq is for weight-only int4 (W4A16, W4A16_ASYM), not {scheme}")
     if scheme in ("W4A16", "W4A16_ASYM"):
         # Preset "W4A16" is hard-wired to group_size=128, which does not divide
         # SmolLM2-135M's hidden size (576), so spell the scheme out explicitly.
@@ -65,6 +70,8 @@ def build_recipe(scheme: str, group_size: int, dampening: float, smoothing: floa
             actorder=actorder,
         )
         groups = {"group_0": QuantizationScheme(targets=["Linear"], weights=weights)}
+        if algorithm == "awq":
+            return [AWQModifier(), QuantizationModifier(targets="Linear", ignore=["lm_head"], config_groups=groups)]
         return GPTQModifier(
             targets="Linear",
             ignore=["lm_head"],
@@ -88,6 +95,18 @@ def build_recipe(scheme: str, group_size: int, dampening: float, smoothing: floa
     raise ValueError(f"unknown scheme {scheme!r}")
 
 
+def cpu_pinning_workaround() -> None:
+    """llm-compressor 0.14's AWQModifier pins its cached activations (IntermediatesCache.pin_memory,
+    to speed host-to-GPU copies), and pinning raises "Cannot access accelerator device when none is
+    available" on a machine without a GPU. Pinning changes no value, so on such a machine it is
+    skipped, for this process only."""
+    import torch
+    from llmcompressor.pipelines.cache import IntermediatesCache
+
+    if not torch.cuda.is_available():
+        IntermediatesCache.pin_memory = lambda self, batch_index, input_names=None: None
+
+
 def load_calibration(path: str) -> Dataset:
     with open(path) as f:
         ids = json.load(f)["input_ids"]
@@ -107,12 +126,15 @@ def main() -> None:
     p.add_argument("--dampening", type=float, default=0.1)
     p.add_argument("--smoothing", type=float, default=0.8)
     p.add_argument("--actorder", choices=["static", "group", "weight"], help="GPTQ act-order for W4A16 (default: its own)")
+    p.add_argument("--algorithm", choices=["gptq", "awq"], default="gptq", help="W4A16: GPTQ, or AWQ + round-to-nearest")
     p.add_argument("--output", required=True)
     a = p.parse_args()
 
     model = AutoModelForCausalLM.from_pretrained(a.model, torch_dtype="auto")
     tokenizer = AutoTokenizer.from_pretrained(a.model)
-    recipe = build_recipe(a.scheme, a.group_size, a.dampening, a.smoothing, a.actorder)
+    recipe = build_recipe(a.scheme, a.group_size, a.dampening, a.smoothing, a.actorder, a.algorithm)
+    if a.algorithm == "awq":
+        cpu_pinning_workaround()
 
     if a.scheme == "FP8_DYNAMIC":  # data-free, like the model cards
         oneshot(model=model, recipe=recipe)
@@ -140,6 +162,7 @@ def main() -> None:
                 "tool": "llmcompressor",
                 "version": llmcompressor.__version__,
                 "scheme": a.scheme,
+                "algorithm": a.algorithm,
                 "wall_s": round(time.time() - START, 2),
                 "peak_rss_mb": round(
                     resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1

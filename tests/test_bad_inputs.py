@@ -48,6 +48,8 @@ CASES = [
     ("compress {tiny} --scheme FP8_DYNAMIC --smoothing-strength 0.5 --output {tmp}/o", ["smoothing_strength", "FP8_DYNAMIC"]),
     ("compress {tiny} --scheme FP8_DYNAMIC --num-samples 8 --output {tmp}/o", ["num_samples", "no calibration data", "--gptq"]),
     ("compress {tiny} --scheme FP8_DYNAMIC --dampening-frac 0.2 --output {tmp}/o", ["dampening_frac", "GPTQ"]),
+    ("compress {tiny} --scheme W8A8 --algorithm awq --output {tmp}/o", ["algorithm awq", "W8A8", "weight-only"]),
+    ("compress {tiny} --algorithm awq+gptq --no-gptq --output {tmp}/o", ["contradicts", "--no-gptq"]),
     ("compress {tiny} --scheme FP8_DYNAMIC --no-actorder --output {tmp}/o", ["actorder", "GPTQ"]),
     # vLLM's serve flags that the embedded engine cannot honour
     ("serve {tiny} --tensor-parallel-size 2", ["--tensor-parallel-size 2", "one device", "--engine vllm"]),

@@ -15,7 +15,7 @@ def _compress(a: argparse.Namespace) -> int:
         scheme=a.scheme, group_size=a.group_size, num_samples=a.num_samples, max_seq_len=a.max_seq_len,
         dataset=a.dataset, dampening_frac=a.dampening_frac, seed=a.seed, device=a.device,
         observer=a.observer, smoothing_strength=a.smoothing_strength, dtype=a.dtype, gptq=a.gptq,
-        rotate=a.rotate,
+        rotate=a.rotate, algorithm=a.algorithm,
     )
     if a.ignore is not None:
         overrides["ignore"] = tuple(x for x in a.ignore.split(",") if x)
@@ -231,7 +231,8 @@ def _plan(a: argparse.Namespace) -> int:
         from .compress.calibrate import fastest_cpu_dtype
 
         fields = dict(scheme=a.scheme, group_size=a.group_size, num_samples=a.num_samples, max_seq_len=a.max_seq_len,
-                      dataset=a.dataset, smoothing_strength=a.smoothing_strength, dtype=a.dtype, gptq=a.gptq)
+                      dataset=a.dataset, smoothing_strength=a.smoothing_strength, dtype=a.dtype, gptq=a.gptq,
+                      algorithm=a.algorithm)
         fields = {k: v for k, v in fields.items() if v is not None}
         recipe = Recipe.from_yaml(a.recipe, **fields) if a.recipe else Recipe(**fields)
         cb = {"float32": 4, "bfloat16": 2}.get(recipe.dtype) or (2 if a.gpu or fastest_cpu_dtype().itemsize == 2 else 4)
@@ -297,6 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--smoothing-strength", type=float, help="SmoothQuant alpha for W8A8 (0 = off)")
     c.add_argument("--gptq", action=argparse.BooleanOptionalAction, default=None,
                    help="GPTQ error compensation (default: on for int schemes, off for FP8_DYNAMIC)")
+    c.add_argument("--algorithm", choices=["gptq", "rtn", "awq", "awq+gptq"],
+                   help="gptq (GPTQ error compensation), rtn (round-to-nearest, as --no-gptq), awq (AWQ activation-aware "
+                        "scales folded into the previous norm/Linear, then round-to-nearest), awq+gptq (AWQ scales, then "
+                        "GPTQ); weight-only schemes for awq (default: gptq for int schemes, rtn for FP8_DYNAMIC)")
     c.add_argument("--rotate", action="store_true", default=None,
                    help="fuse QuaRot/SpinQuant Hadamard rotations (R1 residual, R2 per head) into the weights first")
     c.add_argument("--no-actorder", action="store_true", help="quantize columns in order, with error-compensated group scales")
@@ -449,6 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--smoothing-strength", type=float, help="SmoothQuant alpha (W8A8), as for compress")
     n.add_argument("--gptq", action=argparse.BooleanOptionalAction, default=None,
                    help="plan GPTQ (or round-to-nearest with --no-gptq); default: the scheme's")
+    n.add_argument("--algorithm", choices=["gptq", "rtn", "awq", "awq+gptq"], help="as for compress")
     n.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], help="calibration forward dtype")
     n.add_argument("--recipe", help="YAML file of recipe fields (flags override it)")
     n.add_argument("--output", help="where the checkpoint would go (for the free-disk check)")

@@ -29,6 +29,7 @@ SHAREGPT_S = 3.0  # measured: parsing that dump
 SLACK = 1.10  # measured: allocator fragmentation and transient copies not modelled term by term
 GEMM_EFFICIENCY = 0.55  # measured: the layer math runs at this fraction of the plan-time GEMM benchmark
 MSE_EVALS = 26  # observers.mse_qparams: coarse-to-fine grid evaluations per weight
+AWQ_CANDIDATES = 21  # compress/awq.search_scales: s = 1 and 20 duo-scaling ratios
 SKIP_ENV = "LLMPRESS_SKIP_PLAN"
 
 
@@ -122,6 +123,7 @@ class CompressRun:
     calib_bytes: int = 4  # calibration forward dtype: 4 float32, 2 bfloat16
     source_bytes: int = 2  # the checkpoint's dtype
     gptq: bool = True
+    awq: bool = False  # AWQ's scale search first (compress/awq.py): a float forward of each layer, its search
     smooth: bool = False  # SmoothQuant (W8A8)
     sharegpt: bool = True  # the default dataset's parse cost
     mse: bool = True
@@ -147,7 +149,7 @@ def _compress_phases(shape: Shape, run: CompressRun) -> dict[str, dict[str, int]
     layer = (shape.layer_linear_params + 2 * h) * cb  # one layer materialized in the calibration dtype
     phases = {"copy embeddings / lm_head": {"base": BASE_RSS, "largest tensor read": embed_src}}
     wmax = max(r * c for r, c in shape.linears) * 4
-    if not run.gptq:  # round-to-nearest (FP8_DYNAMIC): one layer, a float32 weight and its scaled copy
+    if not run.gptq and not run.awq:  # round-to-nearest (FP8_DYNAMIC): one layer, a float32 weight and its scaled copy
         phases["quantize layer"] = {"base": BASE_RSS, "layer": layer, "weight temporaries": 3 * wmax}
         return phases
     data = SHAREGPT_RSS if run.sharegpt else 0
@@ -158,7 +160,7 @@ def _compress_phases(shape: Shape, run: CompressRun) -> dict[str, dict[str, int]
     cols = max(c for _, c in shape.linears)
     wrow = max(r * c for r, c in shape.linears if c == cols) * 4
     hess = 2 * cols * cols * 4  # H + the one buffer its Cholesky factor, inverse and upper factor share (gptq.py)
-    phases["GPTQ of down_proj"] = {
+    phases["GPTQ of down_proj" if run.gptq else "AWQ statistics of down_proj"] = {
         "base": BASE_RSS, "layer": layer, "layer inputs": x, "residual (stage 3)": x,
         "MLP activations [tokens, intermediate]": tok * i * cb, "Hessian + Cholesky (2 x cols^2 float32)": hess,
         "weight (float32 working copy)": wrow}
@@ -171,7 +173,7 @@ def compress_flops(shape: Shape, run: CompressRun) -> dict[str, float]:
     """FLOPs (and MSE-search element operations) of one compress, by stage."""
     tok = run.num_samples * run.max_seq_len
     per_layer: dict[str, float] = {}
-    if run.gptq:
+    if run.gptq or run.awq:
         attn = 2 * tok * run.max_seq_len * shape.heads * shape.head_dim  # causal QKᵀ and AV
         per_layer["calibration forward"] = 2 * tok * shape.layer_linear_params + attn
         if run.smooth:  # the extra float attention pass for v -> o smoothing
@@ -180,7 +182,13 @@ def compress_flops(shape: Shape, run: CompressRun) -> dict[str, float]:
         per_layer["Hessians"] = sum(2 * tok * c * c * 10 / 16 for c in ins)  # upper block triangle
         chol = sum(5 / 3 * c**3 for _, c in shape.linears)  # cholesky + cholesky_inverse + cholesky, per Linear
         lazy = sum(r * c * c for r, c in shape.linears)  # GPTQ's blocked error updates
-        per_layer["GPTQ"] = chol + 2 * lazy
+        if run.gptq:
+            per_layer["GPTQ"] = chol + 2 * lazy
+        if run.awq:  # its own float forward with Hessians, then 21 candidates of tr(ΔW H ΔWᵀ) per Linear
+            per_layer["AWQ forward"] = per_layer["calibration forward"] + per_layer["Hessians"]
+            per_layer["AWQ search"] = 2 * AWQ_CANDIDATES * sum(r * c * c for r, c in shape.linears)
+            if not run.gptq:  # round-to-nearest needs no Hessians; the output pass is the forward's cost
+                del per_layer["Hessians"]
     if run.mse:
         per_layer["MSE observer (element ops)"] = MSE_EVALS * 12 * shape.layer_linear_params
     return {k: v * shape.layers for k, v in per_layer.items()}
@@ -206,8 +214,8 @@ def plan_compress(cfg: dict, run: CompressRun, machine: Machine) -> Estimate:
     if run.gptq:
         cols = sum(c for _, c in shape.linears) * shape.layers
         times["GPTQ column loop"] = cols * (60e-6 if not on_gpu else 150e-6)  # measured per column per Linear
-        if run.sharegpt:
-            times["calibration data"] = SHAREGPT_S
+    if (run.gptq or run.awq) and run.sharegpt:
+        times["calibration data"] = SHAREGPT_S
     src = (shape.layer_linear_params * shape.layers + shape.embed_params * (1 if shape.tied else 2)) * run.source_bytes
     disk = output_bytes(shape, run)
     times["read + write"] = (src + disk) / 140e6  # measured: FP8_DYNAMIC (read, round, write) ran at ~140 MB/s here
@@ -336,6 +344,7 @@ def compress_run(recipe, source_bytes: int, calib_bytes: int) -> CompressRun:
     return CompressRun(
         scheme=scheme.name, group_size=scheme.weights.group_size, num_samples=recipe.num_samples,
         max_seq_len=recipe.max_seq_len, calib_bytes=calib_bytes, source_bytes=source_bytes, gptq=scheme.uses_gptq,
+        awq=bool(getattr(recipe, "uses_awq", False)),
         smooth=act is not None and act.type == "int" and recipe.smoothing_strength > 0,
         sharegpt=recipe.dataset == "sharegpt", mse=scheme.weights.observer == "mse")
 

@@ -184,7 +184,15 @@ def optimizations(run: Run, s: str) -> str:
     algo = []
     if a and a.get("type") == "int" and r.get("smoothing_strength"):
         algo.append(f"SmoothQuant (α = {r['smoothing_strength']}) folds activation outliers into the weights")
-    uses_gptq = r.get("gptq") if r.get("gptq") is not None else w.get("type") != "float"
+    algorithm = r.get("algorithm")  # compress's recipe key (None: `gptq` decides)
+    uses_gptq = ("gptq" in algorithm if algorithm else
+                 r.get("gptq") if r.get("gptq") is not None else w.get("type") != "float")
+    if algorithm in ("awq", "awq+gptq"):
+        algo.append(
+            f"AWQ (Lin et al. 2023) scales the input channels that carry large activations before quantizing, "
+            f"folding the inverse scales into the preceding norm or Linear; its scale search used "
+            f"{r.get('num_samples')} calibration samples of up to {r.get('max_seq_len')} tokens from {r.get('dataset')}"
+        )
     if uses_gptq:
         algo.append(
             f"GPTQ (dampening {r.get('dampening_frac')}, block 128{', static act-order' if w.get('actorder') else ''}, "
@@ -193,7 +201,8 @@ def optimizations(run: Run, s: str) -> str:
             "rendered with the model's chat template"
         )
     else:
-        algo.append(f"weights are rounded to nearest with {w.get('observer') or 'minmax'} scales; no calibration data")
+        algo.append(f"weights are rounded to nearest with {w.get('observer') or 'minmax'} scales"
+                    + ("" if algorithm in ("awq", "awq+gptq") else "; no calibration data"))
     text.append("Algorithm: " + "; then ".join(algo) + ". llmpress wrote the compressed-tensors checkpoint.")
     return "\n\n".join(text)
 

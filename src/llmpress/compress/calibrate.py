@@ -4,8 +4,8 @@
    with every layer swapped for a recorder, keeping the first layer's hidden states
    and every layer's keyword inputs (position embeddings, masks, per-layer kwargs).
 2. `InputStats`: forward pre-hooks on a layer's target Linears that accumulate,
-   per distinct input tensor, the GPTQ Hessian Σ x xᵀ and SmoothQuant's
-   per-channel max |x|. Linears that read the same tensor (q/k/v; gate/up)
+   per distinct input tensor, the GPTQ Hessian Σ x xᵀ, SmoothQuant's
+   per-channel max |x| and AWQ's per-channel mean |x|. Linears that read the same tensor (q/k/v; gate/up)
    share one accumulator, so the O(n·C²) Hessian work is done once.
 3. `run_layer`: the layer over every sample (to collect stats, or to propagate
    the quantized layer's outputs to the next layer).
@@ -152,13 +152,16 @@ class InputStats:
         hessian: bool = True,
         act_max: bool = False,
         sources: dict[str, nn.Module] | None = None,
+        act_mean: bool = False,
     ):
         self.owner: dict[str, str] = {}  # Linear name -> the name whose accumulator it shares
         self.hessians: dict[str, HessianAccumulator] = {}
         self.act_max: dict[str, torch.Tensor] = {}
+        self.abs_sum: dict[str, torch.Tensor] = {}  # Σ |x| per channel (AWQ's x̄ = abs_sum / rows)
+        self.rows: dict[str, int] = {}
         self.tokens: dict[str, int] = dict.fromkeys(linears, 0)
         self.fed_by: dict[str, set[str]] = {n: set() for n in linears}  # Linear -> source modules of its input
-        self._want_h, self._want_a = hessian, act_max
+        self._want_h, self._want_a, self._want_mean = hessian, act_max, act_mean
         # tensors stay referenced for the sample so their ids cannot be reused within it
         self._seen: dict[int, tuple[torch.Tensor, str]] = {}
         self._produced: dict[int, tuple[torch.Tensor, str]] = {}
@@ -199,8 +202,18 @@ class InputStats:
                 m = flat.abs().amax(0).float()
                 prev = self.act_max.get(name)
                 self.act_max[name] = m if prev is None else torch.maximum(prev, m)
+            if self._want_mean:
+                a = flat.abs().float().sum(0)
+                prev = self.abs_sum.get(name)
+                self.abs_sum[name] = a if prev is None else prev + a
+                self.rows[name] = self.rows.get(name, 0) + flat.shape[0]
 
         return hook
+
+    def act_mean(self, name: str) -> torch.Tensor:
+        """x̄ [C]: mean |x| per input channel of the Linear `name` over every token it read."""
+        owner = self.owner[name]
+        return self.abs_sum[owner] / max(self.rows[owner], 1)
 
     def starved(self) -> list[str]:
         """The Linears that saw no calibration token."""

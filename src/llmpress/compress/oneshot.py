@@ -4,8 +4,9 @@ compressed-tensors checkpoint, one decoder layer at a time.
 Weights are read per layer from the model's memory-mapped safetensors and
 written per layer to output shards, so peak memory is about one layer (in
 float32) plus the cached calibration activations. For each layer:
-  materialize -> forward all samples with stat hooks -> SmoothQuant fold
-  -> GPTQ each target Linear -> write -> forward again with the quantized
+  materialize -> [AWQ: float forward with stat hooks, scale search, fold]
+  -> forward all samples with stat hooks -> SmoothQuant fold
+  -> GPTQ (or round-to-nearest) each target Linear -> write -> forward again with the quantized
   weights (these outputs feed the next layer) -> free.
 """
 from __future__ import annotations
@@ -25,10 +26,11 @@ from tqdm.auto import tqdm
 from ..checkpoint.compressed_tensors import compress_linear, quantization_config
 from ..checkpoint.shards import LazyCheckpoint, ShardWriter, atomic_output_dir, copy_side_files
 from .. import plan
-from ..layout import NORM_READERS, O_PROJ, V_PROJ
+from ..layout import DOWN_PROJ, NORM_READERS, O_PROJ, UP_PROJ, V_PROJ, layout_of
 from ..models import resolve_model
 from ..quant import dequantize, dynamic_per_token
-from . import rotate, sequential
+from . import awq, rotate, sequential
+from .awq import fold_into_rows
 from .calibrate import CalibrationError, DecoderInputs, InputStats, capture_decoder_inputs, fastest_cpu_dtype, run_layer
 from .dataset import calibration_samples
 from .fp8 import fp8_quantize_weight
@@ -89,7 +91,7 @@ def compress(
         writer.flush()
 
         inputs = None
-        if scheme.uses_gptq:
+        if recipe.calibrated:
             inputs = _calibration_inputs(src, skeleton, layers, recipe, ckpt, device, calib_dtype)
         stats = {"layers": []}
         said: list[list[str]] = []
@@ -124,6 +126,11 @@ def compress(
                 said.append(skipped)
                 _log(f"{prefix}: SmoothQuant cannot fold exactly into {skipped} (the norm's output is not what "
                      "those Linears read, or it does not scale with its weight); they are quantized unsmoothed")
+            if "awq" in layer_stats:
+                a = layer_stats["awq"]
+                _log(f"{prefix}: AWQ " + ", ".join(f"{k} r={v['ratio']:.2f}{' duo' if v['duo'] else ''}"
+                                                  for k, v in a["pairs"].items())
+                     + f"; search loss {a['loss']:.4g} vs round-to-nearest {a['rtn_loss']:.4g} ({a['seconds']} s)")
             if layer_stats.get("gptq_loss") is not None:
                 bar.set_postfix(loss=f"{layer_stats['gptq_loss']:.3g}")
                 _log(f"{prefix}: GPTQ loss {layer_stats['gptq_loss']:.4g} over {len(linears)} Linears"
@@ -324,6 +331,7 @@ def _quantize_layer(
             lin.weight.data = dequantize(res.q, res.scale, res.zero_point).to(W.dtype)
 
     outs, skipped, tokens = None, [], None
+    awq_stats = _awq_layer(layer, linears, inputs, scheme.weights, config, scheme.uses_gptq) if recipe.uses_awq else None
     if not scheme.uses_gptq:
         quantize(list(linears), None)
     elif recipe.sequential and sequential.supports(layer, linears, config, recipe.max_seq_len):
@@ -337,6 +345,8 @@ def _quantize_layer(
             quantize([name], hessians[stats.owner[name]])
         tokens = stats.tokens
     layer_stats = {"gptq_loss": float(sum(losses))} if losses else {}
+    if awq_stats is not None:
+        layer_stats["awq"] = awq_stats
     if skipped:
         layer_stats["smoothquant_not_folded"] = skipped
     if inputs is not None:
@@ -344,6 +354,47 @@ def _quantize_layer(
         # per Linear: the hooks' counts, or on the staged path every token of the layer's input
         layer_stats["module_tokens"] = tokens or dict.fromkeys(linears, layer_stats["calibration_tokens"])
     return layer_stats, out, outs
+
+
+def _awq_layer(layer: nn.Module, linears: dict[str, nn.Linear], inputs, args, config, gptq: bool = False) -> dict:
+    """AWQ (awq.py) on one float layer: one forward with stat hooks (mean |x| and the Hessian of each
+    pair's input), a scale search per pair, and the folds, before the layer is quantized. The folds
+    are exact, so the quantization after (staged GPTQ, or round-to-nearest) sees the same function.
+    Pairs: norm -> the Linears reading it (verified by tensor identity, as for SmoothQuant), and in
+    layouts llmpress knows, up_proj -> down_proj and v_proj -> o_proj (only without grouped-query
+    attention: one v channel would need one scale for several o columns with different searches)."""
+    t0 = time.perf_counter()
+    norms = {n: layer.get_submodule(n) for n, _ in NORM_READERS if _has_module(layer, n)}
+    inner = [(p, r) for p, r in ((V_PROJ, O_PROJ), (UP_PROJ, DOWN_PROJ))
+             if layout_of((getattr(config, "architectures", None) or [""])[0]) is not None
+             and p in linears and r in linears and linears[p].out_features == linears[r].in_features]
+    readers = {r for _, rs in NORM_READERS for r in rs if r in linears} | {r for _, r in inner}
+    stats = InputStats({n: linears[n] for n in readers}, hessian=True, act_mean=True, sources=norms)
+    try:
+        run_layer(layer, inputs, before_each=stats.new_sample)
+    finally:
+        stats.remove()
+    pairs = []  # (label, readers, fold(s))
+    for norm_name, rs in NORM_READERS:
+        if norm_name in norms and all(r in linears and stats.fed_by[r] == {norm_name} for r in rs):
+            offset = norm_weight_offset(norms[norm_name])
+            if offset is not None:
+                pairs.append((norm_name, rs, lambda s, n=norms[norm_name], rs=rs, o=offset:
+                              fold_into_norm(n.weight, [linears[r].weight for r in rs], s, o)))
+    for prev, r in inner:
+        pairs.append((prev, (r,), lambda s, p=linears[prev], r=r: fold_into_rows(p.weight, p.bias, [linears[r].weight], s)))
+    out = {"pairs": {}, "loss": 0.0, "rtn_loss": 0.0}
+    for label, rs, fold in pairs:
+        if stats.tokens[rs[0]] == 0:
+            continue
+        H = stats.hessians[stats.owner[rs[0]]].hessian()
+        res = awq.search_scales(stats.act_mean(rs[0]), [linears[r].weight for r in rs], H, args, rescore=not gptq)
+        fold(res.scales.to(H.device))
+        out["pairs"][f"{label} -> {', '.join(rs)}"] = {"ratio": res.ratio, "duo": res.duo}
+        out["loss"] += res.loss
+        out["rtn_loss"] += res.rtn_loss
+    out["seconds"] = round(time.perf_counter() - t0, 2)
+    return out
 
 
 def _collect_stats(layer: nn.Module, prefix: str, linears, inputs, smooth: bool) -> InputStats:

@@ -30,6 +30,7 @@ class Recipe:
     actorder: bool = True  # visit columns by decreasing Hessian diagonal (static groups: no g_idx)
     observer: str | None = None  # None: the scheme's own ("mse" for int schemes); or "minmax" / "mse"
     gptq: bool | None = None  # None: the scheme's own (GPTQ for int schemes, round-to-nearest for FP8_DYNAMIC)
+    algorithm: str | None = None  # None: as `gptq` says; or one of ALGORITHMS (awq: AWQ scales first, awq.py)
     sequential: bool = True  # Llama-family layers: quantize q/k/v -> o -> gate/up -> down in one staged pass
     smoothing_strength: float = 0.8  # SmoothQuant α for schemes with int8 activations; 0 turns it off
     device: str = "auto"  # "auto" = cuda when present, else cpu
@@ -58,6 +59,8 @@ class Recipe:
             raise RecipeError(f"rotate must be true or false, got {self.rotate!r}")
         if self.gptq not in (None, True, False):
             raise RecipeError(f"gptq must be true or false, got {self.gptq!r}")
+        if self.algorithm is not None:
+            self._check_algorithm()
         if self.observer not in (None, "mse", "minmax"):
             raise RecipeError(f"observer must be 'mse' or 'minmax', got {self.observer!r}")
         if not 0 <= self.smoothing_strength <= 1:
@@ -69,10 +72,31 @@ class Recipe:
                 except re.error as e:
                     raise RecipeError(f"bad regular expression {pat!r}: {e}") from None
 
+    def _check_algorithm(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise RecipeError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
+        if self.gptq is not None and self.gptq != ("gptq" in self.algorithm):
+            raise RecipeError(f"gptq: {str(self.gptq).lower()} contradicts algorithm: {self.algorithm}; drop gptq "
+                              "(--gptq / --no-gptq), the algorithm says it")
+        scheme = get_scheme(self.scheme)
+        if self.uses_awq and scheme.input_activations is not None:
+            raise RecipeError(
+                f"algorithm {self.algorithm}: AWQ searches scales for weight-only quantization, but {scheme.name} also "
+                "quantizes activations, whose error the search does not model (W8A8 has SmoothQuant); use gptq or rtn")
+
+    @property
+    def uses_awq(self) -> bool:
+        return self.algorithm in ("awq", "awq+gptq")
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether compress reads calibration data: GPTQ's Hessians or AWQ's activation statistics."""
+        return self.quant_scheme.uses_gptq or self.uses_awq
+
     def check_applies(self, given) -> None:
         """Refuse fields the user set that this scheme would ignore (never ignore an option silently)."""
         s = self.quant_scheme
-        calibrated = s.uses_gptq  # oneshot reads calibration data for GPTQ only
+        calibrated = self.calibrated
         why = {
             "group_size": None if s.weights.strategy == "group" else
             f"{self.scheme} quantizes weights per channel; group_size applies to W4A16 and W4A16_ASYM",
@@ -80,9 +104,12 @@ class Recipe:
             f"smoothing_strength (SmoothQuant) applies to schemes with int8 activations (W8A8), not {self.scheme}",
         }
         for key in ("dampening_frac", "actorder"):
-            why[key] = None if s.uses_gptq else f"{key} applies to GPTQ, which {self.scheme} does not run here (add --gptq)"
+            why[key] = None if s.uses_gptq else (
+                f"{key} applies to GPTQ, which {self.scheme} does not run here "
+                + ("(--algorithm awq+gptq)" if self.uses_awq else "(add --gptq)"))
         for key in ("num_samples", "max_seq_len", "dataset"):
-            why[key] = None if calibrated else f"{self.scheme} without GPTQ uses no calibration data, so {key} does nothing (add --gptq)"
+            why[key] = None if calibrated else (f"{self.scheme} without GPTQ or AWQ uses no calibration data, so {key} "
+                                                f"does nothing (add --gptq{'' if s.input_activations else ' or --algorithm awq'})")
         for key in given:
             if why.get(key):
                 raise RecipeError(f"{key}: {why[key]}; drop it")
@@ -90,7 +117,9 @@ class Recipe:
     @property
     def quant_scheme(self) -> Scheme:
         s = get_scheme(self.scheme).with_group_size(self.group_size)
-        if self.gptq is not None:
+        if self.algorithm is not None:
+            s = replace(s, uses_gptq="gptq" in self.algorithm)
+        elif self.gptq is not None:
             s = replace(s, uses_gptq=self.gptq)
         w = s.weights
         if self.observer:
@@ -130,4 +159,7 @@ class Recipe:
 
 
 FIELD_NAMES = tuple(f.name for f in fields(Recipe))
+# gptq: GPTQ; rtn: round-to-nearest (= gptq: false); awq: AWQ scales, then round-to-nearest (the paper's
+# and llm-compressor's AWQModifier + QuantizationModifier); awq+gptq: AWQ scales, then GPTQ on the scaled weights.
+ALGORITHMS = ("gptq", "rtn", "awq", "awq+gptq")
 SCHEME_NAMES = tuple(SCHEMES)
