@@ -3,13 +3,15 @@ calibration samples and the same scheme; prints wall time, peak RSS, perplexity
 and KL divergence of both.
 
     .venv/bin/python benchmarks/compare_llmcompressor.py --scheme W4A16 --group-size 64 \
-        [--model default] [--num-samples 128] [--max-seq-len 512] [--out out/compare]
+        [--model default|qwen3-random|DIR] [--num-samples 128] [--max-seq-len 512] [--out out/compare]
 
 llm-compressor runs in its own venv (default /work/venvs/llmcompressor; see
 benchmarks/README.md for the install) through benchmarks/llmcompressor_run.py,
 fed the token ids llmpress rendered, so both tools calibrate on identical data.
 Each tool runs as a separate process on an otherwise idle machine; wall time is
 the whole process (imports and model load included), peak RSS from the kernel.
+`--model qwen3-random` builds a random-weight Qwen3 (benchmarks/random_model.py) under
+OUT/models on first use: the comparison on a non-Llama architecture.
 Quality is measured by the same code for both (llmpress.eval.perplexity:
 transformers + compressed-tensors reading each checkpoint).
 """
@@ -23,6 +25,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import random_model  # noqa: E402 - benchmarks/random_model.py, beside this script
 
 
 def run(cmd: list[str]) -> tuple[dict, float]:
@@ -48,7 +52,8 @@ def peak_rss_mb(cmd: list[str]) -> tuple[float, float, str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="default")
+    ap.add_argument("--model", default="default", help="'default', a model folder, or a random model: "
+                    f"{', '.join(random_model.MODELS)} (built under OUT/models)")
     ap.add_argument("--scheme", default="W4A16")
     ap.add_argument("--group-size", type=int, default=64)
     ap.add_argument("--num-samples", type=int, default=128)
@@ -67,9 +72,13 @@ def main() -> None:
     from llmpress.eval.perplexity import perplexity
     from llmpress.models import resolve_model
 
-    out = Path(a.out) / a.scheme
+    # each model's results in a folder of its own: rows of a previous run are reused below
+    out = Path(a.out) / (a.scheme if a.model == "default" else f"{Path(a.model).name}-{a.scheme}")
     out.mkdir(parents=True, exist_ok=True)
-    base = resolve_model(a.model)
+    if a.model in random_model.MODELS:
+        base = random_model.ensure(a.model, Path(a.out) / "models", resolve_model("default"))
+    else:
+        base = resolve_model(a.model)
     calib = out / "calib.json"
     samples = calibration_samples("sharegpt", AutoTokenizer.from_pretrained(base), a.num_samples, a.max_seq_len)
     calib.write_text(json.dumps({"input_ids": [s[0].tolist() for s in samples]}))
@@ -91,7 +100,7 @@ def main() -> None:
         wall, rss, _ = peak_rss_mb(cmd)
         rows["llmpress (GPTQ)" if a.gptq else "llmpress"] = (out / folder, wall, rss)
 
-    results = {"scheme": a.scheme, "group_size": a.group_size, "samples": a.num_samples, "calib_tokens": ntok, "tools": {}}
+    results = {"model": str(base), "scheme": a.scheme, "group_size": a.group_size, "samples": a.num_samples, "calib_tokens": ntok, "tools": {}}
     previous = json.loads((out / "compare.json").read_text()) if (out / "compare.json").is_file() else {}
     for name, t in previous.get("tools", {}).items():  # a row not measured now keeps its last measurement
         if name not in rows:
@@ -103,7 +112,7 @@ def main() -> None:
         results["tools"][name] = dict(wall_s=round(wall, 1), peak_rss_mb=round(rss), ppl=r.perplexity,
                                       kl=r.kl_divergence, top1=r.top1_agreement)
     results["base_ppl"] = base_ppl
-    print(f"\n{a.scheme} (group {a.group_size}), {a.num_samples} ShareGPT samples x {a.max_seq_len} tokens "
+    print(f"\n{base.name}: {a.scheme} (group {a.group_size}), {a.num_samples} ShareGPT samples x {a.max_seq_len} tokens "
           f"({ntok} tokens), Lee corpus first {a.ppl_tokens} tokens; base perplexity {base_ppl:.3f}\n")
     print("| tool | wall s | peak RSS MB | perplexity | Δppl vs base | KL (nats/tok) | top-1 agree |")
     print("|---|---:|---:|---:|---:|---:|---:|")
