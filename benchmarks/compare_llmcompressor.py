@@ -40,14 +40,16 @@ def run(cmd: list[str]) -> tuple[dict, float]:
     return json.loads(last), wall
 
 
-def peak_rss_mb(cmd: list[str]) -> tuple[float, float, str]:
-    """Wall seconds and peak RSS (MB) of a whole process, via GNU time."""
+def peak_rss_mb(cmd: list[str]) -> tuple[float, float, str, float]:
+    """Wall seconds, peak RSS (MB), stdout and CPU seconds (user + system) of a whole process, via
+    GNU time; CPU seconds are the fairer figure on a shared host, where wall time includes waiting."""
     t = time.time()
-    p = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], capture_output=True, text=True)
+    p = subprocess.run(["/usr/bin/time", "-f", "%U %S %M", *cmd], capture_output=True, text=True)
     wall = time.time() - t
     if p.returncode != 0:
         sys.exit(f"failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr[-3000:]}")
-    return wall, int(p.stderr.strip().splitlines()[-1]) / 1024, p.stdout
+    user, system, rss_kb = p.stderr.strip().splitlines()[-1].split()
+    return wall, int(rss_kb) / 1024, p.stdout, float(user) + float(system)
 
 
 def main() -> None:
@@ -89,16 +91,16 @@ def main() -> None:
         cmd = [a.llmc_python, str(HERE / "llmcompressor_run.py"), "--model", str(base), "--calib", str(calib),
                "--scheme", a.scheme, "--group-size", str(a.group_size), "--dampening", str(a.dampening),
                "--output", str(out / "llmcompressor")]
-        wall, rss, _ = peak_rss_mb(cmd)
-        rows["llm-compressor 0.14.0.1"] = (out / "llmcompressor", wall, rss)
+        wall, rss, _, cpu = peak_rss_mb(cmd)
+        rows["llm-compressor 0.14.0.1"] = (out / "llmcompressor", wall, rss, cpu)
     if "llmpress" not in a.skip:
         folder = "llmpress-gptq" if a.gptq else "llmpress"
         cmd = [sys.executable, "-m", "llmpress.cli", "compress", str(base), "--scheme", a.scheme,
                "--group-size", str(a.group_size), "--num-samples", str(a.num_samples),
                "--max-seq-len", str(a.max_seq_len), "--dampening-frac", str(a.dampening),
                "--output", str(out / folder), "--overwrite"] + (["--gptq"] if a.gptq else [])
-        wall, rss, _ = peak_rss_mb(cmd)
-        rows["llmpress (GPTQ)" if a.gptq else "llmpress"] = (out / folder, wall, rss)
+        wall, rss, _, cpu = peak_rss_mb(cmd)
+        rows["llmpress (GPTQ)" if a.gptq else "llmpress"] = (out / folder, wall, rss, cpu)
 
     results = {"model": str(base), "scheme": a.scheme, "group_size": a.group_size, "samples": a.num_samples, "calib_tokens": ntok, "tools": {}}
     previous = json.loads((out / "compare.json").read_text()) if (out / "compare.json").is_file() else {}
@@ -106,19 +108,19 @@ def main() -> None:
         if name not in rows:
             results["tools"][name] = {**t, "reused": True}
     base_ppl = previous.get("base_ppl")
-    for name, (path, wall, rss) in rows.items():
+    for name, (path, wall, rss, cpu) in rows.items():
         r = perplexity(path, base, max_tokens=a.ppl_tokens, progress=False)
         base_ppl = r.base_perplexity
-        results["tools"][name] = dict(wall_s=round(wall, 1), peak_rss_mb=round(rss), ppl=r.perplexity,
+        results["tools"][name] = dict(wall_s=round(wall, 1), cpu_s=round(cpu, 1), peak_rss_mb=round(rss), ppl=r.perplexity,
                                       kl=r.kl_divergence, top1=r.top1_agreement)
     results["base_ppl"] = base_ppl
     print(f"\n{base.name}: {a.scheme} (group {a.group_size}), {a.num_samples} ShareGPT samples x {a.max_seq_len} tokens "
           f"({ntok} tokens), Lee corpus first {a.ppl_tokens} tokens; base perplexity {base_ppl:.3f}\n")
-    print("| tool | wall s | peak RSS MB | perplexity | Δppl vs base | KL (nats/tok) | top-1 agree |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| tool | wall s | CPU s | peak RSS MB | perplexity | Δppl vs base | KL (nats/tok) | top-1 agree |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, t in sorted(results["tools"].items(), key=lambda kv: kv[0] != "llm-compressor 0.14.0.1"):
         print(
-            f"| {name}{' (previous run)' if t.get('reused') else ''} | {t['wall_s']} | {t['peak_rss_mb']} "
+            f"| {name}{' (previous run)' if t.get('reused') else ''} | {t['wall_s']} | {t.get('cpu_s', '-')} | {t['peak_rss_mb']} "
             f"| {t['ppl']:.3f} | {100 * (t['ppl'] / base_ppl - 1):+.1f}% "
             f"| {t['kl']:.4f} | {100 * t['top1']:.2f}% |"
         )
