@@ -119,10 +119,12 @@ def main() -> None:
         rows["llm-compressor 0.14.0.1"] = (out / "llmcompressor", wall, rss, cpu)
     if "llmpress" not in a.skip:
         folder = "llmpress-gptq" if a.gptq else "llmpress"
-        cmd = [sys.executable, "-m", "llmpress.cli", "compress", str(base), "--scheme", a.scheme,
-               "--group-size", str(a.group_size), "--num-samples", str(a.num_samples),
-               "--max-seq-len", str(a.max_seq_len), "--dampening-frac", str(a.dampening),
-               "--output", str(out / folder), "--overwrite"] + (["--gptq"] if a.gptq else [])
+        # llmpress refuses a group size for per-channel schemes (W8A8, FP8): pass it only where it applies
+        group = ["--group-size", str(a.group_size)] if a.scheme.startswith("W4A16") else []
+        cmd = [sys.executable, "-m", "llmpress.cli", "compress", str(base), "--scheme", a.scheme, *group,
+               "--num-samples", str(a.num_samples), "--max-seq-len", str(a.max_seq_len),
+               "--dampening-frac", str(a.dampening), "--output", str(out / folder), "--overwrite"]
+        cmd += ["--gptq"] if a.gptq else []
         wall, rss, _, cpu = peak_rss_mb(cmd)
         rows["llmpress (GPTQ)" if a.gptq else "llmpress"] = (out / folder, wall, rss, cpu)
 
