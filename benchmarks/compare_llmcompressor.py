@@ -3,13 +3,15 @@ calibration samples and the same scheme; prints wall time, peak RSS, perplexity
 and KL divergence of both.
 
     .venv/bin/python benchmarks/compare_llmcompressor.py --scheme W4A16 --group-size 64 \
-        [--model default] [--num-samples 128] [--max-seq-len 512] [--out out/compare] [--algorithm awq]
+        [--model default|qwen3-random|DIR] [--num-samples 128] [--max-seq-len 512] [--out out/compare] [--algorithm awq]
 
 llm-compressor runs in its own venv (default /work/venvs/llmcompressor; see
 benchmarks/README.md for the install) through benchmarks/llmcompressor_run.py,
 fed the token ids llmpress rendered, so both tools calibrate on identical data.
 Each tool runs as a separate process on an otherwise idle machine; wall time is
 the whole process (imports and model load included), peak RSS from the kernel.
+`--model qwen3-random` builds a random-weight Qwen3 (benchmarks/random_model.py) under
+OUT/models on first use: the comparison on a non-Llama architecture.
 Quality is measured by the same code for both (llmpress.eval.perplexity:
 transformers + compressed-tensors reading each checkpoint).
 """
@@ -23,6 +25,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import random_model  # noqa: E402 - benchmarks/random_model.py, beside this script
 
 
 def run(cmd: list[str]) -> tuple[dict, float]:
@@ -47,9 +51,34 @@ def timed(cmd: list[str]) -> tuple[float, float, float, str]:
     return wall, int(rss) / 1024, float(user) + float(system), p.stdout
 
 
+def paired_kl(base: Path, ours: Path, theirs: Path, max_tokens: int, window: int = 512) -> tuple[float, float, int]:
+    """Mean over windows of KL(base || ours) - KL(base || theirs) (nats/token), its standard error
+    across windows, and the window count. Both KLs are taken on the same tokens, so the difference
+    is paired: its error is far smaller than either KL's spread over the text."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoTokenizer
+
+    from llmpress.corpus import held_text
+    from llmpress.eval.perplexity import load_model, token_windows
+
+    windows = token_windows(AutoTokenizer.from_pretrained(str(base)), held_text()[0], window, max_tokens)
+    models = [load_model(p) for p in (base, ours, theirs)]
+    diffs = []
+    with torch.no_grad():
+        for ids in windows:
+            b, o, t = (F.log_softmax(m(ids).logits[0, :-1].float(), -1) for m in models)  # [T-1, V]
+            p = b.exp()
+            diffs.append(((p * (b - o)).sum(-1).mean() - (p * (b - t)).sum(-1).mean()).item())
+    d = torch.tensor(diffs, dtype=torch.float64)
+    se = d.std().item() / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
+    return d.mean().item(), se, len(diffs)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="default")
+    ap.add_argument("--model", default="default", help="'default', a model folder, or a random model: "
+                    f"{', '.join(random_model.MODELS)} (built under OUT/models)")
     ap.add_argument("--scheme", default="W4A16")
     ap.add_argument("--group-size", type=int, default=64)
     ap.add_argument("--num-samples", type=int, default=128)
@@ -71,9 +100,14 @@ def main() -> None:
     from llmpress.models import resolve_model
 
     awq = a.algorithm == "awq"
-    out = Path(a.out) / (a.scheme + ("-awq" if awq else ""))
+    # each model's results in a folder of its own: rows of a previous run are reused below
+    name = a.scheme if a.model == "default" else f"{Path(a.model).name}-{a.scheme}"
+    out = Path(a.out) / (name + ("-awq" if awq else ""))
     out.mkdir(parents=True, exist_ok=True)
-    base = resolve_model(a.model)
+    if a.model in random_model.MODELS:
+        base = random_model.ensure(a.model, Path(a.out) / "models", resolve_model("default"))
+    else:
+        base = resolve_model(a.model)
     calib = out / "calib.json"
     samples = calibration_samples("sharegpt", AutoTokenizer.from_pretrained(base), a.num_samples, a.max_seq_len)
     calib.write_text(json.dumps({"input_ids": [s[0].tolist() for s in samples]}))
@@ -88,14 +122,17 @@ def main() -> None:
         rows["llm-compressor 0.14.0.1"] = (out / "llmcompressor", wall, rss, cpu)
     if "llmpress" not in a.skip:
         folder = "llmpress-gptq" if a.gptq else "llmpress"
-        cmd = [sys.executable, "-m", "llmpress.cli", "compress", str(base), "--scheme", a.scheme,
-               "--group-size", str(a.group_size), "--num-samples", str(a.num_samples),
-               "--max-seq-len", str(a.max_seq_len), "--output", str(out / folder), "--overwrite"]
+        # llmpress refuses a group size for per-channel schemes (W8A8, FP8): pass it only where it applies
+        group = ["--group-size", str(a.group_size)] if a.scheme.startswith("W4A16") else []
+        cmd = [sys.executable, "-m", "llmpress.cli", "compress", str(base), "--scheme", a.scheme, *group,
+               "--num-samples", str(a.num_samples), "--max-seq-len", str(a.max_seq_len),
+               "--output", str(out / folder), "--overwrite"]
         cmd += ["--algorithm", "awq"] if awq else ["--dampening-frac", str(a.dampening)] + (["--gptq"] if a.gptq else [])
         wall, rss, cpu, _ = timed(cmd)
         rows["llmpress (GPTQ)" if a.gptq else "llmpress"] = (out / folder, wall, rss, cpu)
 
-    results = {"scheme": a.scheme, "algorithm": a.algorithm, "group_size": a.group_size, "samples": a.num_samples, "calib_tokens": ntok, "tools": {}}
+    results = {"model": str(base), "scheme": a.scheme, "algorithm": a.algorithm, "group_size": a.group_size,
+               "samples": a.num_samples, "calib_tokens": ntok, "tools": {}}
     previous = json.loads((out / "compare.json").read_text()) if (out / "compare.json").is_file() else {}
     for name, t in previous.get("tools", {}).items():  # a row not measured now keeps its last measurement
         if name not in rows:
@@ -107,13 +144,13 @@ def main() -> None:
         results["tools"][name] = dict(wall_s=round(wall, 1), cpu_s=round(cpu, 1), peak_rss_mb=round(rss), ppl=r.perplexity,
                                       kl=r.kl_divergence, top1=r.top1_agreement)
     results["base_ppl"] = base_ppl
-    print(f"\n{a.scheme} (group {a.group_size}{', AWQ' if awq else ''}), {a.num_samples} ShareGPT samples x {a.max_seq_len} tokens "
+    print(f"\n{base.name}: {a.scheme} (group {a.group_size}{', AWQ' if awq else ''}), {a.num_samples} ShareGPT samples x {a.max_seq_len} tokens "
           f"({ntok} tokens), Lee corpus first {a.ppl_tokens} tokens; base perplexity {base_ppl:.3f}\n")
     print("| tool | wall s | CPU s | peak RSS MB | perplexity | Δppl vs base | KL (nats/tok) | top-1 agree |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, t in sorted(results["tools"].items(), key=lambda kv: kv[0] != "llm-compressor 0.14.0.1"):
         print(
-            f"| {name}{' (previous run)' if t.get('reused') else ''} | {t['wall_s']} | {t.get('cpu_s', '')} | {t['peak_rss_mb']} "
+            f"| {name}{' (previous run)' if t.get('reused') else ''} | {t['wall_s']} | {t.get('cpu_s', '-')} | {t['peak_rss_mb']} "
             f"| {t['ppl']:.3f} | {100 * (t['ppl'] / base_ppl - 1):+.1f}% "
             f"| {t['kl']:.4f} | {100 * t['top1']:.2f}% |"
         )
@@ -133,6 +170,11 @@ def main() -> None:
             f"\n{name} / llm-compressor: wall {r['wall']:.2f}x"
             + (f", CPU {r['cpu']:.2f}x" if r["cpu"] else "") + f", perplexity loss {r['ppl_loss']:.2f}x, KL {r['kl']:.2f}x"
         )
+        ours = out / ("llmpress-gptq" if name == "llmpress (GPTQ)" else "llmpress")
+        if (ours / "config.json").is_file() and (out / "llmcompressor" / "config.json").is_file():
+            diff, se, n = paired_kl(base, ours, out / "llmcompressor", a.ppl_tokens)
+            r["kl_diff"], r["kl_diff_se"] = diff, se
+            print(f"KL({name}) - KL(llm-compressor) = {diff:+.5f} ± {se:.5f} nats/token (paired, s.e. over {n} windows)")
     (out / "compare.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results))
 
