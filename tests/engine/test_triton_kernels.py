@@ -25,7 +25,7 @@ if not CUDA:
 
 from llmpress.checkpoint.compressed_tensors import decompress_linear  # noqa: E402
 from llmpress.quant import QuantArgs, dynamic_per_token  # noqa: E402
-from llmpress.engine import kernels, ops, triton_attention, triton_linear  # noqa: E402
+from llmpress.engine import linear, ops, triton_attention, triton_linear  # noqa: E402
 
 from test_kernels import make_checkpoint, weight_for  # noqa: E402  (tests/engine is on sys.path)
 from triton_interp import fix_interpreter, poison  # noqa: E402
@@ -55,7 +55,7 @@ def build(fmt: str, n: int, k: int, group: int | None, sym: bool = True, seed: i
     return w, tensors, scheme
 
 
-def check_linear(w: kernels.QuantizedWeight, dtype: torch.dtype, ms=(1, 3, 17), seed: int = 1) -> float:
+def check_linear(w: linear.QuantizedWeight, dtype: torch.dtype, ms=(1, 3, 17), seed: int = 1) -> float:
     """y = w(x) against w.reference(x) at each M, with K split as the launcher picks and forced to 3."""
     g = torch.Generator().manual_seed(seed)
     worst = 0.0
@@ -80,7 +80,7 @@ INT4_CASES = [(72, 256, 32), (72, 256, 64), (96, 384, 128), (72, 196, None), (40
 @pytest.mark.parametrize("n,k,group", INT4_CASES)
 def test_int4(n, k, group, sym, dtype):
     w, _, _ = build("int4", n, k, group, sym)
-    assert isinstance(w, kernels.Int4Weight) and (w.group_size, w.groups) == ((group, k // group) if group else (k, 1))
+    assert isinstance(w, linear.Int4Weight) and (w.group_size, w.groups) == ((group, k // group) if group else (k, 1))
     assert w._tri.qweight.shape == (-(-k // 8), n) and w.nbytes < n * k * 0.75  # still 4 bits a weight
     check_linear(w, dtype)
 
@@ -138,10 +138,10 @@ def test_int4_decode_variant_is_checked(monkeypatch):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("fmt,sym,group,cls", [
-    ("int8", True, None, kernels.Int8Weight), ("int8", False, 64, kernels.Int8Weight),
-    ("int8", False, None, kernels.Int8Weight), ("w8a8", True, None, kernels.W8A8Weight),
-    ("w8a8", True, 64, kernels.W8A8Weight), ("fp8", True, None, kernels.FP8Weight),
-    ("fp8w", True, None, kernels.FP8Weight), ("fp8w", True, 32, kernels.FP8Weight),
+    ("int8", True, None, linear.Int8Weight), ("int8", False, 64, linear.Int8Weight),
+    ("int8", False, None, linear.Int8Weight), ("w8a8", True, None, linear.W8A8Weight),
+    ("w8a8", True, 64, linear.W8A8Weight), ("fp8", True, None, linear.FP8Weight),
+    ("fp8w", True, None, linear.FP8Weight), ("fp8w", True, 32, linear.FP8Weight),
 ])
 @pytest.mark.parametrize("n,k", [(88, 320), (96, 256)])  # on a GPU, M = 17: torch._int_mm; 96 x 256: _scaled_mm too
 def test_byte_formats(fmt, sym, group, cls, n, k, dtype):
@@ -205,11 +205,11 @@ def test_group_size_the_kernels_cannot_tile_runs_the_reference():
 
 def test_triton_mode_needs_triton(monkeypatch):
     """LLMPRESS_KERNELS=triton without triton installed is refused with the fix, not ignored."""
-    monkeypatch.setattr(kernels, "_triton_modules", lambda: None)
+    monkeypatch.setattr(linear, "_triton_modules", lambda: None)
     with pytest.raises(ValueError, match="pip install triton"):
-        kernels.triton_wanted(torch.device("cpu"))
+        linear.triton_wanted(torch.device("cpu"))
     monkeypatch.setenv("LLMPRESS_KERNELS", "reference")
-    assert kernels.triton_wanted(torch.device(DEVICE)) is None
+    assert linear.triton_wanted(torch.device(DEVICE)) is None
 
 
 # ------------------------------------------------------------------------------------- attention
@@ -288,9 +288,9 @@ def test_tiny_llama_linears(scheme, tiny_checkpoints, monkeypatch):
         group = qc.group_for(module)
         own = {name[len(module) + 1:]: t for name, t in tensors.items() if name.startswith(module + ".")}
 
-        def make(mode: str, device: str) -> kernels.QuantizedWeight:
+        def make(mode: str, device: str) -> linear.QuantizedWeight:
             monkeypatch.setenv("LLMPRESS_KERNELS", mode)
-            return kernels.make_weight({n: t.to(device) for n, t in own.items()}, group.weights,
+            return linear.make_weight({n: t.to(device) for n, t in own.items()}, group.weights,
                                        group.input_activations)
 
         tri, ref = make("triton", DEVICE), make("reference", "cpu")
