@@ -100,7 +100,7 @@ def _per_task(value, key: str, example: str) -> tuple[int | None, dict[str, int]
     default = None
     if items is None:
         if not isinstance(value, str):
-            raise EvalError(f"{key} {value!r}: give {example}")
+            raise EvalError(f"--{key.replace('_', '-')} {value!r} (recipe key {key}): give {example}")
         items = []
         for item in filter(None, (i.strip() for i in value.split(","))):
             t, eq, n = item.partition("=")
@@ -111,7 +111,7 @@ def _per_task(value, key: str, example: str) -> tuple[int | None, dict[str, int]
     try:
         return (None if default is None else int(default)), {str(t): int(n) for t, n in items}
     except (TypeError, ValueError):
-        raise EvalError(f"{key} {value!r}: give {example} (integers)") from None
+        raise EvalError(f"--{key.replace('_', '-')} {value!r} (recipe key {key}): give {example} (integers)") from None
 
 
 # ---------------------------------------------------------------------------------------
