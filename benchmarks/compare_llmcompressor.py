@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -40,12 +41,14 @@ def run(cmd: list[str]) -> tuple[dict, float]:
     return json.loads(last), wall
 
 
-def timed(cmd: list[str]) -> tuple[float, float, float, str]:
-    """Wall seconds, peak RSS (MB) and CPU seconds (user + system: what a loaded host disturbs least)."""
+def timed(cmd: list[str], kept: Path | None = None) -> tuple[float, float, float, str]:
+    """Wall seconds, peak RSS (MB) and CPU seconds (user + system: what a loaded host disturbs least).
+    kept: a folder whose existence makes a failed run still count (llmpress's check gate keeps a refused
+    checkpoint at OUTPUT.failed/: it is scored like any other, and its row says it was refused)."""
     t = time.time()
     p = subprocess.run(["/usr/bin/time", "-f", "%M %U %S", *cmd], capture_output=True, text=True)
     wall = time.time() - t
-    if p.returncode != 0:
+    if p.returncode != 0 and not (kept is not None and (kept / "config.json").is_file()):
         sys.exit(f"failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr[-3000:]}")
     rss, user, system = p.stderr.strip().splitlines()[-1].split()
     return wall, int(rss) / 1024, float(user) + float(system), p.stdout
@@ -128,8 +131,15 @@ def main() -> None:
                "--num-samples", str(a.num_samples), "--max-seq-len", str(a.max_seq_len),
                "--output", str(out / folder), "--overwrite"]
         cmd += ["--algorithm", "awq"] if awq else ["--dampening-frac", str(a.dampening)] + (["--gptq"] if a.gptq else [])
-        wall, rss, cpu, _ = timed(cmd)
-        rows["llmpress (GPTQ)" if a.gptq else "llmpress"] = (out / folder, wall, rss, cpu)
+        failed = out / (folder + ".failed")
+        if failed.exists():
+            shutil.rmtree(failed)  # a refusal from an earlier run must not stand in for this one's
+        wall, rss, cpu, _ = timed(cmd, kept=failed)
+        path = failed if failed.is_dir() else out / folder
+        if failed.is_dir():
+            print(f"llmpress's check gate refused its checkpoint: {(failed / 'CHECK_FAILED.txt').read_text().splitlines()[0]}\n"
+                  f"scoring the kept {failed} like any other", file=sys.stderr)
+        rows["llmpress (GPTQ)" if a.gptq else "llmpress"] = (path, wall, rss, cpu)
 
     results = {"model": str(base), "scheme": a.scheme, "algorithm": a.algorithm, "group_size": a.group_size,
                "samples": a.num_samples, "calib_tokens": ntok, "tools": {}}
@@ -141,7 +151,8 @@ def main() -> None:
     for name, (path, wall, rss, cpu) in rows.items():
         r = perplexity(path, base, max_tokens=a.ppl_tokens, progress=False)
         base_ppl = r.base_perplexity
-        results["tools"][name] = dict(wall_s=round(wall, 1), cpu_s=round(cpu, 1), peak_rss_mb=round(rss), ppl=r.perplexity,
+        results["tools"][name] = dict(path=str(path), refused_by_check=path.name.endswith(".failed"),
+                                      wall_s=round(wall, 1), cpu_s=round(cpu, 1), peak_rss_mb=round(rss), ppl=r.perplexity,
                                       kl=r.kl_divergence, top1=r.top1_agreement)
     results["base_ppl"] = base_ppl
     print(f"\n{base.name}: {a.scheme} (group {a.group_size}{', AWQ' if awq else ''}), {a.num_samples} ShareGPT samples x {a.max_seq_len} tokens "
@@ -150,7 +161,8 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, t in sorted(results["tools"].items(), key=lambda kv: kv[0] != "llm-compressor 0.14.0.1"):
         print(
-            f"| {name}{' (previous run)' if t.get('reused') else ''} | {t['wall_s']} | {t.get('cpu_s', '-')} | {t['peak_rss_mb']} "
+            f"| {name}{' (previous run)' if t.get('reused') else ''}"
+            f"{' (refused by its check gate)' if t.get('refused_by_check') else ''} | {t['wall_s']} | {t.get('cpu_s', '-')} | {t['peak_rss_mb']} "
             f"| {t['ppl']:.3f} | {100 * (t['ppl'] / base_ppl - 1):+.1f}% "
             f"| {t['kl']:.4f} | {100 * t['top1']:.2f}% |"
         )
@@ -170,7 +182,7 @@ def main() -> None:
             f"\n{name} / llm-compressor: wall {r['wall']:.2f}x"
             + (f", CPU {r['cpu']:.2f}x" if r["cpu"] else "") + f", perplexity loss {r['ppl_loss']:.2f}x, KL {r['kl']:.2f}x"
         )
-        ours = out / ("llmpress-gptq" if name == "llmpress (GPTQ)" else "llmpress")
+        ours = Path(lp.get("path") or out / ("llmpress-gptq" if name == "llmpress (GPTQ)" else "llmpress"))
         if (ours / "config.json").is_file() and (out / "llmcompressor" / "config.json").is_file():
             diff, se, n = paired_kl(base, ours, out / "llmcompressor", a.ppl_tokens)
             r["kl_diff"], r["kl_diff_se"] = diff, se
