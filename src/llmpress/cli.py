@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--budget", type=float, metavar="BITS",
                    help="mixed precision: average bits per weight (scales included) over the target Linears, which "
                         "each get W4 (the scheme), W8 or stay unquantized by measured sensitivity, q/k/v and gate/up "
-                        "together; `ignore`d modules (lm_head) are outside the budget. W4A16 / W4A16_ASYM only, "
+                        "together; `ignore`d modules (lm_head) are outside the budget. W4A16 only (W4A16_ASYM: see the README), "
                         "from the scheme's own cost (4.125 at group 128) up to 16")
     c.add_argument("--rotate", action="store_true", default=None,
                    help="fuse QuaRot/SpinQuant Hadamard rotations (R1 residual, R2 per head) into the weights first")

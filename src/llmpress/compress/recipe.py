@@ -93,8 +93,12 @@ class Recipe:
         b = self.budget
         if isinstance(b, bool) or not isinstance(b, (int, float)):
             raise RecipeError(f"budget must be a number of bits per weight (e.g. 4.5), got {b!r}")
-        if self.scheme not in ("W4A16", "W4A16_ASYM"):
-            raise RecipeError(f"budget {b} mixes W4 / W8 / unquantized layers of a W4A16 or W4A16_ASYM recipe, not "
+        if self.scheme == "W4A16_ASYM":  # transformers 5.25 misreads it one way or the other (eval/perplexity.py)
+            raise RecipeError(f"budget {b} with W4A16_ASYM: transformers 5.25 runs packed int4 zero points only by "
+                              "decompressing at load, which reads every module with the first config group's scheme, "
+                              "so `llmpress check` / `ppl` could not measure a mixed checkpoint; use --scheme W4A16")
+        if self.scheme != "W4A16":
+            raise RecipeError(f"budget {b} mixes W4 / W8 / unquantized layers of a W4A16 recipe, not "
                               f"{self.scheme}; use --scheme W4A16 (or drop --budget)")
         if self.uses_awq:
             raise RecipeError(f"budget {b} with algorithm {self.algorithm}: the sensitivities are measured without "
