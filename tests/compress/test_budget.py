@@ -146,8 +146,3 @@ def test_mixed_checkpoint_is_valid_compressed_tensors_and_decompresses_exactly(m
     with safe_open(tiny_llama / "model.safetensors", "pt") as h:  # unquantized Linears: the source's bits
         for n in unquantized:
             torch.testing.assert_close(ours[n + ".weight"], h.get_tensor(n + ".weight"), rtol=0, atol=0)
-
-
-def test_residual_energy_is_the_mean_squared_norm_per_token():
-    h = [torch.full((1, 3, 4), 2.0), torch.zeros(1, 1, 4)]
-    assert budget.residual_energy(h) == 3 * 16 / 4

@@ -15,12 +15,7 @@ Sensitivity of a unit at a choice: the output error of its Linears on the calibr
     e = Σ_linears tr(ΔW H ΔWᵀ),  ΔW = W - dequant(Q),  H = 2/n Σ x xᵀ (the GPTQ Hessian),
 i.e. ||(W - Q) X||² · 2/n, the layer-wise objective GPTQ minimizes (Frantar et al. 2022, eq. 1) evaluated
 for the weights GPTQ actually produced at that precision, rather than a proxy of the weights alone
-(HAWQ-V2's tr(H)·||ΔW||²), divided by the mean squared norm of the residual stream entering the unit's
-decoder layer (`residual_energy`). The division is what makes layers comparable: o_proj / down_proj add
-their error to the residual stream, and every later reader sees that stream through an RMSNorm, so an
-error matters relative to the stream's size, which grows with depth (the absolute error alone sent
-SmolLM2-135M's whole W8 share to the last layers' down_proj, and lost to uniform W4 g32 in KL:
-benchmarks/README.md). It is still a local measure: it does not model how an error propagates to the
+(HAWQ-V2's tr(H)·||ΔW||²). It is a local measure: it does not model how an error propagates to the
 logits, which is the price of measuring every unit with one calibration pass.
 
 Allocation (`allocate`): a multiple-choice knapsack solved greedily, as in HAWQ-V3's / OWQ's budgeted
@@ -74,12 +69,6 @@ def output_error(W: torch.Tensor, W_q: torch.Tensor, H: torch.Tensor) -> float:
     error (times 2/n). Computed in float64 (the W8 errors are ~2^8 smaller than the W4 ones)."""
     dW = (W.double() - W_q.double())
     return float(((dW @ H.double()) * dW).sum())
-
-
-def residual_energy(hidden: list[torch.Tensor]) -> float:
-    """Mean squared L2 norm per token of a decoder layer's input hidden states (samples [1, T, d])."""
-    total = sum(float(h.double().pow(2).sum()) for h in hidden)
-    return total / max(sum(h.numel() // h.shape[-1] for h in hidden), 1)
 
 
 @dataclass

@@ -378,10 +378,9 @@ def _allocate_budget(layers, layers_prefix, ckpt, inputs: DecoderInputs, recipe:
                      choices: dict, progress: bool) -> tuple[dict[str, str], dict]:
     """--budget: one extra float pass over the layers (budget.py) that measures each unit's output error
     tr(ΔW H ΔWᵀ) at W4 and at W8, quantized as the run will (GPTQ, or round-to-nearest), on the float
-    model's calibration inputs, relative to the residual stream's energy there; then the greedy allocation.
-    Units are the Linears that share an input (q/k/v, gate/up: fused by the engine and vLLM, so one
-    precision each). Returns ({module name: choice}, the summary for llmpress_compress.json). The
-    calibration inputs are restored for the real pass."""
+    model's calibration inputs; then the greedy allocation. Units are the Linears that share an input
+    (q/k/v, gate/up: fused by the engine and vLLM, so one precision each). Returns ({module name: choice},
+    the summary for llmpress_compress.json). The calibration inputs are restored for the real pass."""
     t0 = time.time()
     first = inputs.hidden
     units: list[budget.Unit] = []
@@ -393,7 +392,6 @@ def _allocate_budget(layers, layers_prefix, ckpt, inputs: DecoderInputs, recipe:
         linears = target_linears(layer, prefix, recipe.targets, recipe.ignore)
         layer_inputs = inputs.layer(i)
         st = _collect_stats(layer, prefix, linears, layer_inputs, smooth=False)
-        energy = budget.residual_energy(inputs.hidden)  # errors relative to the residual stream (budget.py)
         by_owner: dict[str, list[str]] = {}
         for name in linears:
             by_owner.setdefault(st.owner[name], []).append(name)
@@ -415,7 +413,7 @@ def _allocate_budget(layers, layers_prefix, ckpt, inputs: DecoderInputs, recipe:
                     res = (gptq_quantize(W, H, sch.weights, recipe.dampening_frac, scale_dtype, warn=_log)
                            if sch.uses_gptq else rtn_quantize(W, sch.weights, scale_dtype))
                     err = budget.output_error(W, dequantize(res.q, res.scale, res.zero_point), H)
-                    u.error[key] = u.error.get(key, 0.0) + err / energy
+                    u.error[key] = u.error.get(key, 0.0) + err
             u.bits = {k: v / u.numel for k, v in u.bits.items()}
             units.append(u)
             del H
