@@ -304,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "GPTQ); weight-only schemes for awq (default: gptq for int schemes, rtn for FP8_DYNAMIC)")
     c.add_argument("--budget", type=float, metavar="BITS",
                    help="mixed precision: average bits per weight (scales included) over the target Linears, which "
-                        "each get W4 (the scheme), W8 or stay unquantized by measured sensitivity, q/k/v and gate/up "
+                        "each get W4 (the scheme's group g, or g/2), W8 or stay unquantized by measured sensitivity, q/k/v and gate/up "
                         "together; `ignore`d modules (lm_head) are outside the budget. W4A16 only (W4A16_ASYM: see the README), "
                         "from the scheme's own cost (4.125 at group 128) up to 16")
     c.add_argument("--rotate", action="store_true", default=None,

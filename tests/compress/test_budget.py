@@ -22,7 +22,10 @@ def test_bits_per_weight_counts_scales_and_zero_points():
     assert budget.cheapest_bits(w4) == 4.125
     asym = get_scheme("W4A16_ASYM").with_group_size(32).weights  # accounted for, though --budget refuses it (recipe.py)
     assert budget.bits_per_weight(asym, 576) == 4 + (16 + 4) / 32 == budget.cheapest_bits(asym)
-    w8 = budget.choice_schemes(get_scheme("W4A16"))["w8"]
+    menu = budget.choice_schemes(get_scheme("W4A16").with_group_size(64))
+    assert list(menu) == ["w4", "w4_half", "w8", "16"] and menu["w4_half"].weights.group_size == 32
+    assert budget.bits_per_weight(menu["w4_half"].weights, 576) == 4.5
+    w8 = menu["w8"]
     assert w8.format == "pack-quantized" and w8.weights.num_bits == 8 and w8.weights.strategy == "channel"
     assert budget.bits_per_weight(w8.weights, 576) == 8 + 16 / 576
     assert budget.bits_per_weight(None, 576) == 16 and budget.bits_per_weight(None, 576, dense_bits=32) == 32
@@ -102,7 +105,7 @@ def mixed(tiny_llama, calib_file, tmp_path_factory):
                                            budget=b), root / f"b{b}", progress=False) for b in (6.0, 12.0)}
 
 
-@pytest.mark.parametrize("b,kinds", [(6.0, {"w4", "w8"}), (12.0, {"w8", "16"})])
+@pytest.mark.parametrize("b,kinds", [(6.0, {"w4", "w4_half", "w8"}), (12.0, {"w8", "16"})])
 def test_mixed_checkpoint_is_valid_compressed_tensors_and_decompresses_exactly(mixed, tiny_llama, b, kinds):
     from compressed_tensors.quantization import QuantizationConfig
     from transformers import AutoModelForCausalLM
@@ -112,16 +115,17 @@ def test_mixed_checkpoint_is_valid_compressed_tensors_and_decompresses_exactly(m
     QuantizationConfig.model_validate(qc)  # the reader's own schema accepts it
     assert qc["format"] == "pack-quantized"
     stats = json.loads((out / "llmpress_compress.json").read_text())["budget"]
-    assert set(stats["choices"]) == kinds and stats["average_bits"] <= b
-    bits_of = {}
-    for g in qc["config_groups"].values():
+    assert len(stats["choices"]) >= 2 and set(stats["choices"]) <= kinds and stats["average_bits"] <= b
+    bits_of, group_of = {}, {}
+    for key, g in qc["config_groups"].items():
         assert g["format"] == "pack-quantized" and g["weights"]["num_bits"] in (4, 8)
         bits_of.update(dict.fromkeys(g["targets"], g["weights"]["num_bits"]))
+        group_of.update(dict.fromkeys(g["targets"], key))
     unquantized = [n for n in qc["ignore"] if n != "lm_head"]
     assert len(bits_of) + len(unquantized) == 14 and not set(bits_of) & set(unquantized)
     for layer in range(2):  # fused groups share one precision (engine and vLLM fuse them)
         for fused in (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("mlp.gate_proj", "mlp.up_proj")):
-            assert len({bits_of.get(f"model.layers.{layer}.{n}", 16) for n in fused}) == 1
+            assert len({group_of.get(f"model.layers.{layer}.{n}", "ignore") for n in fused}) == 1
     # what is stored: the bits accounting equals the bytes (int32 words, bf16 scales, bf16 dense)
     ours = _tensors(out)
     stored = sum(ours[f"{n}.weight_packed"].numel() * 32 + ours[f"{n}.weight_scale"].numel() * 16 for n in bits_of)

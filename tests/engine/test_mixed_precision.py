@@ -25,7 +25,7 @@ def mixed(tiny_llama, calib_file, tmp_path_factory):
 def test_mixed_checkpoint_logits_and_greedy_equal_transformers(mixed, b, compare):
     out = mixed[b]
     choices = json.loads((out / "llmpress_compress.json").read_text())["budget"]["choices"]
-    assert len(choices) == 2, choices  # two precisions in one checkpoint
+    assert len(choices) >= 2, choices  # several precisions in one checkpoint
     engine_load_model(out)  # loads: 4-bit and 8-bit packed groups, unquantized Linears, fused where they agree
     ids = torch.randint(0, 49152, (1, 100), generator=torch.Generator().manual_seed(0))
     top1, worst = compare(out, [ids])

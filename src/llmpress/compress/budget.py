@@ -2,11 +2,12 @@
 
 Each *unit* is a set of Linears that must share one precision: the Linears that read one input
 (q/k/v; gate/up) are fused into one weight by the engine and by vLLM, and vLLM refuses a fused
-layer whose shards have different schemes. Each unit gets one of three choices:
+layer whose shards have different schemes. Each unit gets one of four choices:
 
-    w4    the recipe's int4 scheme (group g):   4 + 16/g bits per weight (+ 4/g asymmetric zero point)
-    w8    int8 symmetric, one scale per row:     8 + 16/in_features
-    16    left unquantized:                      the stored dtype's bits (16 for bf16 / fp16)
+    w4       the recipe's int4 scheme (group g):   4 + 16/g bits per weight (+ 4/g asymmetric zero point)
+    w4_half  the same at group g/2:                4 + 32/g  (a finer rung between w4 and w8, e.g. 4.25 -> 4.5)
+    w8       int8 symmetric, one scale per row:    8 + 16/in_features
+    16       left unquantized:                     the stored dtype's bits (16 for bf16 / fp16)
 
 Costs are the bytes the checkpoint stores per weight, scales and zero points included (`bits_per_weight`),
 so "average bits" is what `du` sees for those Linears, not a nominal 4 or 8.
@@ -32,16 +33,22 @@ import torch
 
 from ..quant import QuantArgs, Scheme
 
-CHOICES = ("w4", "w8", "16")
+CHOICES = ("w4", "w4_half", "w8", "16")
 SCALE_BITS = 16  # scales stored in the model's bf16 / fp16
 
 
 def choice_schemes(base: Scheme) -> dict[str, Scheme | None]:
-    """The three choices for a W4A16 / W4A16_ASYM recipe scheme: itself, int8 symmetric per channel with the same
-    observer / act-order / algorithm, stored pack-quantized (one checkpoint format, several config groups; vLLM's
-    WNA16 path reads num_bits 4 and 8), and None (unquantized)."""
+    """The choices for a W4A16 recipe scheme: itself; itself at half the group size (when the group is even and at
+    least 16); int8 symmetric per channel with the same observer / act-order / algorithm, stored pack-quantized (one
+    checkpoint format, several config groups; vLLM's WNA16 path reads num_bits 4 and 8); None (unquantized)."""
+    out: dict[str, Scheme | None] = {"w4": base}
+    g = base.weights.group_size
+    if g and g % 2 == 0 and g >= 16:
+        out["w4_half"] = replace(base, name=f"{base.name}:g{g // 2}", weights=replace(base.weights, group_size=g // 2))
     w8 = replace(base.weights, num_bits=8, symmetric=True, strategy="channel", group_size=None)
-    return {"w4": base, "w8": Scheme(f"{base.name}:W8", w8, None, base.uses_gptq, packed=True), "16": None}
+    out["w8"] = Scheme(f"{base.name}:W8", w8, None, base.uses_gptq, packed=True)
+    out["16"] = None
+    return out
 
 
 def bits_per_weight(args: QuantArgs | None, cols: int, dense_bits: int = 16, scale_bits: int = SCALE_BITS) -> float:

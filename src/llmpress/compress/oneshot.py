@@ -150,7 +150,7 @@ def compress(
         if assign is None:
             cfg["quantization_config"] = quantization_config(scheme, list(recipe.ignore), list(recipe.targets))
         else:  # one config group per precision, exact module names; the unquantized join `ignore`
-            groups = [(choices[c], [n for n, a in assign.items() if a == c]) for c in ("w4", "w8")]
+            groups = [(sch, [n for n, a in assign.items() if a == c]) for c, sch in choices.items() if sch is not None]
             cfg["quantization_config"] = mixed_quantization_config(
                 [(sch, names) for sch, names in groups if names],
                 list(recipe.ignore) + [n for n, a in assign.items() if a == "16"])
@@ -377,7 +377,7 @@ def _quantize_layer(
 def _allocate_budget(layers, layers_prefix, ckpt, inputs: DecoderInputs, recipe: Recipe, config, device, calib_dtype,
                      choices: dict, progress: bool) -> tuple[dict[str, str], dict]:
     """--budget: one extra float pass over the layers (budget.py) that measures each unit's output error
-    tr(ΔW H ΔWᵀ) at W4 and at W8, quantized as the run will (GPTQ, or round-to-nearest), on the float
+    tr(ΔW H ΔWᵀ) at each quantized choice, quantized as the run will (GPTQ, or round-to-nearest), on the float
     model's calibration inputs; then the greedy allocation. Units are the Linears that share an input
     (q/k/v, gate/up: fused by the engine and vLLM, so one precision each). Returns ({module name: choice},
     the summary for llmpress_compress.json). The calibration inputs are restored for the real pass."""
