@@ -51,6 +51,10 @@ CASES = [
     ("compress {tiny} --scheme W8A8 --algorithm awq --output {tmp}/o", ["algorithm awq", "W8A8", "weight-only"]),
     ("compress {tiny} --algorithm awq+gptq --no-gptq --output {tmp}/o", ["contradicts", "--no-gptq"]),
     ("compress {tiny} --scheme FP8_DYNAMIC --no-actorder --output {tmp}/o", ["actorder", "GPTQ"]),
+    ("compress {tiny} --scheme W8A8 --budget 6 --output {tmp}/o", ["budget 6.0", "W8A8", "--scheme W4A16"]),
+    ("compress {tiny} --group-size 64 --budget 4 --output {tmp}/o", ["budget 4.0", "[4.25, 16)", "--budget 4.625"]),
+    ("compress {tiny} --scheme W4A16_ASYM --group-size 64 --budget 5 --output {tmp}/o", ["budget 5.0", "W4A16_ASYM",
+                                                                                         "--scheme W4A16"]),
     # vLLM's serve flags that the embedded engine cannot honour
     ("serve {tiny} --tensor-parallel-size 2", ["--tensor-parallel-size 2", "one device", "--engine vllm"]),
     ("serve {tiny} --gpu-memory-utilization 0.9", ["--gpu-memory-utilization", "--kv-cache-memory-bytes"]),

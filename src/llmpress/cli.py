@@ -15,7 +15,7 @@ def _compress(a: argparse.Namespace) -> int:
         scheme=a.scheme, group_size=a.group_size, num_samples=a.num_samples, max_seq_len=a.max_seq_len,
         dataset=a.dataset, dampening_frac=a.dampening_frac, seed=a.seed, device=a.device,
         observer=a.observer, smoothing_strength=a.smoothing_strength, dtype=a.dtype, gptq=a.gptq,
-        rotate=a.rotate, algorithm=a.algorithm,
+        rotate=a.rotate, algorithm=a.algorithm, budget=a.budget,
     )
     if a.ignore is not None:
         overrides["ignore"] = tuple(x for x in a.ignore.split(",") if x)
@@ -302,6 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gptq (GPTQ error compensation), rtn (round-to-nearest, as --no-gptq), awq (AWQ activation-aware "
                         "scales folded into the previous norm/Linear, then round-to-nearest), awq+gptq (AWQ scales, then "
                         "GPTQ); weight-only schemes for awq (default: gptq for int schemes, rtn for FP8_DYNAMIC)")
+    c.add_argument("--budget", type=float, metavar="BITS",
+                   help="mixed precision: average bits per weight (scales included) over the target Linears, which "
+                        "each get W4 (the scheme's group g, or g/2), W8 or stay unquantized by measured sensitivity, q/k/v and gate/up "
+                        "together; `ignore`d modules (lm_head) are outside the budget. W4A16 only (W4A16_ASYM: see the README), "
+                        "from the scheme's own cost (4.125 at group 128) up to 16")
     c.add_argument("--rotate", action="store_true", default=None,
                    help="fuse QuaRot/SpinQuant Hadamard rotations (R1 residual, R2 per head) into the weights first")
     c.add_argument("--no-actorder", action="store_true", help="quantize columns in order, with error-compensated group scales")

@@ -101,18 +101,29 @@ def decompress_linear(tensors: dict[str, torch.Tensor], scheme: Scheme) -> torch
 
 def quantization_config(scheme: Scheme, ignore: list[str], targets: list[str]) -> dict:
     """config.json["quantization_config"] as compressed-tensors' QuantizationConfig writes it."""
-    group = {
-        "targets": targets,
-        "weights": scheme.weights.to_ct(),
-        "input_activations": scheme.input_activations.to_ct() if scheme.input_activations else None,
-        "output_activations": None,
-        "format": scheme.format,
+    return mixed_quantization_config([(scheme, targets)], ignore)
+
+
+def mixed_quantization_config(groups: list[tuple[Scheme, list[str]]], ignore: list[str]) -> dict:
+    """The same with one config group per (scheme, targets), in order (group_0, group_1, ...). Mixed
+    precision (--budget) passes exact module names as targets, so no module matches two groups; the
+    top-level format is the groups' common one, else compressed-tensors' "mixed-precision"."""
+    config_groups = {
+        f"group_{i}": {
+            "targets": list(targets),
+            "weights": scheme.weights.to_ct(),
+            "input_activations": scheme.input_activations.to_ct() if scheme.input_activations else None,
+            "output_activations": None,
+            "format": scheme.format,
+        }
+        for i, (scheme, targets) in enumerate(groups)
     }
+    formats = {scheme.format for scheme, _ in groups}
     return {
         "quant_method": "compressed-tensors",
-        "format": scheme.format,
+        "format": formats.pop() if len(formats) == 1 else "mixed-precision",
         "quantization_status": "compressed",
-        "config_groups": {"group_0": group},
+        "config_groups": config_groups,
         "ignore": ignore,
         "kv_cache_scheme": None,
         "global_compression_ratio": None,

@@ -23,13 +23,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..checkpoint.compressed_tensors import compress_linear, quantization_config
+from ..checkpoint.compressed_tensors import compress_linear, mixed_quantization_config, quantization_config
 from ..checkpoint.shards import LazyCheckpoint, ShardWriter, atomic_output_dir, copy_side_files
 from .. import plan
 from ..layout import DOWN_PROJ, NORM_READERS, O_PROJ, UP_PROJ, V_PROJ, layout_of
 from ..models import resolve_model
 from ..quant import dequantize, dynamic_per_token
-from . import awq, rotate, sequential
+from . import awq, budget, rotate, sequential
 from .awq import fold_into_rows
 from .calibrate import CalibrationError, DecoderInputs, InputStats, capture_decoder_inputs, fastest_cpu_dtype, run_layer
 from .dataset import calibration_samples
@@ -94,6 +94,11 @@ def compress(
         if recipe.calibrated:
             inputs = _calibration_inputs(src, skeleton, layers, recipe, ckpt, device, calib_dtype)
         stats = {"layers": []}
+        assign, choices = None, None
+        if recipe.budget is not None:
+            choices = budget.choice_schemes(scheme)
+            assign, stats["budget"] = _allocate_budget(layers, layers_prefix, ckpt, inputs, recipe, config, device,
+                                                       calib_dtype, choices, progress)
         said: list[list[str]] = []
         bar = tqdm(range(len(layers)), desc=f"compress {scheme.name}", disable=not progress, unit="layer")
         for i in bar:
@@ -102,10 +107,12 @@ def compress(
             dtypes = _materialize(layer, prefix, ckpt, device, calib_dtype)
             linears = target_linears(layer, prefix, recipe.targets, recipe.ignore)
             layer_inputs = inputs.layer(i) if inputs is not None else None
-            layer_stats, q_tensors, outs = _quantize_layer(layer, prefix, linears, layer_inputs, recipe, config, dtypes)
+            schemes = None if assign is None else {n: choices[assign[f"{prefix}.{n}"]] for n in linears}
+            layer_stats, q_tensors, outs = _quantize_layer(layer, prefix, linears, layer_inputs, recipe, config, dtypes,
+                                                           schemes)
             for name, p in layer.named_parameters():
                 mod_name, _, pname = name.rpartition(".")
-                if mod_name in linears and pname == "weight":
+                if mod_name in q_tensors and pname == "weight":  # unquantized by --budget: written as it is
                     for suffix, t in q_tensors[mod_name].items():
                         writer.add(f"{prefix}.{mod_name}.{suffix}", t)
                 else:
@@ -140,7 +147,13 @@ def compress(
         cfg = json.loads((src / "config.json").read_text())
         if recipe.rotate:
             cfg["tie_word_embeddings"] = False  # the rotated lm_head holds the final norm; the embedding does not
-        cfg["quantization_config"] = quantization_config(scheme, list(recipe.ignore), list(recipe.targets))
+        if assign is None:
+            cfg["quantization_config"] = quantization_config(scheme, list(recipe.ignore), list(recipe.targets))
+        else:  # one config group per precision, exact module names; the unquantized join `ignore`
+            groups = [(sch, [n for n, a in assign.items() if a == c]) for c, sch in choices.items() if sch is not None]
+            cfg["quantization_config"] = mixed_quantization_config(
+                [(sch, names) for sch, names in groups if names],
+                list(recipe.ignore) + [n for n, a in assign.items() if a == "16"])
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         copy_side_files(src, tmp)
         (tmp / "recipe.yaml").write_text(recipe.to_yaml())
@@ -298,11 +311,13 @@ def _calibration_inputs(src, skeleton, layers, recipe: Recipe, ckpt, device, dty
 
 
 def _quantize_layer(
-    layer: nn.Module, prefix: str, linears: dict[str, nn.Linear], inputs, recipe: Recipe, config, dtypes
+    layer: nn.Module, prefix: str, linears: dict[str, nn.Linear], inputs, recipe: Recipe, config, dtypes,
+    schemes: dict | None = None,
 ):
     """SmoothQuant + GPTQ (or round-to-nearest) for one materialized layer. Each target's
-    weight is replaced by its dequantized value. Returns (stats, tensors to save, the
-    layer's outputs if the staged path already computed them, else None)."""
+    weight is replaced by its dequantized value. `schemes` (--budget) gives each Linear its own
+    scheme, None leaving it unquantized (not in the returned tensors). Returns (stats, tensors to
+    save, the layer's outputs if the staged path already computed them, else None)."""
     scheme = recipe.quant_scheme
     smooth = scheme.input_activations is not None and scheme.input_activations.type == "int" and recipe.smoothing_strength > 0
     out: dict[str, dict[str, torch.Tensor]] = {}
@@ -310,6 +325,9 @@ def _quantize_layer(
 
     def quantize(names, H):
         for name in names:
+            scheme = recipe.quant_scheme if schemes is None else schemes[name]
+            if scheme is None:
+                continue
             lin = linears[name]
             W = lin.weight.data
             scale_dtype = dtypes[f"{name}.weight"]  # scales are stored in the model's own dtype
@@ -354,6 +372,63 @@ def _quantize_layer(
         # per Linear: the hooks' counts, or on the staged path every token of the layer's input
         layer_stats["module_tokens"] = tokens or dict.fromkeys(linears, layer_stats["calibration_tokens"])
     return layer_stats, out, outs
+
+
+def _allocate_budget(layers, layers_prefix, ckpt, inputs: DecoderInputs, recipe: Recipe, config, device, calib_dtype,
+                     choices: dict, progress: bool) -> tuple[dict[str, str], dict]:
+    """--budget: one extra float pass over the layers (budget.py) that measures each unit's output error
+    tr(ΔW H ΔWᵀ) at each quantized choice, quantized as the run will (GPTQ, or round-to-nearest), on the float
+    model's calibration inputs; then the greedy allocation. Units are the Linears that share an input
+    (q/k/v, gate/up: fused by the engine and vLLM, so one precision each). Returns ({module name: choice},
+    the summary for llmpress_compress.json). The calibration inputs are restored for the real pass."""
+    t0 = time.time()
+    first = inputs.hidden
+    units: list[budget.Unit] = []
+    bar = tqdm(range(len(layers)), desc="budget: sensitivity", disable=not progress, unit="layer")
+    for i in bar:
+        prefix = f"{layers_prefix}.{i}"
+        layer = layers[i]
+        dtypes = _materialize(layer, prefix, ckpt, device, calib_dtype)
+        linears = target_linears(layer, prefix, recipe.targets, recipe.ignore)
+        layer_inputs = inputs.layer(i)
+        st = _collect_stats(layer, prefix, linears, layer_inputs, smooth=False)
+        by_owner: dict[str, list[str]] = {}
+        for name in linears:
+            by_owner.setdefault(st.owner[name], []).append(name)
+        for owner, names in by_owner.items():
+            H = st.hessians[owner].hessian()
+            u = budget.Unit(tuple(f"{prefix}.{n}" for n in names), 0, {}, {})
+            for name in names:
+                W = linears[name].weight.data.float()
+                rows, cols = W.shape
+                u.numel += rows * cols
+                dense_bits = 8 * dtypes[f"{name}.weight"].itemsize
+                for key, sch in choices.items():
+                    args = None if sch is None else sch.weights
+                    u.bits[key] = u.bits.get(key, 0.0) + rows * cols * budget.bits_per_weight(args, cols, dense_bits)
+                    if sch is None:
+                        u.error[key] = 0.0
+                        continue
+                    scale_dtype = dtypes[f"{name}.weight"]
+                    res = (gptq_quantize(W, H, sch.weights, recipe.dampening_frac, scale_dtype, warn=_log)
+                           if sch.uses_gptq else rtn_quantize(W, sch.weights, scale_dtype))
+                    err = budget.output_error(W, dequantize(res.q, res.scale, res.zero_point), H)
+                    u.error[key] = u.error.get(key, 0.0) + err
+            u.bits = {k: v / u.numel for k, v in u.bits.items()}
+            units.append(u)
+            del H
+        if i + 1 < len(layers):
+            inputs.hidden = run_layer(layer, layer_inputs)
+        layer.to("meta")
+        _trim_heap()
+    inputs.hidden = first
+    pick = budget.allocate(units, recipe.budget)
+    summary = budget.summary(units, pick)
+    summary["seconds"] = round(time.time() - t0, 2)
+    shares = ", ".join(f"{c} {100 * v['weight_share']:.1f}% ({v['units']} units)" for c, v in summary["choices"].items())
+    _log(f"budget {recipe.budget}: {summary['average_bits']:.4f} bits per weight, scales included: {shares} "
+         f"({summary['seconds']} s)")
+    return {n: c for names, c in pick.items() for n in names}, summary
 
 
 def _awq_layer(layer: nn.Module, linears: dict[str, nn.Linear], inputs, args, config, gptq: bool = False) -> dict:

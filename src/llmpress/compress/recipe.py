@@ -36,6 +36,7 @@ class Recipe:
     device: str = "auto"  # "auto" = cuda when present, else cpu
     rotate: bool = False  # QuaRot / SpinQuant R1 + R2 Hadamard rotations fused into the weights first (rotate.py)
     dtype: str = "auto"  # calibration forward dtype: "auto" (bf16 on GPU; on CPU the faster, measured) | float32 | bfloat16
+    budget: float | None = None  # average bits per target weight (scales included): W4 / W8 / unquantized per unit (budget.py)
 
     def __post_init__(self) -> None:
         try:
@@ -65,6 +66,8 @@ class Recipe:
             raise RecipeError(f"observer must be 'mse' or 'minmax', got {self.observer!r}")
         if not 0 <= self.smoothing_strength <= 1:
             raise RecipeError(f"smoothing_strength must be in [0, 1], got {self.smoothing_strength!r}")
+        if self.budget is not None:
+            self._check_budget()
         for pat in self.targets + self.ignore:
             if pat.startswith("re:"):
                 try:
@@ -84,6 +87,29 @@ class Recipe:
                 f"algorithm {self.algorithm}: AWQ searches scales for weight-only quantization, but {scheme.name} also "
                 "quantizes activations, whose error the search does not model (W8A8 has SmoothQuant); use gptq or rtn")
 
+    def _check_budget(self) -> None:
+        from .budget import cheapest_bits
+
+        b = self.budget
+        if isinstance(b, bool) or not isinstance(b, (int, float)):
+            raise RecipeError(f"budget must be a number of bits per weight (e.g. 4.5), got {b!r}")
+        if self.scheme == "W4A16_ASYM":  # transformers 5.25 misreads it one way or the other (eval/perplexity.py)
+            raise RecipeError(f"budget {b} with W4A16_ASYM: transformers 5.25 runs packed int4 zero points only by "
+                              "decompressing at load, which reads every module with the first config group's scheme, "
+                              "so `llmpress check` / `ppl` could not measure a mixed checkpoint; use --scheme W4A16")
+        if self.scheme != "W4A16":
+            raise RecipeError(f"budget {b} mixes W4 / W8 / unquantized layers of a W4A16 recipe, not "
+                              f"{self.scheme}; use --scheme W4A16 (or drop --budget)")
+        if self.uses_awq:
+            raise RecipeError(f"budget {b} with algorithm {self.algorithm}: the sensitivities are measured without "
+                              "AWQ's scales; use --algorithm gptq or rtn (or drop --budget)")
+        lo = cheapest_bits(self.quant_scheme.weights)
+        if not lo <= b < 16:
+            g = self.quant_scheme.weights.group_size
+            raise RecipeError(f"budget {b} bits is outside [{lo:g}, 16): every weight at {self.scheme} group {g} "
+                              f"costs {lo:g} bits (scales included) and 16 leaves everything unquantized; "
+                              f"choose a budget in that range (e.g. --budget {lo + 0.375:g})")
+
     @property
     def uses_awq(self) -> bool:
         return self.algorithm in ("awq", "awq+gptq")
@@ -91,7 +117,7 @@ class Recipe:
     @property
     def calibrated(self) -> bool:
         """Whether compress reads calibration data: GPTQ's Hessians or AWQ's activation statistics."""
-        return self.quant_scheme.uses_gptq or self.uses_awq
+        return self.quant_scheme.uses_gptq or self.uses_awq or self.budget is not None
 
     def check_applies(self, given) -> None:
         """Refuse fields the user set that this scheme would ignore (never ignore an option silently)."""
@@ -108,7 +134,7 @@ class Recipe:
                 f"{key} applies to GPTQ, which {self.scheme} does not run here "
                 + ("(--algorithm awq+gptq)" if self.uses_awq else "(add --gptq)"))
         for key in ("num_samples", "max_seq_len", "dataset"):
-            why[key] = None if calibrated else (f"{self.scheme} without GPTQ or AWQ uses no calibration data, so {key} "
+            why[key] = None if calibrated else (f"{self.scheme} without GPTQ, AWQ or a budget uses no calibration data, so {key} "
                                                 f"does nothing (add --gptq{'' if s.input_activations else ' or --algorithm awq'})")
         for key in given:
             if why.get(key):

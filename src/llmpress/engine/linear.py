@@ -489,6 +489,19 @@ class FP8Weight(_ByteWeight):
         return dynamic_per_token(x, FP8_PER_TOKEN) if self.dynamic_act else x
 
 
+def _unpack8(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """pack-quantized 8-bit tensors (weight_packed int32 [N, K/4], zero point packed along N) as
+    int-quantized ones (int8 weight [N, K], int8 zero point [N, G]): the same codes, one per byte."""
+    n, k = (int(v) for v in tensors["weight_shape"])
+    packed = tensors["weight_packed"]
+    if packed.shape != (n, math.ceil(k / 4)):
+        raise ValueError(f"weight_packed has shape {tuple(packed.shape)}, expected [{n}, {math.ceil(k / 4)}] for int8")
+    out = {"weight": unpack_int(packed, 8, k, dim=1), "weight_scale": tensors["weight_scale"]}
+    if "weight_zero_point" in tensors:
+        out["weight_zero_point"] = unpack_int(tensors["weight_zero_point"], 8, n, dim=0)
+    return out
+
+
 def make_weight(tensors: dict[str, torch.Tensor], w: QuantArgs, a: QuantArgs | None = None) -> QuantizedWeight:
     """The container for one Linear's compressed-tensors tensors (suffix keys: "weight_packed",
     "weight_scale", ...) given its config group's weight and input-activation QuantArgs. ValueError,
@@ -520,6 +533,8 @@ def make_weight(tensors: dict[str, torch.Tensor], w: QuantArgs, a: QuantArgs | N
             raise ValueError("int4 weights need a 'weight_packed' (or int8 'weight') tensor")
         return Int8Weight.from_compressed(tensors)  # int-quantized int4: int8 storage, same math
     if kind == "int" and bits == 8:
+        if "weight_packed" in tensors:  # pack-quantized int8 (--budget's W8, vLLM's WNA16): the int8 codes, unpacked
+            tensors = _unpack8(tensors)
         if a is not None:
             return W8A8Weight.from_compressed(tensors)
         return Int8Weight.from_compressed(tensors)

@@ -80,13 +80,14 @@ class Scheme:
     weights: QuantArgs
     input_activations: QuantArgs | None = None
     uses_gptq: bool = True  # FP8-dynamic is round-to-nearest and needs no data
+    packed: bool = False  # int weights int32-packed even at 8 bits (pack-quantized, vLLM's WNA16 path: --budget's W8)
 
     @property
     def format(self) -> str:
         """compressed-tensors format of the saved weights."""
         if self.weights.type == "float":
             return "float-quantized"
-        if self.weights.num_bits < 8:
+        if self.weights.num_bits < 8 or self.packed:
             return "pack-quantized"
         return "int-quantized"
 
