@@ -10,6 +10,7 @@ from safetensors import safe_open
 from llmpress.checkpoint.compressed_tensors import decompress_linear, pack_int, unpack_int
 from llmpress.compress import Recipe, compress
 from llmpress.quant import get_scheme
+from llmpress.checkpoint.shards import LazyCheckpoint
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 7, 8])
@@ -26,14 +27,6 @@ def test_pack_roundtrip_and_matches_reference_packer(bits, dim):
     ref = pack_to_int32(q, bits, packed_dim=dim)
     torch.testing.assert_close(packed, ref, rtol=0, atol=0)
     torch.testing.assert_close(unpack_from_int32(packed, bits, q.shape, packed_dim=dim), q, rtol=0, atol=0)
-
-
-def _tensors(folder):
-    out = {}
-    for f in folder.glob("*.safetensors"):
-        with safe_open(f, "pt") as h:
-            out.update({k: h.get_tensor(k) for k in h.keys()})
-    return out
 
 
 def _load_dense(folder):
@@ -55,7 +48,8 @@ def test_checkpoint_loads_in_transformers_and_decompresses_exactly(tiny_llama, c
     from compressed_tensors.quantization import QuantizationConfig
 
     QuantizationConfig.model_validate(cfg)  # the reader's own schema accepts it
-    ours = _tensors(out)
+    ck = LazyCheckpoint(out)  # the project's own reader of a checkpoint folder
+    ours = {k: ck.get(k) for k in ck.keys()}
     dense = _load_dense(out)
     s = get_scheme(scheme)
     prefixes = sorted({k.rsplit(".", 1)[0] for k in ours if k.endswith("weight_scale")})

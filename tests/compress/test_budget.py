@@ -14,6 +14,7 @@ from llmpress.compress import Recipe, compress
 from llmpress.compress import budget
 from llmpress.compress.recipe import RecipeError
 from llmpress.quant import QuantArgs, get_scheme
+from llmpress.checkpoint.shards import LazyCheckpoint
 
 
 def test_bits_per_weight_counts_scales_and_zero_points():
@@ -88,14 +89,6 @@ def test_recipe_refuses_bad_budgets(kwargs, words):
     assert Recipe(budget=5, algorithm="rtn").calibrated  # sensitivities need the calibration data even without GPTQ
 
 
-def _tensors(folder):
-    out = {}
-    for f in folder.glob("*.safetensors"):
-        with safe_open(f, "pt") as h:
-            out.update({k: h.get_tensor(k) for k in h.keys()})
-    return out
-
-
 @pytest.fixture(scope="module")
 def mixed(tiny_llama, calib_file, tmp_path_factory):
     """Two budgets on the tiny Llama (group 64: all-W4 costs 4.25 bits): 6 mixes W4 and W8; 12 puts every unit
@@ -127,7 +120,8 @@ def test_mixed_checkpoint_is_valid_compressed_tensors_and_decompresses_exactly(m
         for fused in (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("mlp.gate_proj", "mlp.up_proj")):
             assert len({group_of.get(f"model.layers.{layer}.{n}", "ignore") for n in fused}) == 1
     # what is stored: the bits accounting equals the bytes (int32 words, bf16 scales, bf16 dense)
-    ours = _tensors(out)
+    ck = LazyCheckpoint(out)  # the project's own reader of a checkpoint folder
+    ours = {k: ck.get(k) for k in ck.keys()}
     stored = sum(ours[f"{n}.weight_packed"].numel() * 32 + ours[f"{n}.weight_scale"].numel() * 16 for n in bits_of)
     stored += sum(ours[f"{n}.weight"].numel() * 16 for n in unquantized)
     numel = sum(int(ours[f"{n}.weight_shape"].prod()) for n in bits_of)
