@@ -166,6 +166,16 @@ def test_algorithm_and_gptq_flags():
     Recipe(algorithm="awq").check_applies(["num_samples"])  # AWQ reads calibration data
 
 
+def test_awq_rounds_with_min_max_unless_told():
+    """AWQ + round-to-nearest rounds with min-max ranges (the MSE search clips the columns AWQ scaled
+    up); an explicit observer wins; GPTQ after AWQ keeps the scheme's MSE search."""
+    assert Recipe().quant_scheme.weights.observer == "mse"
+    assert Recipe(algorithm="awq").quant_scheme.weights.observer == "minmax"
+    assert Recipe(algorithm="awq", scheme="W4A16_ASYM").quant_scheme.weights.observer == "minmax"
+    assert Recipe(algorithm="awq", observer="mse").quant_scheme.weights.observer == "mse"
+    assert Recipe(algorithm="awq+gptq").quant_scheme.weights.observer == "mse"
+
+
 def test_plan_counts_the_awq_pass():
     """plan's compress model: AWQ adds its forward and search; AWQ without GPTQ still calibrates."""
     from llmpress import plan
