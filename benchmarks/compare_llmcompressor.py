@@ -155,7 +155,8 @@ def main() -> None:
                                       wall_s=round(wall, 1), cpu_s=round(cpu, 1), peak_rss_mb=round(rss), ppl=r.perplexity,
                                       kl=r.kl_divergence, top1=r.top1_agreement)
     results["base_ppl"] = base_ppl
-    print(f"\n{base.name}: {a.scheme} (group {a.group_size}{', AWQ' if awq else ''}), {a.num_samples} ShareGPT samples x {a.max_seq_len} tokens "
+    grouped = f"group {a.group_size}, " if a.scheme.startswith("W4A16") else ""
+    print(f"\n{base.name}: {a.scheme} ({grouped}{'AWQ' if awq else a.algorithm.upper()}), {a.num_samples} ShareGPT samples x {a.max_seq_len} tokens "
           f"({ntok} tokens), Lee corpus first {a.ppl_tokens} tokens; base perplexity {base_ppl:.3f}\n")
     print("| tool | wall s | CPU s | peak RSS MB | perplexity | Δppl vs base | KL (nats/tok) | top-1 agree |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
