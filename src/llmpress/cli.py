@@ -294,8 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-seq-len", type=int, help="tokens per calibration sample (default: 512)")
     c.add_argument("--dataset", help="'sharegpt' (default), a .json/.jsonl file, or hub:NAME[:split]")
     c.add_argument("--dampening-frac", type=float, help="GPTQ dampening, a fraction of mean(diag H) (default: 0.1)")
-    c.add_argument("--observer", choices=["mse", "minmax"], help="weight range search (default: the scheme's: mse for int, "
-                   "minmax for fp8 and for --algorithm awq)")
+    c.add_argument("--observer", choices=["mse", "minmax"], help="weight range search (default: mse for int, minmax for fp8 and --algorithm awq)")
     c.add_argument("--smoothing-strength", type=float, help="SmoothQuant alpha for W8A8 (0 = off)")
     c.add_argument("--gptq", action=argparse.BooleanOptionalAction, default=None,
                    help="GPTQ error compensation (default: on for int schemes, off for FP8_DYNAMIC)")
