@@ -62,6 +62,7 @@ CASES = [
     ("serve {tiny} --trust-remote-code", ["--trust-remote-code", "no model code"]),
     ("serve {tiny} --quantization awq", ["--quantization awq", "compressed-tensors"]),
     ("serve {tiny} --chat-template {tmp}/nope.jinja", ["nope.jinja", "no such file"]),
+    ("serve {tiny} --engine vllm --prefill-dtype bfloat16", ["--prefill-dtype bfloat16", "vLLM", "leave --prefill-dtype out"]),
     # every task name checked before any work
     ("eval {tiny} --tasks mmlu,arcc --output {tmp}/o", ["unknown task 'arcc'", "mmlu,gsm,bbh,humaneval,ppl"]),
     # more bad inputs across the verbs (the siblings); {tmp} holds empty.jsonl, bin.txt, a file named

@@ -12,7 +12,9 @@ bf16) and `w(x)` computes y = x @ W^T for float32 x [..., K]:
   (Sapphire Rapids on)                       16-row tiles, x split into two bf16 parts, products on
                                              AMX tiles: a batch of 16 costs about what one row does.
   larger M (prefill)                         dequantize N-tiles to transient float32 and run
-                                             torch's sgemm (compute-bound; MKL is faster there).
+                                             torch's sgemm (compute-bound; MKL is faster there);
+                                             with prefill_dtype bf16, x and the tiles rounded to bf16
+                                             and oneDNN's bf16 GEMM (2-3x on AVX512-BF16 CPUs).
   no extension, LLMPRESS_KERNELS=reference,  the reference path: the project's own dequantize
   or group sizes the kernels do not tile     (quant.dequantize, i.e. compressed-tensors'
   (not 32 or a multiple of 64)               (q - zp) * s in float32) and x @ W^T in torch.
@@ -196,6 +198,10 @@ class QuantizedWeight:
     # format with `benchmarks/engine_kernels.py --crossover` (2 threads, SmolLM2 shapes), below.
     # LLMPRESS_SMALL_M_MAX and LLMPRESS_AMX_M replace these for every format (dispatch_overrides).
     amx_m = (8, 256)
+    # The activations' dtype in _prefill's GEMMs. float32: exact float32 math (the default). bfloat16: x and
+    # each dequantized tile of W rounded to bf16, as GPUs run W4A16; 2-3x faster where the CPU multiplies
+    # bf16 natively (AVX512-BF16, AMX), about -50 dB relative error. Set per model by Model.set_prefill_dtype.
+    prefill_dtype = torch.float32
     _ext = None  # the extension when this weight takes the fast path
     _amx_ok = False  # ... and the AMX GEMM when this weight may use it
     _tri = None  # the triton_linear.TritonWeight when this weight runs the Triton kernels (CUDA)
@@ -260,15 +266,16 @@ class QuantizedWeight:
         return F.linear(self._quant_act_torch(x.float()), w.to(x.device))
 
     def _prefill(self, x: torch.Tensor) -> torch.Tensor:
-        """Many rows: sgemm against float32 tiles of W, at most _PREFILL_TILE_FLOATS at a time."""
-        x = self._quant_act_torch(x)
+        """Many rows: a GEMM against float32 tiles of W, at most _PREFILL_TILE_FLOATS at a time, in
+        prefill_dtype (bf16: x and the tile rounded, the product accumulated in float32 by oneDNN)."""
+        x = self._quant_act_torch(x).to(self.prefill_dtype)
         n = self.out_features
         rows = max(64, _PREFILL_TILE_FLOATS // self.in_features)
         if rows >= n:
-            return F.linear(x, self._dequant_fast(0, n))
+            return F.linear(x, self._dequant_fast(0, n).to(x.dtype)).float()
         y = torch.empty(x.shape[0], n)
         for n0 in range(0, n, rows):
-            y[:, n0 : n0 + rows] = F.linear(x, self._dequant_fast(n0, min(n, n0 + rows)))
+            y[:, n0 : n0 + rows] = F.linear(x, self._dequant_fast(n0, min(n, n0 + rows)).to(x.dtype))
         return y
 
     def _quant_act_torch(self, x: torch.Tensor) -> torch.Tensor:
@@ -298,6 +305,8 @@ class DenseWeight(QuantizedWeight):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.weight.dtype == torch.float32 and x.dtype == torch.float32 and x.device == self.weight.device:
+            if self.prefill_dtype == torch.bfloat16 and x.dim() == 2 and x.shape[0] > self.small_m_max_wide:
+                return F.linear(x.bfloat16(), self.weight.bfloat16()).float()
             return F.linear(x, self.weight)
         if self.weight.is_cuda:  # cuBLAS in x's dtype; a weight of another dtype is converted (exactly, when wider)
             return F.linear(x, self.weight if x.dtype == self.weight.dtype else self.weight.to(x.dtype))

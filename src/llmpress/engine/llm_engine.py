@@ -63,6 +63,9 @@ class RequestOutput:
 class EngineConfig:
     model: str = "default"
     dtype: str = "auto"  # auto: float32 on CPU (fastest here), bfloat16 on CUDA
+    # CPU only: the activations' dtype in the dequantize + GEMM path (prefill, large batches). auto: dtype's.
+    # bfloat16 in a float32 engine: 2-3x faster prefill where the CPU multiplies bf16 natively, as GPUs round.
+    prefill_dtype: str = "auto"
     max_model_len: int | None = None
     max_num_seqs: int = 32
     max_num_batched_tokens: int = 512
@@ -109,6 +112,12 @@ class LLMEngine:
             raise ValueError(f"gpu_memory_utilization={c.gpu_memory_utilization}: must be in (0, 1]")
         self.dtype = DTYPES.get(c.dtype) or (torch.float32 if c.device == "cpu" else torch.bfloat16)
         self.device = torch.device(c.device)
+        if c.prefill_dtype not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"prefill_dtype={c.prefill_dtype!r}: choose auto, float32 or bfloat16")
+        prefill = DTYPES.get(c.prefill_dtype, self.dtype)
+        if prefill != self.dtype and c.device != "cpu":
+            raise ValueError(f"prefill_dtype={c.prefill_dtype!r}: on a GPU every GEMM runs in the engine's dtype "
+                             f"({self.dtype}); set dtype instead, or leave prefill_dtype at auto")
         if model is None:
             self.path = resolve_model(c.model)
             check_max_model_len(self.path, c.max_model_len)
@@ -120,6 +129,7 @@ class LLMEngine:
         else:
             self.path, self.model, self.tokenizer = None, model, tokenizer
         self.cfg = self.model.cfg
+        self.model.set_prefill_dtype(prefill)
         graphs = self.device.type == "cuda" and not c.enforce_eager
         self.kv, self.blocks = kvcache.allocate(self.cfg, self._kv_budget(), c.block_size, self.dtype, c.device,
                                                 reserve=1 if graphs else 0)

@@ -477,6 +477,12 @@ class Model:
             logits = torch.tanh(logits / cap) * cap
         return logits
 
+    def set_prefill_dtype(self, dtype: torch.dtype) -> None:
+        """The activations' dtype in every CPU linear's dequantize + GEMM path (QuantizedWeight.prefill_dtype)."""
+        for w in [self.lm_head] + [w for layer in self.layers for w in (layer.qkv, layer.o, layer.gate_up, layer.down)]:
+            for part in getattr(w, "parts", [w]):  # loader.Concat holds several
+                part.prefill_dtype = dtype
+
     def weight_bytes(self) -> dict[str, int]:
         """Resident bytes: decoder-layer linears, and embeddings + lm_head apart."""
         linears = sum(w.nbytes for layer in self.layers for w in (layer.qkv, layer.o, layer.gate_up, layer.down))

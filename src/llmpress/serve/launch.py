@@ -29,6 +29,7 @@ class ServeOptions:
     max_num_seqs: int = 32
     kv_cache_memory_bytes: int | None = None
     dtype: str = "auto"
+    prefill_dtype: str = "auto"  # the embedded engine's (EngineConfig.prefill_dtype); vLLM has none
     engine: str = "embedded"
     served_model_name: str | None = None
     max_queue: int = 256
@@ -115,6 +116,9 @@ def run(o: ServeOptions) -> int:
         raise ValueError(f"--max-queue={o.max_queue}: must be >= 0")
     path = resolve_model(o.model)
     if o.engine == "vllm":
+        if o.prefill_dtype != "auto":
+            raise ValueError(f"--prefill-dtype {o.prefill_dtype}: an embedded-engine CPU setting; vLLM runs every "
+                             "GEMM in --dtype (leave --prefill-dtype out)")
         return _exec_vllm(o, path)
     if o.engine != "embedded":
         raise ValueError(f"--engine={o.engine!r}: choose embedded or vllm")
@@ -146,6 +150,7 @@ def _run_embedded(o: ServeOptions, path: Path) -> int:
     template = read_chat_template(o.chat_template) if o.chat_template else None
     engine = LLMEngine(EngineConfig.from_args(path, max_model_len=o.max_model_len, max_num_seqs=o.max_num_seqs,
                                               kv_cache_memory_bytes=o.kv_cache_memory_bytes, dtype=o.dtype, seed=o.seed,
+                                              prefill_dtype=o.prefill_dtype,
                                               max_num_batched_tokens=o.max_num_batched_tokens))
     names = served_names(o.model, path, o.served_model_name)
     if not o.api_key and not _is_loopback(o.host):
