@@ -41,12 +41,12 @@ def main() -> None:
     src = resolve_model(a.model)
     recipe = Recipe(group_size=a.group_size, num_samples=a.num_samples, max_seq_len=a.max_seq_len)
     args = recipe.quant_scheme.weights
-    config, skeleton = oneshot._skeleton(src)
+    config, skeleton = oneshot.meta_model(src)
     prefix, layers = find_decoder_layers(skeleton, config.num_hidden_layers)
     ckpt = LazyCheckpoint(src)
     calib = oneshot._calibration_inputs(src, skeleton, layers, recipe, ckpt, torch.device("cpu"), torch.float32)
     for i in range(a.layer + 1):  # float layers up to the one measured
-        oneshot._materialize(layers[i], f"{prefix}.{i}", ckpt, "cpu", torch.float32)
+        oneshot.materialize(layers[i], f"{prefix}.{i}", ckpt, "cpu", torch.float32)
         if i < a.layer:
             calib.hidden = run_layer(layers[i], calib.layer(i))
             layers[i].to("meta")

@@ -58,7 +58,7 @@ def _samples(src, recipe):
 
 
 def _ours(src, recipe):
-    config, skeleton = oneshot._skeleton(src)
+    config, skeleton = oneshot.meta_model(src)
     prefix, layers = find_decoder_layers(skeleton, config.num_hidden_layers)
     ckpt = LazyCheckpoint(src)
     calib = oneshot._calibration_inputs(src, skeleton, layers, recipe, ckpt, torch.device("cpu"), torch.float32)
@@ -94,7 +94,7 @@ def test_every_layer_receives_what_the_model_forward_gives_it(arch, tiny_models,
 
     config, prefix, layers, ckpt, calib = _ours(src, recipe)
     for i, layer in enumerate(layers):
-        oneshot._materialize(layer, f"{prefix}.{i}", ckpt, "cpu", torch.float32)
+        oneshot.materialize(layer, f"{prefix}.{i}", ckpt, "cpu", torch.float32)
         for s, ((h, kw), (rh, rkw)) in enumerate(zip(calib.layer(i), ref[i])):
             torch.testing.assert_close(h, rh, rtol=1e-5, atol=1e-5, msg=f"{arch} layer {i} sample {s} hidden")
             # output_* flags (MoE router logits) only choose what the CausalLM wrapper returns
@@ -149,7 +149,7 @@ def test_gptq_equals_gptq_on_the_captured_inputs(arch, tiny_models, calib_file):
     config, prefix, layers, ckpt, calib = _ours(src, recipe)
     for i in range(2):
         layer = layers[i]
-        dtypes = oneshot._materialize(layer, f"{prefix}.{i}", ckpt, "cpu", torch.float32)
+        dtypes = oneshot.materialize(layer, f"{prefix}.{i}", ckpt, "cpu", torch.float32)
         if i == 0:
             calib.hidden = run_layer(layer, calib.layer(0))
             continue
@@ -232,14 +232,14 @@ def test_compressed_checkpoint_reads_back_close_to_the_base(arch, scheme, tiny_m
 def test_planted_fault_a_linear_without_calibration_tokens_names_it(tiny_models, calib_file, tmp_path, monkeypatch,
                                                                      capsys):
     """Layer 1's MLP is skipped in the forward, so its Linears' hooks receive nothing."""
-    skeleton = oneshot._skeleton
+    original = oneshot.meta_model
 
     def faulty(src):
-        config, model = skeleton(src)
+        config, model = original(src)
         model.model.layers[1].mlp.forward = lambda x: torch.zeros_like(x)
         return config, model
 
-    monkeypatch.setattr(oneshot, "_skeleton", faulty)
+    monkeypatch.setattr(oneshot, "meta_model", faulty)
     with pytest.raises(CalibrationError, match=r"model\.layers\.1\.mlp\.gate_proj.*no calibration tokens"):
         oneshot.compress(tiny_models["qwen3"], _recipe(calib_file, scheme="W4A16", group_size=32), tmp_path / "o",
                          progress=False)
@@ -260,14 +260,14 @@ def test_planted_fault_a_linear_without_calibration_tokens_names_it(tiny_models,
 def test_planted_fault_zero_embeddings_names_the_first_linear(tiny_models, calib_file, tmp_path, monkeypatch):
     """The original Gemma 3 failure: embeddings scaled by uninitialized memory (~1e-41), so every
     layer calibrated on zeros and GPTQ reported loss 0."""
-    skeleton = oneshot._skeleton
+    original = oneshot.meta_model
 
     def faulty(src):
-        config, model = skeleton(src)
+        config, model = original(src)
         model.model.embed_tokens.embed_scale.zero_()
         return config, model
 
-    monkeypatch.setattr(oneshot, "_skeleton", faulty)
+    monkeypatch.setattr(oneshot, "meta_model", faulty)
     with pytest.raises(CalibrationError, match=r"model\.layers\.0\.self_attn\.q_proj: every calibration input"):
         oneshot.compress(tiny_models["gemma3"], _recipe(calib_file, scheme="W4A16", group_size=32), tmp_path / "o",
                          progress=False)
@@ -361,7 +361,7 @@ def test_smoothquant_folds_exactly_or_not_at_all(arch, tiny_models, calib_file):
     src, recipe = tiny_models[arch], _recipe(calib_file, scheme="W8A8")
     config, prefix, layers, ckpt, calib = _ours(src, recipe)
     layer = layers[0]
-    oneshot._materialize(layer, f"{prefix}.0", ckpt, "cpu", torch.float32)
+    oneshot.materialize(layer, f"{prefix}.0", ckpt, "cpu", torch.float32)
     inputs = calib.layer(0)
     before = run_layer(layer, inputs)
     linears = target_linears(layer, f"{prefix}.0", recipe.targets, recipe.ignore)

@@ -34,12 +34,12 @@ def _recipe(calib_file, **kw) -> Recipe:
 def test_folds_leave_the_float_layer_unchanged(tiny_mha, calib_file):
     """Every pair's search and fold on the float32 layer, then its outputs against the unscaled layer's."""
     recipe = _recipe(calib_file, algorithm="awq")
-    config, skeleton = oneshot._skeleton(tiny_mha)
+    config, skeleton = oneshot.meta_model(tiny_mha)
     prefix, layers = find_decoder_layers(skeleton, config.num_hidden_layers)
     ckpt = LazyCheckpoint(tiny_mha)
     calib = oneshot._calibration_inputs(tiny_mha, skeleton, layers, recipe, ckpt, torch.device("cpu"), torch.float32)
     layer = layers[0]
-    oneshot._materialize(layer, f"{prefix}.0", ckpt, "cpu", torch.float32)
+    oneshot.materialize(layer, f"{prefix}.0", ckpt, "cpu", torch.float32)
     linears = target_linears(layer, f"{prefix}.0", recipe.targets, recipe.ignore)
     before = run_layer(layer, calib.layer(0))
     W0 = {n: lin.weight.detach().clone() for n, lin in linears.items()}

@@ -14,7 +14,7 @@ from llmpress.compress.targets import find_decoder_layers
 @pytest.mark.slow
 def test_bf16_hessian_with_massive_activations(default_model):
     recipe = Recipe(scheme="W4A16", group_size=64, num_samples=16)
-    config, skeleton = oneshot._skeleton(default_model)
+    config, skeleton = oneshot.meta_model(default_model)
     prefix, layers = find_decoder_layers(skeleton, config.num_hidden_layers)
     ckpt = LazyCheckpoint(default_model)
     dt = torch.bfloat16
@@ -22,7 +22,7 @@ def test_bf16_hessian_with_massive_activations(default_model):
     xs = []
     for i in range(12):
         layer = layers[i]
-        oneshot._materialize(layer, f"{prefix}.{i}", ckpt, "cpu", dt)
+        oneshot.materialize(layer, f"{prefix}.{i}", ckpt, "cpu", dt)
         if i == 11:
             layer.mlp.down_proj.register_forward_pre_hook(lambda m, a: xs.append(a[0].reshape(-1, a[0].shape[-1])))
         calib.hidden = sequential.StagedLayer(layer).run(calib.layer(i), lambda *a: None)

@@ -192,9 +192,9 @@ def _quantized_modules(path: Path, qc: dict, groups: dict | None, report: CheckR
         return []
     from compressed_tensors.utils import match_named_modules
 
-    from ..compress.oneshot import _skeleton
+    from ..compress.skeleton import meta_model
 
-    _, skeleton = _skeleton(path)
+    _, skeleton = meta_model(path)
     ignore = list(qc.get("ignore") or [])
     out: dict[str, _Module] = {}
     for gname, scheme in groups.items():

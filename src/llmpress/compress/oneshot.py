@@ -11,8 +11,6 @@ float32) plus the cached calibration activations. For each layer:
 """
 from __future__ import annotations
 
-import ctypes
-import functools
 import json
 import resource
 import sys
@@ -35,12 +33,13 @@ from .calibrate import CalibrationError, DecoderInputs, InputStats, capture_deco
 from .dataset import calibration_samples
 from .fp8 import fp8_quantize_weight
 from .gptq import GPTQResult, gptq_quantize, rtn_quantize
-from .moe import calibrate_all_experts, linearize_experts, unrouted_experts
+from .moe import calibrate_all_experts, unrouted_experts
 from .recipe import Recipe, RecipeError
+from .skeleton import materialize, meta_model, trim_heap
 from .smoothquant import (
     fold_into_norm, fold_into_v, move_hessian, norm_weight_offset, smoothing_scales, vo_smoothing_scales,
 )
-from .targets import ModelStructureError, find_decoder_layers, group_size_problems, smooth_pairs, target_linears
+from .targets import find_decoder_layers, group_size_problems, smooth_pairs, target_linears
 
 
 def _log(msg: str) -> None:
@@ -59,7 +58,7 @@ def compress(
     t0 = time.time()
     src = resolve_model(model)
     scheme = recipe.quant_scheme
-    config, skeleton = _skeleton(src)
+    config, skeleton = meta_model(src)
     layers_prefix, layers = find_decoder_layers(skeleton, config.num_hidden_layers)
     ckpt = LazyCheckpoint(src)
     if recipe.rotate:
@@ -104,7 +103,7 @@ def compress(
         for i in bar:
             prefix = f"{layers_prefix}.{i}"
             layer = layers[i]
-            dtypes = _materialize(layer, prefix, ckpt, device, calib_dtype)
+            dtypes = materialize(layer, prefix, ckpt, device, calib_dtype)
             linears = target_linears(layer, prefix, recipe.targets, recipe.ignore)
             layer_inputs = inputs.layer(i) if inputs is not None else None
             schemes = None if assign is None else {n: choices[assign[f"{prefix}.{n}"]] for n in linears}
@@ -125,7 +124,7 @@ def compress(
                         h.remove()
                 inputs.hidden = outs
             layer.to("meta")
-            _trim_heap()
+            trim_heap()
             for name, n in layer_stats.pop("module_tokens", {}).items():  # read by `llmpress check`
                 stats.setdefault("calibration_tokens", {})[f"{prefix}.{name}"] = n
             stats["layers"].append(layer_stats)
@@ -216,73 +215,11 @@ def _rotated(ckpt: LazyCheckpoint, config, seed: int) -> rotate.RotatedCheckpoin
     return view
 
 
-@functools.cache
-def _libc():
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc (macOS, musl): nothing to trim
-        return None
-
-
-def _trim_heap() -> None:
-    """Hand freed heap pages back to the OS after each layer. glibc keeps freed memory in its
-    arenas, and each layer's temporaries (Hessians, Cholesky factors, float32 weights) differ in
-    size, so without this the peak RSS of a layer-by-layer pass creeps up layer after layer."""
-    if (libc := _libc()) is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
-
-
 def _calibration_dtype(name: str, device: torch.device) -> torch.dtype:
     """The dtype calibration forwards run in; GPTQ itself always works in float32."""
     if name != "auto":
         return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
     return torch.bfloat16 if device.type == "cuda" else fastest_cpu_dtype()
-
-
-def _skeleton(src: Path):
-    """The model class with its parameters on the meta device (structure and forward code, no
-    memory) and its computed buffers real: rotary tables, Gemma's embedding scale and the like
-    are not stored in checkpoints, so they must come from the model's own __init__. Fused
-    mixture-of-experts modules become per-expert Linears (moe.py)."""
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(src)
-    if getattr(config, "is_encoder_decoder", False):
-        raise ModelStructureError(f"{src}: {config.model_type} is an encoder-decoder model; llmpress compresses decoder-only LMs")
-    try:
-        with init_empty_weights(include_buffers=False):
-            model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
-    except ValueError as e:
-        raise ModelStructureError(f"{src}: {config.model_type} is not a causal (decoder-only) LM transformers knows: {e}") from None
-    if not hasattr(config, "num_hidden_layers"):
-        raise ModelStructureError(f"{src}: config has no num_hidden_layers; not a decoder-only LM")
-    model.eval()  # no dropout, no router jitter
-    _, layers = find_decoder_layers(model, config.num_hidden_layers)
-    for layer in layers:
-        linearize_experts(layer)
-    return config, model
-
-
-def _materialize(module: nn.Module, prefix: str, ckpt: LazyCheckpoint, device, dtype) -> dict[str, torch.dtype]:
-    """Load `module`'s parameters (and any stored buffers) from the checkpoint; computed buffers
-    keep their values and move to `device`. Returns the parameters' stored dtypes."""
-    dtypes = {}
-    for name, p in module.named_parameters():
-        key = f"{prefix}.{name}"
-        if key not in ckpt:
-            raise ModelStructureError(f"{ckpt.folder}: tensor {key} is missing from the safetensors files")
-        t = ckpt.get(key)
-        dtypes[name] = t.dtype
-        owner, _, pname = name.rpartition(".")
-        mod = module.get_submodule(owner) if owner else module
-        mod._parameters[pname] = nn.Parameter(t.to(device, dtype), requires_grad=False)
-    for name, b in module.named_buffers():
-        owner, _, bname = name.rpartition(".")
-        mod = module.get_submodule(owner) if owner else module
-        key = f"{prefix}.{name}"
-        mod._buffers[bname] = ckpt.get(key).to(device, b.dtype) if key in ckpt else b.to(device)
-    return dtypes
 
 
 def _calibration_inputs(src, skeleton, layers, recipe: Recipe, ckpt, device, dtype) -> DecoderInputs:
@@ -297,7 +234,7 @@ def _calibration_inputs(src, skeleton, layers, recipe: Recipe, ckpt, device, dty
     decoder_prefix = next(n for n, m in skeleton.named_modules() if m is decoder)
     outside = [(n, m) for n, m in decoder.named_children() if m is not layers]
     for name, mod in outside:
-        _materialize(mod, f"{decoder_prefix}.{name}" if decoder_prefix else name, ckpt, device, dtype)
+        materialize(mod, f"{decoder_prefix}.{name}" if decoder_prefix else name, ckpt, device, dtype)
     for name, b in decoder._buffers.items():  # computed tables registered on the decoder itself
         if b is not None:
             decoder._buffers[name] = b.to(device)
@@ -388,7 +325,7 @@ def _allocate_budget(layers, layers_prefix, ckpt, inputs: DecoderInputs, recipe:
     for i in bar:
         prefix = f"{layers_prefix}.{i}"
         layer = layers[i]
-        dtypes = _materialize(layer, prefix, ckpt, device, calib_dtype)
+        dtypes = materialize(layer, prefix, ckpt, device, calib_dtype)
         linears = target_linears(layer, prefix, recipe.targets, recipe.ignore)
         layer_inputs = inputs.layer(i)
         st = _collect_stats(layer, prefix, linears, layer_inputs, smooth=False)
@@ -420,7 +357,7 @@ def _allocate_budget(layers, layers_prefix, ckpt, inputs: DecoderInputs, recipe:
         if i + 1 < len(layers):
             inputs.hidden = run_layer(layer, layer_inputs)
         layer.to("meta")
-        _trim_heap()
+        trim_heap()
     inputs.hidden = first
     pick = budget.allocate(units, recipe.budget)
     summary = budget.summary(units, pick)

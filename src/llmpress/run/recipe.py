@@ -161,7 +161,7 @@ def _check_fits(model: str, r: Recipe, fail) -> None:
     so that a recipe that cannot run fails with its line before the run folder exists."""
     if r.quant_scheme.weights.strategy != "group":
         return
-    from ..compress.oneshot import _skeleton
+    from ..compress.skeleton import meta_model
     from ..compress.targets import find_decoder_layers, group_size_problems, target_linears
     from ..models import is_default, resolve_model
 
@@ -174,7 +174,7 @@ def _check_fits(model: str, r: Recipe, fail) -> None:
         if not isinstance(cached, str):
             return
         folder = Path(cached).parent
-    config, skeleton = _skeleton(folder)
+    config, skeleton = meta_model(folder)
     prefix, layers = find_decoder_layers(skeleton, config.num_hidden_layers)
     names = list(target_linears(layers[0], f"{prefix}.0", r.targets, r.ignore))
     if bad := group_size_problems(layers[0], names, r.quant_scheme.weights.group_size):
