@@ -22,7 +22,7 @@ import torch
 from llmpress.checkpoint.compressed_tensors import compress_linear, decompress_linear, pack_int, unpack_int
 from llmpress.compress.observers import minmax_qparams
 from llmpress.quant import QuantArgs, Scheme, dynamic_per_token, get_scheme, quantize
-from llmpress.engine import extension, linear
+from llmpress.engine import extension, kernel_layout, linear
 
 MIN_SQNR_DB = 80.0
 MS = (1, 3, 16, 40, 300)
@@ -199,12 +199,12 @@ def test_int4_stays_4_bit(group):
 def test_int4_blocked_layout():
     """Nibble t of word j in block b holds k = 64b + 8t + j (what one 256-bit load + mask reads)."""
     q = torch.randint(-8, 8, (5, 200), dtype=torch.int8)
-    blocked = linear._block_int4(pack_int(q, 4), 200)
+    blocked = kernel_layout.block_int4(pack_int(q, 4), 200)
     assert blocked.shape == (5, 256 // 8)
     b, t, j = 2, 5, 3
     word = int(blocked[4, b * 8 + j]) & 0xFFFFFFFF
     assert (word >> (4 * t)) & 15 == int(q[4, 64 * b + 8 * t + j]) + 8
-    torch.testing.assert_close(linear._unblock_int4(blocked, 200), unpack_int(pack_int(q, 4), 4, 200), rtol=0, atol=0)
+    torch.testing.assert_close(kernel_layout.unblock_int4(blocked, 200), unpack_int(pack_int(q, 4), 4, 200), rtol=0, atol=0)
 
 
 def test_fp8_every_code(width):

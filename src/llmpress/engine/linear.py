@@ -44,6 +44,7 @@ from ..checkpoint.compressed_tensors import unpack_int
 from ..errors import LlmpressError
 from ..quant import FP8_DTYPE, FP8_PER_TOKEN, INT8_PER_TOKEN, QuantArgs, dequantize, dynamic_per_token
 from . import extension
+from .kernel_layout import block_int4, kernel_group_ok, pad_cols, round_up, scale_table, unblock_int4
 
 class DispatchSettingError(LlmpressError, ValueError):
     """LLMPRESS_SMALL_M_MAX / LLMPRESS_AMX_M set to something that is not a row count or range."""
@@ -81,35 +82,6 @@ def dispatch_overrides() -> tuple[int | None, tuple[int, int] | None]:
 _PREFILL_TILE_FLOATS = 1 << 20
 
 
-# ------------------------------------------------------------------------------------- layout helpers
-def _round_up(n: int, m: int) -> int:
-    return (n + m - 1) // m * m
-
-
-def _pad_cols(w: torch.Tensor, cols: int) -> torch.Tensor:
-    """w [N, K] -> contiguous [N, cols], zero-padded; w itself (no copy) when nothing to pad."""
-    w = w.contiguous()
-    return w if w.shape[1] == cols else F.pad(w, (0, cols - w.shape[1]))
-
-
-def _scale_table(scale: torch.Tensor, n: int, k: int, kp: int) -> tuple[torch.Tensor, int, int]:
-    """Stored scale [N, G] (or one per tensor) -> (float32 [N, ceil(Kp / gs)] zero-padded, gs, G).
-
-    Channel-wise scales become one group of size Kp, so the kernels see a single layout."""
-    scale = scale.float()
-    if scale.numel() == 1:
-        scale = scale.reshape(1, 1).expand(n, 1)
-    if scale.dim() != 2 or scale.shape[0] != n:
-        raise ValueError(f"weight_scale has shape {tuple(scale.shape)}, expected [{n}, groups]")
-    groups = scale.shape[1]
-    if groups == 1:
-        return scale.contiguous(), kp, 1
-    if k % groups:
-        raise ValueError(f"in_features {k} is not a whole number of {groups} groups")
-    gs = k // groups
-    return _pad_cols(scale, math.ceil(kp / gs)), gs, groups
-
-
 @functools.cache
 def _triton_modules():
     """(triton_linear, triton_attention), imported on first use; None when triton is not installed."""
@@ -131,46 +103,6 @@ def triton_wanted(device: torch.device):
         raise ValueError("LLMPRESS_KERNELS=triton but triton is not installed: pip install triton==3.6.0, "
                          "or unset LLMPRESS_KERNELS")
     return mods
-
-
-def _kernel_group_ok(group_size: int) -> bool:
-    """The kernels step 64 k at a time: groups of 32 (two a step) or whole steps."""
-    return group_size == 32 or group_size % 64 == 0
-
-
-_SHIFTS = torch.arange(0, 32, 4, dtype=torch.int32)  # nibble t sits at bits [4t, 4t + 4)
-
-
-def _to_int32(x: torch.Tensor) -> torch.Tensor:
-    """int64 holding 32 unsigned bits -> int32 with the same bits."""
-    return torch.where(x >= 1 << 31, x - (1 << 32), x).to(torch.int32)
-
-
-def _block_int4(packed: torch.Tensor, k: int) -> torch.Tensor:
-    """compressed-tensors int4 [N, ceil(K/8)] (nibble i of word j = k 8j + i) -> blocked [N, Kp/8].
-
-    Blocked: in each group of 8 words (64 k values), nibble t of word j holds k = 8t + j, so one
-    256-bit load and a mask give 8 consecutive k (an 8x8 nibble transpose per block). Kp = K
-    rounded up to 64; padding nibbles are 0 and meet zero activations. Done in row chunks to keep
-    the int64 temporaries small for big matrices."""
-    n, kp = packed.shape[0], _round_up(k, 64)
-    out = torch.empty(n, kp // 8, dtype=torch.int32, device=packed.device)
-    rows = max(1, (1 << 22) // kp)
-    shifts = _SHIFTS.to(packed.device)
-    for r in range(0, n, rows):
-        nib = (packed[r : r + rows].unsqueeze(-1) >> shifts) & 15  # [R, W, 8]: k order
-        nib = F.pad(nib.flatten(1)[:, :k], (0, kp - k))
-        nib = nib.view(nib.shape[0], kp // 64, 8, 8).transpose(2, 3).to(torch.int64)  # [R, block, j, t]
-        out[r : r + rows] = _to_int32((nib << shifts.to(torch.int64)).sum(-1)).flatten(1)
-    return out
-
-
-def _unblock_int4(blocked: torch.Tensor, k: int) -> torch.Tensor:
-    """Blocked [N, Kp/8] -> the signed int4 values int8 [N, K] (q = nibble - 8)."""
-    n, kp = blocked.shape[0], blocked.shape[1] * 8
-    nib = (blocked.unsqueeze(-1) >> _SHIFTS.to(blocked.device)) & 15  # [N, Kp/8, 8]: (word j, nibble t)
-    nib = nib.view(n, kp // 64, 8, 8).transpose(2, 3).reshape(n, kp)  # k = 64 block + 8t + j
-    return (nib[:, :k] - 8).to(torch.int8)
 
 
 # ------------------------------------------------------------------------------------- the containers
@@ -296,7 +228,7 @@ class DenseWeight(QuantizedWeight):
     def __init__(self, weight: torch.Tensor):
         self.out_features, self.in_features = weight.shape
         if weight.dtype == torch.bfloat16 and weight.is_cpu:
-            padded = _pad_cols(weight, _round_up(self.in_features, 64))
+            padded = pad_cols(weight, round_up(self.in_features, 64))
             self._bits = padded.view(torch.int16)  # what the kernel reads
             self.weight = padded[:, : self.in_features]  # a view of it, no second copy
             self._bind(amx_fits=True)
@@ -332,7 +264,7 @@ class DenseWeight(QuantizedWeight):
 class Int4Weight(QuantizedWeight):
     """int4 weights (W4A16, pack-quantized), symmetric or asymmetric, group-wise or channel-wise.
 
-    qweight int32 [N, Kp/8] in the blocked layout (`_block_int4`, Kp = K rounded up to 64),
+    qweight int32 [N, Kp/8] in the blocked layout (`block_int4`, Kp = K rounded up to 64),
     scale [N, G] (any float dtype), zero_point int8 [N, G] or None. Kept: qweight, scale as
     float32 [N, Gp] and zero_point as int8 [N, Gp], Gp = ceil(Kp / group_size), zero-padded."""
 
@@ -347,9 +279,9 @@ class Int4Weight(QuantizedWeight):
     def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, in_features: int):
         self.out_features, self.in_features = qweight.shape[0], in_features
         self.qweight = qweight
-        self.scale, self.group_size, self.groups = _scale_table(scale, self.out_features, in_features, qweight.shape[1] * 8)
-        self.zero_point = None if zero_point is None else _pad_cols(zero_point.to(torch.int8), self.scale.shape[1])
-        self._bind(_kernel_group_ok(self.group_size), amx_fits=self.group_size % 64 == 0)
+        self.scale, self.group_size, self.groups = scale_table(scale, self.out_features, in_features, qweight.shape[1] * 8)
+        self.zero_point = None if zero_point is None else pad_cols(zero_point.to(torch.int8), self.scale.shape[1])
+        self._bind(kernel_group_ok(self.group_size), amx_fits=self.group_size % 64 == 0)
 
     @classmethod
     def from_compressed(cls, tensors: dict[str, torch.Tensor]) -> "Int4Weight":
@@ -368,7 +300,7 @@ class Int4Weight(QuantizedWeight):
             self = cls.__new__(cls)
             self._init_triton(tri)
             return self
-        return cls(_block_int4(packed, k), tensors["weight_scale"], zp, k)
+        return cls(block_int4(packed, k), tensors["weight_scale"], zp, k)
 
     def _fused(self, x):
         return self._ext.int4_gemm(x, self.qweight, self.scale, self.zero_point, self.group_size)
@@ -381,7 +313,7 @@ class Int4Weight(QuantizedWeight):
 
     def _dequant_torch(self):
         zp = None if self.zero_point is None else self.zero_point[:, : self.groups]
-        return dequantize(_unblock_int4(self.qweight, self.in_features), self.scale[:, : self.groups], zp)
+        return dequantize(unblock_int4(self.qweight, self.in_features), self.scale[:, : self.groups], zp)
 
 
 class _ByteWeight(QuantizedWeight):
@@ -400,13 +332,13 @@ class _ByteWeight(QuantizedWeight):
             if tri is not None:
                 self._init_triton(tri)
                 return
-        kp = _round_up(self.in_features, 64)
-        self.qweight = _pad_cols(weight, kp)
-        self.scale, self.group_size, self.groups = _scale_table(scale, self.out_features, self.in_features, kp)
-        self.zero_point = None if zero_point is None else _pad_cols(zero_point.to(torch.int8), self.scale.shape[1])
+        kp = round_up(self.in_features, 64)
+        self.qweight = pad_cols(weight, kp)
+        self.scale, self.group_size, self.groups = scale_table(scale, self.out_features, self.in_features, kp)
+        self.zero_point = None if zero_point is None else pad_cols(zero_point.to(torch.int8), self.scale.shape[1])
         # AMX holds the integer (or fp8) weight in bf16: exact for every fp8 and symmetric int8
         # value, not for q - zp (up to 255 in magnitude)
-        self._bind(_kernel_group_ok(self.group_size), amx_fits=self.group_size % 64 == 0 and self.zero_point is None)
+        self._bind(kernel_group_ok(self.group_size), amx_fits=self.group_size % 64 == 0 and self.zero_point is None)
 
     @classmethod
     def from_compressed(cls, tensors: dict[str, torch.Tensor], **kwargs):
