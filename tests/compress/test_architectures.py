@@ -61,7 +61,7 @@ def _ours(src, recipe):
     config, skeleton = oneshot.meta_model(src)
     prefix, layers = find_decoder_layers(skeleton, config.num_hidden_layers)
     ckpt = LazyCheckpoint(src)
-    calib = oneshot._calibration_inputs(src, skeleton, layers, recipe, ckpt, torch.device("cpu"), torch.float32)
+    calib, _ = oneshot._calibration_inputs(src, skeleton, layers, recipe, ckpt, torch.device("cpu"), torch.float32)
     return config, prefix, layers, ckpt, calib
 
 

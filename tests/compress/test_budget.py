@@ -109,6 +109,7 @@ def test_mixed_checkpoint_is_valid_compressed_tensors_and_decompresses_exactly(m
     assert qc["format"] == "pack-quantized"
     stats = json.loads((out / "llmpress_compress.json").read_text())["budget"]
     assert len(stats["choices"]) >= 2 and set(stats["choices"]) <= kinds and stats["average_bits"] <= b
+    assert stats["sensitivity"] == "local output error x output Fisher"  # the tiny model fits the Fisher pass
     bits_of, group_of = {}, {}
     for key, g in qc["config_groups"].items():
         assert g["format"] == "pack-quantized" and g["weights"]["num_bits"] in (4, 8)
@@ -144,3 +145,39 @@ def test_mixed_checkpoint_is_valid_compressed_tensors_and_decompresses_exactly(m
     with safe_open(tiny_llama / "model.safetensors", "pt") as h:  # unquantized Linears: the source's bits
         for n in unquantized:
             torch.testing.assert_close(ours[n + ".weight"], h.get_tensor(n + ".weight"), rtol=0, atol=0)
+
+
+def test_weight_by_fisher_moves_the_budget_to_what_the_logits_feel():
+    units = [_unit("a", 100, 10.0, 0.1), _unit("b", 100, 50.0, 0.2)]
+    assert budget.allocate(units, 6.0) == {("a",): "w4", ("b",): "w8"}  # local error: b
+    assert not budget.weight_by_fisher(units, {"a": 1.0})  # b has no value: nothing changes
+    assert units[1].error["w4"] == 50.0
+    assert budget.weight_by_fisher(units, {"a": 100.0, "b": 1.0})
+    assert units[0].error == {k: v * 100.0 for k, v in _unit("a", 100, 10.0, 0.1).error.items()}
+    assert budget.allocate(units, 6.0) == {("a",): "w8", ("b",): "w4"}  # a's errors now matter 100x more
+
+
+def test_output_fisher_is_the_mean_squared_gradient_at_each_output(tiny_llama):
+    """The backward hooks' F̄ equals autograd's own gradient of the same sampled-label loss w.r.t. one
+    Linear's output, computed independently here."""
+    from transformers import AutoModelForCausalLM
+
+    from llmpress.compress.fisher import output_fisher
+
+    samples = [torch.randint(10, 1000, (1, 24), generator=torch.Generator().manual_seed(s)) for s in range(2)]
+    fisher = output_fisher(tiny_llama, samples, "model.layers", seed=5, progress=False)
+    assert len(fisher) == 14 and all(v > 0 and torch.isfinite(torch.tensor(v)) for v in fisher.values())
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    name = "model.layers.1.mlp.down_proj"
+    captured = []
+    model.get_submodule(name).register_forward_hook(lambda _m, _i, out: captured.append(out))
+    gen, total, count = torch.Generator().manual_seed(5), 0.0, 0
+    for ids in samples:
+        captured.clear()
+        logits = model(ids).logits[0].float()
+        labels = torch.multinomial(torch.softmax(logits.detach(), -1), 1, generator=gen)[:, 0]
+        loss = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+        (g,) = torch.autograd.grad(loss, captured[0])
+        total, count = total + float(g.double().pow(2).sum()), count + g.numel()
+    assert fisher[name] == pytest.approx(total / count, rel=1e-4)

@@ -18,7 +18,7 @@ def test_bf16_hessian_with_massive_activations(default_model):
     prefix, layers = find_decoder_layers(skeleton, config.num_hidden_layers)
     ckpt = LazyCheckpoint(default_model)
     dt = torch.bfloat16
-    calib = oneshot._calibration_inputs(default_model, skeleton, layers, recipe, ckpt, torch.device("cpu"), dt)
+    calib, _ = oneshot._calibration_inputs(default_model, skeleton, layers, recipe, ckpt, torch.device("cpu"), dt)
     xs = []
     for i in range(12):
         layer = layers[i]

@@ -78,6 +78,18 @@ def output_error(W: torch.Tensor, W_q: torch.Tensor, H: torch.Tensor) -> float:
     return float(((dW @ H.double()) * dW).sum())
 
 
+def weight_by_fisher(units: list["Unit"], fisher: dict[str, float]) -> bool:
+    """Scale each unit's errors by the mean output Fisher of its Linears (fisher.py): local error -> predicted KL
+    contribution. False, changing nothing, when a unit's Linear has no Fisher value (every unit is measured on
+    one scale or none is)."""
+    if any(n not in fisher for u in units for n in u.names):
+        return False
+    for u in units:
+        w = sum(fisher[n] for n in u.names) / len(u.names)
+        u.error = {k: v * w for k, v in u.error.items()}
+    return True
+
+
 @dataclass
 class Unit:
     """One precision decision: its Linears' names, weight count, and per choice (bits per weight, error)."""

@@ -28,6 +28,7 @@ from ..layout import DOWN_PROJ, NORM_READERS, O_PROJ, UP_PROJ, V_PROJ, layout_of
 from ..models import resolve_model
 from ..quant import dequantize, dynamic_per_token
 from . import awq, budget, rotate, sequential
+from .fisher import budget_fisher
 from .awq import fold_into_rows
 from .calibrate import CalibrationError, DecoderInputs, InputStats, capture_decoder_inputs, fastest_cpu_dtype, run_layer
 from .dataset import calibration_samples
@@ -89,15 +90,16 @@ def compress(
                 writer.add(key, ckpt.get(key))
         writer.flush()
 
-        inputs = None
+        inputs = samples = None
         if recipe.calibrated:
-            inputs = _calibration_inputs(src, skeleton, layers, recipe, ckpt, device, calib_dtype)
+            inputs, samples = _calibration_inputs(src, skeleton, layers, recipe, ckpt, device, calib_dtype)
         stats = {"layers": []}
         assign, choices = None, None
         if recipe.budget is not None:
             choices = budget.choice_schemes(scheme)
+            fisher = budget_fisher(src, config, ckpt.nbytes(), samples, layers_prefix, recipe.seed, progress, _log)
             assign, stats["budget"] = _allocate_budget(layers, layers_prefix, ckpt, inputs, recipe, config, device,
-                                                       calib_dtype, choices, progress)
+                                                       calib_dtype, choices, progress, fisher)
         said: list[list[str]] = []
         bar = tqdm(range(len(layers)), desc=f"compress {scheme.name}", disable=not progress, unit="layer")
         for i in bar:
@@ -222,9 +224,9 @@ def _calibration_dtype(name: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else fastest_cpu_dtype()
 
 
-def _calibration_inputs(src, skeleton, layers, recipe: Recipe, ckpt, device, dtype) -> DecoderInputs:
-    """Every layer's calibration inputs from the decoder's own forward (calibrate.py): the
-    decoder's parameters outside the layers (embeddings, final norm) are loaded for the pass."""
+def _calibration_inputs(src, skeleton, layers, recipe: Recipe, ckpt, device, dtype) -> tuple[DecoderInputs, list]:
+    """Every layer's calibration inputs from the decoder's own forward (calibrate.py), and the samples' token
+    ids: the decoder's parameters outside the layers (embeddings, final norm) are loaded for the pass."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(src)
@@ -244,7 +246,7 @@ def _calibration_inputs(src, skeleton, layers, recipe: Recipe, ckpt, device, dty
     ntok = sum(s.shape[1] for s in samples)
     _log(f"calibration: {len(samples)} samples, {ntok} tokens from {recipe.dataset}, forward in {str(dtype).removeprefix('torch.')}")
     inputs.hidden = [h.to(dtype) for h in inputs.hidden]
-    return inputs
+    return inputs, samples
 
 
 def _quantize_layer(
@@ -312,7 +314,7 @@ def _quantize_layer(
 
 
 def _allocate_budget(layers, layers_prefix, ckpt, inputs: DecoderInputs, recipe: Recipe, config, device, calib_dtype,
-                     choices: dict, progress: bool) -> tuple[dict[str, str], dict]:
+                     choices: dict, progress: bool, fisher: dict[str, float] | None) -> tuple[dict[str, str], dict]:
     """--budget: one extra float pass over the layers (budget.py) that measures each unit's output error
     tr(ΔW H ΔWᵀ) at each quantized choice, quantized as the run will (GPTQ, or round-to-nearest), on the float
     model's calibration inputs; then the greedy allocation. Units are the Linears that share an input
@@ -359,8 +361,10 @@ def _allocate_budget(layers, layers_prefix, ckpt, inputs: DecoderInputs, recipe:
         layer.to("meta")
         trim_heap()
     inputs.hidden = first
+    weighted = fisher is not None and budget.weight_by_fisher(units, fisher)
     pick = budget.allocate(units, recipe.budget)
     summary = budget.summary(units, pick)
+    summary["sensitivity"] = "local output error x output Fisher" if weighted else "local output error"
     summary["seconds"] = round(time.time() - t0, 2)
     shares = ", ".join(f"{c} {100 * v['weight_share']:.1f}% ({v['units']} units)" for c, v in summary["choices"].items())
     _log(f"budget {recipe.budget}: {summary['average_bits']:.4f} bits per weight, scales included: {shares} "
