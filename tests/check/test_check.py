@@ -134,6 +134,15 @@ def test_planted_non_finite_norm(good, tmp_path):
     assert _faults(ck)[1] == {("tensors", key)}
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_nonfinite_count_across_slices(dtype):
+    t = torch.zeros(3, (1 << 24) // 3 + 7, dtype=dtype)  # the count runs over slices of 2^24 values
+    assert faults.nonfinite_count(t) == 0
+    t[0, 5], t[2, -1], t[1, 3] = float("nan"), float("inf"), -float("inf")
+    assert faults.nonfinite_count(t) == 3 and faults.nonfinite_count(t[:1]) == 1
+    assert faults.nonfinite_count(torch.ones(4, dtype=torch.int32)) == 0
+
+
 @pytest.mark.parametrize("scheme", ["W4A16", "W8A8"])
 def test_planted_shuffled_weights_fail_against_the_base(good, base, tmp_path, scheme):
     """Every quantized matrix's codes permuted: each module still looks healthy on its own (same codes,

@@ -256,9 +256,8 @@ def _check_tensors(ckpt: LazyCheckpoint, modules: list[_Module], report: CheckRe
         if k.endswith(("weight_scale", "weight_packed")):
             report.faults.append(Finding("config", k, "stored quantized, but no config group covers its module"))
             continue
-        t = ckpt.get(k)
-        if t.is_floating_point() and not bool(torch.isfinite(t.float()).all()):
-            report.faults.append(Finding("tensors", k, f"{int((~torch.isfinite(t.float())).sum())} non-finite values"))
+        if bad := faults.nonfinite_count(ckpt.get(k)):
+            report.faults.append(Finding("tensors", k, f"{bad} non-finite values"))
 
 
 def _code_range(args) -> tuple[float, float]:
