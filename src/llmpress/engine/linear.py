@@ -204,11 +204,15 @@ class QuantizedWeight:
         n = self.out_features
         rows = max(64, _PREFILL_TILE_FLOATS // self.in_features)
         if rows >= n:
-            return F.linear(x, self._dequant_fast(0, n).to(x.dtype)).float()
+            return F.linear(x, self._tile(0, n, x.dtype)).float()
         y = torch.empty(x.shape[0], n)
         for n0 in range(0, n, rows):
-            y[:, n0 : n0 + rows] = F.linear(x, self._dequant_fast(n0, min(n, n0 + rows)).to(x.dtype))
+            y[:, n0 : n0 + rows] = F.linear(x, self._tile(n0, min(n, n0 + rows), x.dtype))
         return y
+
+    def _tile(self, n0: int, n1: int, dtype: torch.dtype) -> torch.Tensor:
+        """Rows [n0, n1) of W in `dtype` for _prefill's GEMM."""
+        return self._dequant_fast(n0, n1).to(dtype)
 
     def _quant_act_torch(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -238,7 +242,7 @@ class DenseWeight(QuantizedWeight):
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.weight.dtype == torch.float32 and x.dtype == torch.float32 and x.device == self.weight.device:
             if self.prefill_dtype == torch.bfloat16 and x.dim() == 2 and x.shape[0] > self.small_m_max_wide:
-                return F.linear(x.bfloat16(), self.weight.bfloat16()).float()
+                return self._prefill(x)  # bf16 tiles of W, not a whole bf16 copy per call
             return F.linear(x, self.weight)
         if self.weight.is_cuda:  # cuBLAS in x's dtype; a weight of another dtype is converted (exactly, when wider)
             return F.linear(x, self.weight if x.dtype == self.weight.dtype else self.weight.to(x.dtype))
@@ -259,6 +263,9 @@ class DenseWeight(QuantizedWeight):
 
     def _dequant_torch(self):
         return self.weight.float()
+
+    def _tile(self, n0, n1, dtype):
+        return self.weight[n0:n1].to(dtype)  # a view when W is stored in dtype: no float32 round trip
 
 
 class Int4Weight(QuantizedWeight):
