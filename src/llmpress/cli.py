@@ -67,6 +67,12 @@ def _engine_args(p: argparse.ArgumentParser, model_optional: bool = True) -> Non
     # generate's MODEL is required: with it optional, `generate default` took "default" as the prompt
     p.add_argument("model", nargs="?" if model_optional else None, default="default" if model_optional else None,
                    help="HF folder (dense or compressed-tensors), hub id (online), or 'default'")
+    _shared_engine_args(p)
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
+
+
+def _shared_engine_args(p: argparse.ArgumentParser) -> None:
+    """The engine's settings that generate / chat and serve share."""
     p.add_argument("--dtype", default="auto", help="auto (float32 on CPU) | float32 | bfloat16")
     p.add_argument("--prefill-dtype", choices=["auto", "float32", "bfloat16"], default="auto", help="CPU: activations' "
                    "dtype in prefill GEMMs (auto: --dtype's; bfloat16: 2-3x faster where the CPU has AVX512-BF16)")
@@ -74,7 +80,6 @@ def _engine_args(p: argparse.ArgumentParser, model_optional: bool = True) -> Non
                    "capped by the KV cache)")
     p.add_argument("--max-num-seqs", type=int, default=32, help="sequences decoded together")
     p.add_argument("--kv-cache-memory-bytes", type=int, help="KV cache budget (default: min(2 GiB, 1/4 of free RAM))")
-    p.add_argument("--device", default="cpu", help="cpu | cuda")
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
@@ -354,13 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     v.add_argument("--port", type=int, default=8000, help="TCP port")
     v.add_argument("--api-key", help="require `Authorization: Bearer KEY` on /v1 routes")
-    v.add_argument("--max-model-len", type=int, help="context length (default: the config's max_position_embeddings, "
-                   "capped by the KV cache)")
-    v.add_argument("--max-num-seqs", type=int, default=32, help="sequences decoded together")
-    v.add_argument("--kv-cache-memory-bytes", type=int, help="KV cache budget (default: min(2 GiB, 1/4 of free RAM))")
-    v.add_argument("--dtype", default="auto", help="auto (float32 on CPU) | float32 | bfloat16")
-    v.add_argument("--prefill-dtype", choices=["auto", "float32", "bfloat16"], default="auto", help="CPU: activations' "
-                   "dtype in prefill GEMMs (auto: --dtype's; bfloat16: 2-3x faster where the CPU has AVX512-BF16)")
+    _shared_engine_args(v)
     v.add_argument("--engine", choices=["embedded", "vllm"], default="embedded", help="vllm: exec vLLM's server with these flags")
     v.add_argument("--served-model-name", help="model id clients use (default: the model folder's name)")
     v.add_argument("--max-queue", type=int, default=256, help="requests waiting beyond --max-num-seqs before new ones get 503")
