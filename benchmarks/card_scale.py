@@ -17,7 +17,8 @@ What it does, each engine in its own subprocess (clean resident memory), one aft
   BPE tokenizer as tokenizer.ggml.* (model "gpt2", pre "llama-bpe");
 - measures this machine's read bandwidth (the best of a few sums over a 2 GiB tensor on the same threads);
 - ours (LLM on W4A16_DIR): load time, resident memory after load, prefill tok/s (one PROMPT-token prompt),
-  single-stream decode, 4 and 16 streams; again with `--prefill-dtype bfloat16` (prefill and one stream);
+  single-stream decode, 4 and 16 streams; again with the int4 decode GEMM's float32 activations (the kernel
+  before int4_vnni.cpp); again with `--prefill-dtype bfloat16` (prefill and one stream);
   dense bf16 (SYNTH_DIR): single-stream decode;
 - llama.cpp (same GGUF weights, n_batch >= prompt): load, prefill, single-stream decode, and 4 / 16 sequences
   decoded together in one batch through llama_decode (its low-level API). Its decoder weights go to its
@@ -210,12 +211,15 @@ def _rss() -> int:
     return psutil.Process().memory_info().rss
 
 
-def ours(model: str, prompt: int, gen: int, streams: list[int], threads: int, prefill_dtype: str = "auto") -> dict:
+def ours(model: str, prompt: int, gen: int, streams: list[int], threads: int, prefill_dtype: str = "auto",
+         int4_act_bits: int = 0) -> dict:
     import torch
 
-    from llmpress.engine import LLM, SamplingParams
+    from llmpress.engine import LLM, SamplingParams, extension
 
     torch.set_num_threads(threads)
+    if int4_act_bits:
+        extension.set_int4_act_bits(int4_act_bits)
     t0 = time.perf_counter()
     llm = LLM(model, max_num_seqs=max(streams), max_num_batched_tokens=max(512, prompt),
               kv_cache_memory_bytes=1 << 30, prefill_dtype=prefill_dtype)
@@ -363,14 +367,17 @@ def main() -> None:
                          "AMX where built with it, which segfaulted on batches of 16+ tokens here (llama.cpp issue "
                          "#20824); none: plain Q4_0")
     ap.add_argument("--no-bf16-prefill", action="store_true", help="skip our W4A16 row with --prefill-dtype bfloat16")
+    ap.add_argument("--no-f32-act", action="store_true",
+                    help="skip our W4A16 row with the float32-activation int4 decode kernel (the int16 one's baseline)")
     ap.add_argument("--prefill-dtype", default="auto", help=argparse.SUPPRESS)
+    ap.add_argument("--int4-act-bits", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args()
     streams = [int(s) for s in a.streams.split(",")]
     if a.one:
         kind, model = a.one
         out = read_bandwidth(a.threads) if kind == "bandwidth" else ours(model, a.prompt, a.gen, streams, a.threads,
-                                                                                  a.prefill_dtype)
+                                                                                  a.prefill_dtype, a.int4_act_bits)
         print(json.dumps(out))
         return
     synth, w4 = Path(a.synth), Path(a.w4a16)
@@ -389,6 +396,8 @@ def main() -> None:
     rows: dict[str, dict] = {}
     bw = _sub(me + ["--one", "bandwidth", "-"], env)
     rows["ours W4A16"] = _sub(me + ["--one", "ours", str(w4)], env)
+    if not a.no_f32_act:  # the same weights, the int4 decode GEMM with float32 activations (exact, slower)
+        rows["ours W4A16, float32-act decode"] = _sub(me + ["--int4-act-bits", "32", "--one", "ours", str(w4)], env)
     if not a.no_bf16_prefill:  # the same weights, prefill GEMMs in bf16 (llama.cpp's run in int8 x Q8_0)
         rows["ours W4A16, bf16 prefill"] = _sub(me[:-2] + ["--streams", "1", "--prefill-dtype", "bfloat16", "--one",
                                                             "ours", str(w4)], env)
@@ -397,7 +406,9 @@ def main() -> None:
                                        str(a.threads), a.streams, a.llama_bufts], env)
     if not a.no_dense:
         rows["ours dense bf16"] = _sub(me[:-2] + ["--streams", "1", "--one", "ours", str(synth)], env)
-    size = {"ours W4A16": _dir_bytes(w4), "ours W4A16, bf16 prefill": _dir_bytes(w4), "ours dense bf16": _dir_bytes(synth),
+    w4_bytes = _dir_bytes(w4)
+    size = {"ours W4A16": w4_bytes, "ours W4A16, float32-act decode": w4_bytes, "ours W4A16, bf16 prefill": w4_bytes,
+            "ours dense bf16": _dir_bytes(synth),
             "llama.cpp Q4_0": gguf_path.stat().st_size if gguf_path.exists() else 0}
     if "llama.cpp Q4_0" in rows:  # a token reads everything but the embedding (bf16 [vocab, hidden])
         cfg = json.loads((synth / "config.json").read_text())

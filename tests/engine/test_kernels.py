@@ -120,14 +120,70 @@ SHAPES = [
 CASES = [(n, k, gs) for n, k, groups in SHAPES for gs in groups]
 
 
+# The int4 GEMM's activations at 512 bits: int16 (csrc/int4_vnni.cpp, where built; groups of 64j) or float32.
+# int16 rounds x per weight group to 1/65534 of the group's largest |x|: ~90 dB on these Gaussian rows, inside
+# MIN_SQNR_DB; a wrong lane order, block scale or offset costs far more.
+INT4_ACTS = [16, 32] if FAST and extension.int4_int16_built() else [32]
+
+
+@pytest.fixture(params=INT4_ACTS, ids=lambda b: f"act{b}")
+def int4_act(request, width):
+    """Runs the test with the int4 activations of `request.param` bits, then restores the default (16 where
+    built). int16 runs only in 512-bit tiles: at 256 bits its case is the float32 one, so it is skipped."""
+    if request.param == 16 and width != 512:
+        pytest.skip("the int16 int4 GEMM runs with the 512-bit tiles only")
+    if FAST:
+        extension.set_int4_act_bits(request.param)
+    yield request.param
+    if FAST:
+        extension.set_int4_act_bits(INT4_ACTS[0])
+
+
 @pytest.mark.parametrize("sym", [True, False], ids=["sym", "asym"])
 @pytest.mark.parametrize("n,k,group", CASES)
-def test_int4(n, k, group, sym, monkeypatch, width):
+def test_int4(n, k, group, sym, monkeypatch, width, int4_act):
     tensors, scheme = make_checkpoint("int4", n, k, group, sym)
     w = weight_for(tensors, scheme)
     assert isinstance(w, linear.Int4Weight) and (w.out_features, w.in_features) == (n, k)
     assert w._amx_ok == (AMX and w.group_size % 64 == 0)
     check_all_paths(w, tensors, scheme, monkeypatch)
+
+
+@pytest.mark.skipif(not (FAST and extension.int4_int16_built()), reason="the int16 int4 GEMM is not built here")
+@pytest.mark.parametrize("group", [128, None])
+def test_int4_int16_rounds_x_per_block(group):
+    """The int16 path really rounds x (below the float32 kernel's > 100 dB), each block of 128 k on its own
+    scale: with one channel 10^4 x the rest, one scale per row would leave ~66 dB; per block stays > 75."""
+    tensors, scheme = make_checkpoint("int4", 96, 4096, group)
+    w = weight_for(tensors, scheme)
+    x = torch.randn(4, 4096, generator=torch.Generator().manual_seed(3))
+    ref = truth(x, tensors, scheme)
+    y16 = w._fused(x)
+    extension.set_int4_act_bits(32)
+    try:
+        y32 = w._fused(x)
+    finally:
+        extension.set_int4_act_bits(16)
+    assert sqnr_db(y32, ref) > 100
+    assert MIN_SQNR_DB < sqnr_db(y16, ref) < 100
+    x[:, 7] *= 1e4
+    ref = truth(x, tensors, scheme)
+    s = x.abs().amax(1, keepdim=True) / 32767  # one int16 scale per row, for contrast
+    assert sqnr_db(truth((x / s).round() * s, tensors, scheme), ref) < 70
+    assert sqnr_db(w._fused(x), ref) > 75
+
+
+@pytest.mark.skipif(not (FAST and extension.int4_int16_built()), reason="the int16 int4 GEMM is not built here")
+def test_int4_int16_largest_sums_fit_int32():
+    """Every nibble 15 (w = +7 s) against x = its block's max: each block's integer sum is the most it
+    can hold (128 · 15 · 32767), and a channel-wise row sums 64 blocks; nothing may wrap."""
+    n, k = 8, 8192
+    packed = pack_int(torch.full((n, k), 7, dtype=torch.int8), 4)
+    tensors = {"weight_packed": packed, "weight_scale": torch.full((n, 1), 0.5), "weight_shape": torch.tensor([n, k])}
+    scheme = Scheme("test", QuantArgs(4, "int", True, "channel", None), None)
+    w = weight_for(tensors, scheme)
+    x = torch.full((2, k), 3.0)
+    torch.testing.assert_close(w._fused(x), torch.full((2, n), 3.0 * 7 * 0.5 * k), rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("fmt,sym", [("int8", True), ("int8", False), ("w8a8", True), ("fp8", True), ("fp8w", True)])

@@ -7,6 +7,7 @@
 #include <pybind11/stl.h>
 
 #include "amx_gemm.h"
+#include "int4_vnni.h"
 #include "layer_ops.h"
 #include "qgemm.h"
 
@@ -42,5 +43,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("silu_mul", &silu_mul, "silu(gate) * up", arg("gate_up"), nogil);
   m.def("max_vector_bits", &max_vector_bits, "512 when built with AVX-512, else 256");
   m.def("vector_bits", &vector_bits, "the float-decoded GEMMs' vector width now");
+  m.def("int4_int16_built", &int4_int16_built, "the int16-activation int4 GEMM is built in (AVX512-VNNI)");
+  m.def("int4_act_bits", &int4_act_bits, "the int4 GEMM's activations now: 16 (int16) or 32 (float32)");
+  m.def("set_int4_act_bits", &set_int4_act_bits, "16 (VNNI builds) or 32", arg("bits"));
   m.def("set_vector_bits", &set_vector_bits, "512 (AVX-512 builds) or 256 (AVX2)", arg("bits"));
 }

@@ -22,8 +22,10 @@
 #include <immintrin.h>
 
 #include "formats.h"
+#include "int4_vnni.h"
 #include "qgemm.h"
 #include "simd.h"
+#include "tiles.h"
 
 #include <algorithm>
 #include <cmath>
@@ -34,7 +36,6 @@ namespace {
 
 using namespace llmpress;
 
-constexpr int kMaxTile = 4;  // activation rows per register tile
 constexpr int kMaxWideTile = 8;  // ... with AVX-512's 32 registers
 
 // Built with AVX-512 (-march=native on such a CPU), the float-decoded GEMMs use 512-bit tiles;
@@ -166,32 +167,6 @@ inline void int8_tile(const int8_t* w, const int16_t* x, int64_t ldx, int64_t st
     }
   }
   for (int m = 0; m < MB; ++m) out[m] = hsum(acc[m]);
-}
-
-// Calls tile(integral_constant<int, MB>, n, m0) for every output row n and every tile of up to 4
-// activation rows, in parallel over n. Rows n go in blocks of ~128 KiB of weights, which stay in L2
-// while each row tile of x, kept in L1, passes over the block: a weight row is fetched from memory
-// once and decoded once per row tile.
-template <int MaxMB = kMaxTile, class Tile>
-void for_each_tile(int64_t M, int64_t N, int64_t row_bytes, const Tile& tile) {
-  row_bytes = std::max<int64_t>(1, row_bytes);
-  const int64_t grain = std::max<int64_t>(1, (int64_t{32} << 10) / row_bytes);  // < 32 KiB a thread: not worth a fork
-  const int64_t block = std::max<int64_t>(1, (int64_t{128} << 10) / row_bytes);
-  at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
-    for (int64_t b0 = n0; b0 < n1; b0 += block) {
-      const int64_t b1 = std::min(n1, b0 + block);
-      auto rows = [&](auto mb, int64_t m) {
-        for (int64_t n = b0; n < b1; ++n) tile(mb, n, m);
-      };
-      int64_t m = 0;
-      for (; m + MaxMB <= M; m += MaxMB) rows(std::integral_constant<int, MaxMB>{}, m);
-      unroll<MaxMB>([&](auto r) {  // the last M % MaxMB rows, as one tile
-        if constexpr (r > 0) {
-          if (r == M - m) rows(r, m);
-        }
-      });
-    }
-  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -359,6 +334,7 @@ at::Tensor int4_gemm(const at::Tensor& x, const at::Tensor& qweight, const at::T
   check_x(x, Kp);
   check_scale(scale, N, Kp, group_size);
   const int8_t* zp = check_zero_point(zero_point, scale);
+  if (g_wide && int4_int16_applies(group_size)) return int4_gemm_int16(x, qweight, scale, zero_point, group_size);
   const at::Tensor xp = g_wide ? prepare_x_interleaved(x, Kp) : prepare_x(x, Kp, kInt4Gain);
   return float_gemm(Int4Decoder{w, Kp / 8}, xp, N, Kp / 2, scale.data_ptr<float>(), scale.size(1), group_size,
                     offsets_for(x, scale.size(1), group_size, zp, 8.0f));
