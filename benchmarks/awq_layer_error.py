@@ -16,7 +16,7 @@ import time
 import torch
 
 from llmpress.checkpoint.shards import LazyCheckpoint
-from llmpress.compress import awq, oneshot
+from llmpress.compress import awq, calibrate, oneshot
 from llmpress.compress.calibrate import InputStats, run_layer
 from llmpress.compress.gptq import gptq_quantize, rtn_quantize
 from llmpress.compress.recipe import Recipe
@@ -44,7 +44,7 @@ def main() -> None:
     config, skeleton = oneshot.meta_model(src)
     prefix, layers = find_decoder_layers(skeleton, config.num_hidden_layers)
     ckpt = LazyCheckpoint(src)
-    calib, _ = oneshot._calibration_inputs(src, skeleton, layers, recipe, ckpt, torch.device("cpu"), torch.float32)
+    calib, _ = calibrate.calibration_inputs(src, skeleton, layers, recipe, ckpt, torch.device("cpu"), torch.float32)
     for i in range(a.layer + 1):  # float layers up to the one measured
         oneshot.materialize(layers[i], f"{prefix}.{i}", ckpt, "cpu", torch.float32)
         if i < a.layer:

@@ -13,7 +13,7 @@ from conftest import TINY_ARCHS, make_tiny_model
 from llmpress.checkpoint.compressed_tensors import compress_linear
 from llmpress.cli import main
 from llmpress.checkpoint.shards import LazyCheckpoint
-from llmpress.compress import oneshot
+from llmpress.compress import calibrate, oneshot
 from llmpress.compress.calibrate import _DROP_KWARGS, CalibrationError, run_layer
 from llmpress.compress.dataset import calibration_samples
 from llmpress.compress.gptq import HessianAccumulator, gptq_quantize
@@ -61,7 +61,7 @@ def _ours(src, recipe):
     config, skeleton = oneshot.meta_model(src)
     prefix, layers = find_decoder_layers(skeleton, config.num_hidden_layers)
     ckpt = LazyCheckpoint(src)
-    calib, _ = oneshot._calibration_inputs(src, skeleton, layers, recipe, ckpt, torch.device("cpu"), torch.float32)
+    calib, _ = calibrate.calibration_inputs(src, skeleton, layers, recipe, ckpt, torch.device("cpu"), torch.float32)
     return config, prefix, layers, ckpt, calib
 
 

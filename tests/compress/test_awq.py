@@ -11,7 +11,7 @@ from conftest import make_tiny_model
 
 from llmpress.cli import main
 from llmpress.checkpoint.shards import LazyCheckpoint
-from llmpress.compress import awq, oneshot
+from llmpress.compress import awq, calibrate, oneshot
 from llmpress.compress.calibrate import run_layer
 from llmpress.compress.recipe import Recipe, RecipeError
 from llmpress.compress.targets import find_decoder_layers, target_linears
@@ -37,7 +37,7 @@ def test_folds_leave_the_float_layer_unchanged(tiny_mha, calib_file):
     config, skeleton = oneshot.meta_model(tiny_mha)
     prefix, layers = find_decoder_layers(skeleton, config.num_hidden_layers)
     ckpt = LazyCheckpoint(tiny_mha)
-    calib, _ = oneshot._calibration_inputs(tiny_mha, skeleton, layers, recipe, ckpt, torch.device("cpu"), torch.float32)
+    calib, _ = calibrate.calibration_inputs(tiny_mha, skeleton, layers, recipe, ckpt, torch.device("cpu"), torch.float32)
     layer = layers[0]
     oneshot.materialize(layer, f"{prefix}.0", ckpt, "cpu", torch.float32)
     linears = target_linears(layer, f"{prefix}.0", recipe.targets, recipe.ignore)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from llmpress.checkpoint.shards import LazyCheckpoint
-from llmpress.compress import oneshot, sequential
+from llmpress.compress import calibrate, oneshot, sequential
 from llmpress.compress.gptq import HessianAccumulator, inverse_cholesky
 from llmpress.compress.recipe import Recipe
 from llmpress.compress.targets import find_decoder_layers
@@ -18,7 +18,7 @@ def test_bf16_hessian_with_massive_activations(default_model):
     prefix, layers = find_decoder_layers(skeleton, config.num_hidden_layers)
     ckpt = LazyCheckpoint(default_model)
     dt = torch.bfloat16
-    calib, _ = oneshot._calibration_inputs(default_model, skeleton, layers, recipe, ckpt, torch.device("cpu"), dt)
+    calib, _ = calibrate.calibration_inputs(default_model, skeleton, layers, recipe, ckpt, torch.device("cpu"), dt)
     xs = []
     for i in range(12):
         layer = layers[i]

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -75,6 +76,43 @@ class DecoderInputs:
 
     def layer(self, i: int) -> list[tuple[torch.Tensor, dict]]:
         return list(zip(self.hidden, self.kwargs[i]))
+
+
+def calibration_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The dtype calibration forwards run in; GPTQ itself always works in float32."""
+    if name != "auto":
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+    return torch.bfloat16 if device.type == "cuda" else fastest_cpu_dtype()
+
+
+def calibration_inputs(src, skeleton, layers, recipe, ckpt, device: torch.device, dtype: torch.dtype,
+                       log: Callable[[str], None] = print) -> tuple[DecoderInputs, list[torch.Tensor]]:
+    """Every layer's calibration inputs from the decoder's own forward (capture_decoder_inputs), and the samples'
+    token ids: `recipe`'s dataset, sample count and length; the decoder's parameters outside the layers
+    (embeddings, final norm) are loaded from `ckpt` into `skeleton` for the pass and dropped after it."""
+    from transformers import AutoTokenizer
+
+    from .dataset import calibration_samples
+    from .skeleton import materialize
+
+    tokenizer = AutoTokenizer.from_pretrained(src)
+    samples = calibration_samples(recipe.dataset, tokenizer, recipe.num_samples, recipe.max_seq_len, recipe.seed,
+                                  log=log)
+    decoder = skeleton.get_decoder()
+    decoder_prefix = next(n for n, m in skeleton.named_modules() if m is decoder)
+    outside = [(n, m) for n, m in decoder.named_children() if m is not layers]
+    for name, mod in outside:
+        materialize(mod, f"{decoder_prefix}.{name}" if decoder_prefix else name, ckpt, device, dtype)
+    for name, b in decoder._buffers.items():  # computed tables registered on the decoder itself
+        if b is not None:
+            decoder._buffers[name] = b.to(device)
+    inputs = capture_decoder_inputs(decoder, layers, samples, device)
+    for _, mod in outside:
+        mod.to("meta")
+    ntok = sum(s.shape[1] for s in samples)
+    log(f"calibration: {len(samples)} samples, {ntok} tokens from {recipe.dataset}, forward in {str(dtype).removeprefix('torch.')}")
+    inputs.hidden = [h.to(dtype) for h in inputs.hidden]
+    return inputs, samples
 
 
 def capture_decoder_inputs(

@@ -30,8 +30,7 @@ from ..quant import dequantize, dynamic_per_token
 from . import awq, budget, rotate, sequential
 from .fisher import budget_fisher
 from .awq import fold_into_rows
-from .calibrate import CalibrationError, DecoderInputs, InputStats, capture_decoder_inputs, fastest_cpu_dtype, run_layer
-from .dataset import calibration_samples
+from .calibrate import CalibrationError, DecoderInputs, InputStats, calibration_dtype, calibration_inputs, run_layer
 from .fp8 import fp8_quantize_weight
 from .gptq import GPTQResult, gptq_quantize, rtn_quantize
 from .moe import calibrate_all_experts, unrouted_experts
@@ -78,7 +77,7 @@ def compress(
     device = torch.device("cuda" if recipe.device == "auto" and torch.cuda.is_available() else ("cpu" if recipe.device == "auto" else recipe.device))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RecipeError(f"device {recipe.device!r} but no CUDA GPU is visible; use --device cpu (or auto)")
-    calib_dtype = _calibration_dtype(recipe.dtype, device)
+    calib_dtype = calibration_dtype(recipe.dtype, device)
     with atomic_output_dir(output, overwrite) as tmp:  # an output that exists or cannot be written fails first
         plan.check_compress(src, recipe, device.type, calib_dtype.itemsize, output)  # fail now, not OOM-killed halfway
         # Only {"format": "pt"} in the header: safetensors writes metadata from a hash map whose
@@ -92,7 +91,7 @@ def compress(
 
         inputs = samples = None
         if recipe.calibrated:
-            inputs, samples = _calibration_inputs(src, skeleton, layers, recipe, ckpt, device, calib_dtype)
+            inputs, samples = calibration_inputs(src, skeleton, layers, recipe, ckpt, device, calib_dtype, log=_log)
         stats = {"layers": []}
         assign, choices = None, None
         if recipe.budget is not None:
@@ -215,38 +214,6 @@ def _rotated(ckpt: LazyCheckpoint, config, seed: int) -> rotate.RotatedCheckpoin
         _log("rotate: lm_head is untied from the embedding (it absorbs the final norm's scale, the embedding "
              "does not), so the output stores both")
     return view
-
-
-def _calibration_dtype(name: str, device: torch.device) -> torch.dtype:
-    """The dtype calibration forwards run in; GPTQ itself always works in float32."""
-    if name != "auto":
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
-    return torch.bfloat16 if device.type == "cuda" else fastest_cpu_dtype()
-
-
-def _calibration_inputs(src, skeleton, layers, recipe: Recipe, ckpt, device, dtype) -> tuple[DecoderInputs, list]:
-    """Every layer's calibration inputs from the decoder's own forward (calibrate.py), and the samples' token
-    ids: the decoder's parameters outside the layers (embeddings, final norm) are loaded for the pass."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(src)
-    samples = calibration_samples(recipe.dataset, tokenizer, recipe.num_samples, recipe.max_seq_len, recipe.seed,
-                                  log=_log)
-    decoder = skeleton.get_decoder()
-    decoder_prefix = next(n for n, m in skeleton.named_modules() if m is decoder)
-    outside = [(n, m) for n, m in decoder.named_children() if m is not layers]
-    for name, mod in outside:
-        materialize(mod, f"{decoder_prefix}.{name}" if decoder_prefix else name, ckpt, device, dtype)
-    for name, b in decoder._buffers.items():  # computed tables registered on the decoder itself
-        if b is not None:
-            decoder._buffers[name] = b.to(device)
-    inputs = capture_decoder_inputs(decoder, layers, samples, device)
-    for _, mod in outside:
-        mod.to("meta")
-    ntok = sum(s.shape[1] for s in samples)
-    _log(f"calibration: {len(samples)} samples, {ntok} tokens from {recipe.dataset}, forward in {str(dtype).removeprefix('torch.')}")
-    inputs.hidden = [h.to(dtype) for h in inputs.hidden]
-    return inputs, samples
 
 
 def _quantize_layer(
