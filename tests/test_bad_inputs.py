@@ -3,6 +3,7 @@ never a traceback, and no work or output before the check. One row per input: th
 {trunc}, {empty}, {badcfg}, {tmp} filled in) and the words the line must hold."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -171,3 +172,20 @@ def test_vllm_flags_pass_through_unchanged():
                  "--no-enable-prefix-caching", "--trust-remote-code", "--quantization fp8", "--max-num-batched-tokens 4096"):
         assert flag in joined, (flag, joined)
     assert argv[-3] == "--served-model-name"  # nargs="+" stays last
+
+
+@pytest.mark.parametrize("verb", ["run", "eval"])
+def test_bbh_without_its_data_stops_before_work(verb, tiny_llama, tmp_path):
+    """BBH's BIG-bench sdist is fetched, not installed: where pip cannot get it (no index here), `run` and
+    `eval` say so in one line before any stage runs or any folder is written, not after compressing."""
+    env = {**os.environ, "LLMPRESS_CACHE": str(tmp_path / "cache"), "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(tmp_path)}
+    if verb == "run":
+        (tmp_path / "r.yaml").write_text(f"model: {tiny_llama}\nschemes: [W4A16]\ncompress:\n  num_samples: 4\n"
+                                         "eval:\n  tasks: [ppl, bbh]\n")
+        argv = ["run", str(tmp_path / "r.yaml"), "--output", str(tmp_path / "out")]
+    else:
+        argv = ["eval", str(tiny_llama), "--tasks", "ppl,bbh", "--output", str(tmp_path / "out")]
+    p = subprocess.run([sys.executable, "-m", "llmpress.cli", *argv], capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert "bigbench 1.0.0 sdist" in p.stderr and "leave bbh out" in p.stderr, p.stderr
+    assert not (tmp_path / "out").exists()

@@ -65,24 +65,40 @@ QUESTION = {
 }
 
 
-def bigbench_json(task_dir: str, cache: Path) -> dict:
-    """BIG-bench's task.json for `task_dir`, extracted once from the sdist into `cache`."""
-    dest = cache / "bigbench" / (task_dir.replace("/", "__") + ".json")
-    if dest.is_file():
-        return json.loads(dest.read_text())
+def _extracted(task_dir: str, cache: Path) -> Path:
+    return cache / "bigbench" / (task_dir.replace("/", "__") + ".json")
+
+
+def check_source(cache: Path) -> None:
+    """Before any model loads: BIG-bench's task files are extracted in `cache`, or the sdist is there
+    (downloaded now when missing). Raises TaskDataError naming the fix, so a run without them stops
+    at once, not after its compress stages."""
+    if not all(_extracted(d, cache).is_file() for d, _ in TASKS.values()):
+        _sdist(cache)
+
+
+def _sdist(cache: Path) -> Path:
     sdist = cache / "bigbench" / SDIST
     if not sdist.is_file():
         sdist.parent.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "bigbench==1.0.0", "-d", str(sdist.parent)]
         if subprocess.run(cmd, capture_output=True).returncode != 0 or not sdist.is_file():
-            raise TaskDataError(f"BBH-style tasks need the bigbench 1.0.0 sdist; download it with `{' '.join(cmd[2:])}` "
-                                f"(358 MB, from PyPI) or copy {SDIST} into {sdist.parent}")
-    with tarfile.open(sdist) as tar:
+            raise TaskDataError(f"BBH-style tasks need the bigbench 1.0.0 sdist, which pip could not download; get it with "
+                                f"`{' '.join(cmd[2:])}` (358 MB, from PyPI) or copy {SDIST} into {sdist.parent}, or leave "
+                                "bbh out of the tasks")
+    return sdist
+
+
+def bigbench_json(task_dir: str, cache: Path) -> dict:
+    """BIG-bench's task.json for `task_dir`, extracted once from the sdist into `cache`."""
+    dest = _extracted(task_dir, cache)
+    if dest.is_file():
+        return json.loads(dest.read_text())
+    with tarfile.open(_sdist(cache)) as tar:
         for m in tar.getmembers():
             if m.name.endswith("/task.json") and "/benchmark_tasks/" in m.name:
                 rel = m.name.split("/benchmark_tasks/", 1)[1][: -len("/task.json")]
-                out = cache / "bigbench" / (rel.replace("/", "__") + ".json")
-                out.write_bytes(tar.extractfile(m).read())
+                _extracted(rel, cache).write_bytes(tar.extractfile(m).read())
     if not dest.is_file():
         raise TaskDataError(f"{SDIST} has no benchmark_tasks/{task_dir}/task.json")
     return json.loads(dest.read_text())

@@ -283,6 +283,15 @@ class EvalResult:
     versions: dict = field(default_factory=dict)
 
 
+def check_task_data(tasks: tuple[str, ...]) -> None:
+    """The offline tasks' data that is fetched rather than installed is at hand (BBH's BIG-bench sdist),
+    checked before any model loads: TaskDataError naming the fix otherwise."""
+    if "bbh" in tasks:
+        from . import bbh
+
+        bbh.check_source(cache_dir())
+
+
 def evaluate(cfg: EvalConfig, output: str | Path, overwrite: bool = False, progress: bool = True) -> EvalResult:
     """Run every task for the model (and base), fill the table, write eval.json/md/png."""
     from ..checkpoint.shards import atomic_output_dir
@@ -298,6 +307,8 @@ def evaluate(cfg: EvalConfig, output: str | Path, overwrite: bool = False, progr
         for _, url in sides.values():
             check_endpoint(url)
     prints = {s: (model_fingerprint(p) if p else f"url:{sides[s][1]}:{sides[s][0]}") for s, p in paths.items()}
+    if cfg.backend == "openai" or not all(_cache_path(prints[s], t, cfg).is_file() for s in sides for t in cfg.tasks if t == "bbh"):
+        check_task_data(cfg.tasks)
     result = EvalResult(config=asdict(cfg), versions=_versions())
     t_all = time.monotonic()
     with atomic_output_dir(output, overwrite) as tmp:

@@ -124,6 +124,10 @@ def run(recipe: RunRecipe, output: str | Path, overwrite: bool = False, report: 
     from ..models import resolve_model
 
     out = Path(output).expanduser().resolve()
+    if recipe.eval is not None and not all((out / "eval" / r.scheme).is_dir() for r in recipe.schemes):
+        from ..eval.run import check_task_data
+
+        check_task_data(recipe.eval_config("-").tasks)  # before anything is written or compressed
     prepare_output(out, overwrite)
     _clear_leftovers(out)
     (out / "recipe.yaml").write_text(recipe.source)
