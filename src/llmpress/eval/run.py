@@ -307,11 +307,11 @@ def evaluate(cfg: EvalConfig, output: str | Path, overwrite: bool = False, progr
         for _, url in sides.values():
             check_endpoint(url)
     prints = {s: (model_fingerprint(p) if p else f"url:{sides[s][1]}:{sides[s][0]}") for s, p in paths.items()}
-    if cfg.backend == "openai" or not all(_cache_path(prints[s], t, cfg).is_file() for s in sides for t in cfg.tasks if t == "bbh"):
-        check_task_data(cfg.tasks)
     result = EvalResult(config=asdict(cfg), versions=_versions())
     t_all = time.monotonic()
-    with atomic_output_dir(output, overwrite) as tmp:
+    with atomic_output_dir(output, overwrite) as tmp:  # checks the output first; removes tmp if anything fails
+        if cfg.backend == "openai" or not all(_cache_path(prints[s], t, cfg).is_file() for s in sides for t in cfg.tasks if t == "bbh"):
+            check_task_data(cfg.tasks)  # before any model loads
         per_side: dict[str, dict[str, dict]] = {s: {} for s in sides}
         lm_cache: dict[str, object] = {}
         todo = [(s, t) for t in cfg.tasks if t != "ppl" for s in sides]

@@ -99,7 +99,8 @@ def _clear_leftovers(out: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def prepare_output(out: Path, overwrite: bool) -> None:
+def prepare_output(out: Path, overwrite: bool, preflight: Callable[[], None] = lambda: None) -> None:
+    """Check `out` can be the run folder, run `preflight` (checks that may fetch data), then create it."""
     from ..checkpoint.shards import OutputExistsError, check_replaceable, mark_output, umask_mode
 
     if out.exists() and any(out.iterdir()) and not (out / LEDGER).is_file():
@@ -111,6 +112,8 @@ def prepare_output(out: Path, overwrite: bool) -> None:
             check_replaceable(out)
         except OutputExistsError as e:
             raise RunError(str(e)) from None
+    preflight()
+    if overwrite and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True, mode=umask_mode())
     mark_output(out)
@@ -124,11 +127,14 @@ def run(recipe: RunRecipe, output: str | Path, overwrite: bool = False, report: 
     from ..models import resolve_model
 
     out = Path(output).expanduser().resolve()
-    if recipe.eval is not None and not all((out / "eval" / r.scheme).is_dir() for r in recipe.schemes):
-        from ..eval.run import check_task_data
 
-        check_task_data(recipe.eval_config("-").tasks)  # before anything is written or compressed
-    prepare_output(out, overwrite)
+    def preflight() -> None:  # data an eval stage still to run will fetch: before anything is written or compressed
+        if recipe.eval is not None and (overwrite or not all((out / "eval" / r.scheme).is_dir() for r in recipe.schemes)):
+            from ..eval.run import check_task_data
+
+            check_task_data(recipe.eval_config("-").tasks)
+
+    prepare_output(out, overwrite, preflight)
     _clear_leftovers(out)
     (out / "recipe.yaml").write_text(recipe.source)
     ledger = Ledger(out)
