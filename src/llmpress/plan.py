@@ -411,3 +411,20 @@ def check(estimate: Estimate, machine: Machine, fix: str) -> None:
     if machine.disk_free is not None and estimate.disk > machine.disk_free:
         raise PlanError(f"{estimate.what} writes ~{estimate.disk / 1e9:.1f} GB but {machine.disk_free / 1e9:.1f} GB "
                         f"is free there; free space or pick another --output {hatch}")
+
+
+def describe(est: Estimate, machine: Machine, fix: str, with_disk: bool = True) -> list[str]:
+    """`llmpress plan`'s lines: peak RAM and its terms, GPU memory, disk and wall time, and the verdict."""
+    parts = ", ".join(f"{k} {v / 1e9:.2f}" for k, v in est.terms if v)
+    lines = [f"  peak RAM    {est.peak_ram / 1e9:6.2f} GB  at {est.peak_phase}: {parts} GB"]
+    if est.peak_device is not None:
+        lines.append(f"  GPU memory  {est.peak_device / 1e9:6.2f} GB  of {machine.device_memory / 1e9:.0f} GB")
+    if with_disk:
+        steps = ", ".join(f"{k} {v / 60:.1f}" for k, v in est.time_terms)
+        lines += [f"  disk        {est.disk / 1e9:6.2f} GB  written", f"  wall time   {est.wall_s / 60:6.1f} min ({steps} min)"]
+    try:
+        check(est, machine, fix)
+        lines.append(f"  fits: {machine.ram_available / 1e9:.1f} GB of RAM available")
+    except PlanError as e:
+        lines.append(f"  does not fit: {e}")
+    return lines
