@@ -250,20 +250,7 @@ def _plan(a: argparse.Namespace) -> int:
                 + f", calibration in {'bfloat16' if cb == 2 else 'float32'}")
         fix = plan.COMPRESS_FIX
     print(f"{head}, on {where}; model {a.model}: {stored / 1e9:.2f} GB stored")
-    parts = ", ".join(f"{k} {v / 1e9:.2f}" for k, v in est.terms if v)
-    print(f"  peak RAM    {est.peak_ram / 1e9:6.2f} GB  at {est.peak_phase}: {parts} GB")
-    if est.peak_device is not None:
-        print(f"  GPU memory  {est.peak_device / 1e9:6.2f} GB  of {machine.device_memory / 1e9:.0f} GB")
-    if not a.engine:
-        print(f"  disk        {est.disk / 1e9:6.2f} GB  written")
-        steps = ", ".join(f"{k} {v / 60:.1f}" for k, v in est.time_terms)
-        print(f"  wall time   {est.wall_s / 60:6.1f} min ({steps} min)")
-    try:
-        plan.check(est, machine, fix)
-        verdict = f"fits: {machine.ram_available / 1e9:.1f} GB of RAM available"
-    except plan.PlanError as e:
-        verdict = f"does not fit: {e}"
-    print(f"  {verdict}")
+    print("\n".join(plan.describe(est, machine, fix, with_disk=not a.engine)))
     print(json.dumps({**est.to_dict(), "ram_available_gb": round(machine.ram_available / 1e9, 2)}))
     return 0
 
@@ -420,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--gpu", choices=["A6000", "A100", "H100"], help="price from the cards' tables")
     b.add_argument("--cost-per-hour", type=float, help="$/hour of the machine")
     b.add_argument("--max-model-len", type=int, help="skip profiles longer than this")
+    b.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], help="the launched servers' --dtype")
+    b.add_argument("--prefill-dtype", choices=["auto", "float32", "bfloat16"],
+                   help="the launched embedded servers' --prefill-dtype (bfloat16: faster CPU prefill)")
     b.add_argument("--api-key", help="the target servers' API key")
     b.add_argument("--output", required=True, metavar="DIR", help="folder for bench.json and bench.md (required)")
     b.add_argument("--overwrite", action="store_true", help="replace DIR if llmpress wrote it")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from llmpress.bench.cost import CARD_MULTI, cost_reduction, derive_prices, qpd_single
 from llmpress.bench.load import BenchTargetError, check_target
@@ -74,3 +75,46 @@ def test_bench_end_to_end_usage_and_errors(tiny_llama, tmp_path, monkeypatch):
     assert {"latency.png", "throughput.png"} <= set(data["plots"])
     again = run(cfg, tmp_path / "b2", progress=False)  # the base comes from the cache
     assert again["models"]["base"].get("cached") is True
+
+
+def _served_prompt_logprobs(url: str, ids: list[int]) -> torch.Tensor:
+    import httpx
+
+    model = httpx.get(f"{url}/models", timeout=30).json()["data"][0]["id"]
+    r = httpx.post(f"{url}/completions", json={"model": model, "prompt": ids, "max_tokens": 1, "temperature": 0,
+                                               "prompt_logprobs": 0}, timeout=120)
+    r.raise_for_status()
+    steps = r.json()["choices"][0]["prompt_logprobs"]
+    return torch.tensor([steps[p][str(ids[p])]["logprob"] for p in range(1, len(ids))])
+
+
+def test_launched_server_runs_the_dtypes_asked_for(tiny_llama):
+    """bench --prefill-dtype reaches the server it launches: the served prompt logprobs are the in-process
+    engine's with that prefill dtype, and differ from the float32 ones by bf16's rounding."""
+    from llmpress.bench.run import Server
+    from llmpress.engine import LLM, SamplingParams
+
+    ids = torch.randint(10, 1000, (300,), generator=torch.Generator().manual_seed(5)).tolist()  # M = 300: past the fused paths
+
+    def local(prefill_dtype: str) -> torch.Tensor:
+        llm = LLM(str(tiny_llama), prefill_dtype=prefill_dtype, kv_cache_memory_bytes=32 << 20)
+        out = llm.generate({"prompt_token_ids": ids}, SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=0),
+                           use_tqdm=False)[0]
+        return torch.tensor([out.prompt_logprobs[p][ids[p]].logprob for p in range(1, len(ids))])
+
+    with Server(str(tiny_llama), "embedded", None, 1, prefill_dtype="bfloat16") as srv:
+        served = _served_prompt_logprobs(srv.url, ids)
+    bf16, f32 = local("bfloat16"), local("float32")
+    assert (served - bf16).abs().max() < 1e-4
+    assert (served - f32).abs().max() > 1e-3  # so the first check could tell the two apart
+
+
+def test_dtypes_need_a_launched_server():
+    from llmpress.bench.run import BenchConfig
+
+    with pytest.raises(WorkloadError, match="--prefill-dtype bfloat16: sets the servers bench launches"):
+        BenchConfig(target="http://127.0.0.1:9/v1", prefill_dtype="bfloat16")
+    with pytest.raises(WorkloadError, match="an embedded-engine CPU setting"):
+        BenchConfig(launch="m", engine="vllm", prefill_dtype="bfloat16")
+    with pytest.raises(WorkloadError, match="'float16' is not auto, float32 or bfloat16"):
+        BenchConfig(launch="m", dtype="float16")

@@ -51,6 +51,8 @@ class BenchConfig:
     gpu: str | None = None  # price from the cards' table: A6000 | A100 | H100
     cost_per_hour: float | None = None  # or an explicit $/hour
     max_model_len: int | None = None
+    dtype: str = "auto"  # launched servers' --dtype (auto | float32 | bfloat16)
+    prefill_dtype: str = "auto"  # launched embedded servers' --prefill-dtype (auto | float32 | bfloat16)
     api_key: str | None = None
     seed: int = 42
 
@@ -71,6 +73,16 @@ class BenchConfig:
             raise WorkloadError(f"scale must be positive, got {self.scale}")
         if self.engine not in ("embedded", "vllm"):
             raise WorkloadError(f"engine {self.engine!r} is not embedded or vllm")
+        for name in ("dtype", "prefill_dtype"):
+            flag, v = "--" + name.replace("_", "-"), getattr(self, name)
+            if v not in ("auto", "float32", "bfloat16"):
+                raise WorkloadError(f"{flag} {v!r} is not auto, float32 or bfloat16")
+            if v != "auto" and not (self.launch or self.base):
+                raise WorkloadError(f"{flag} {v}: sets the servers bench launches; a --target server keeps its own "
+                                    f"(restart it with {flag} {v})")
+        if self.prefill_dtype != "auto" and self.engine == "vllm":
+            raise WorkloadError(f"--prefill-dtype {self.prefill_dtype}: an embedded-engine CPU setting; vLLM runs every "
+                                "GEMM in --dtype (leave --prefill-dtype out)")
 
 
 def price(cfg: BenchConfig) -> tuple[float | None, str]:
@@ -89,7 +101,8 @@ def price(cfg: BenchConfig) -> tuple[float | None, str]:
 class Server:
     """`llmpress serve MODEL` (or vLLM's) on a free local port, stopped on exit."""
 
-    def __init__(self, model: str, engine: str, max_model_len: int | None, max_num_seqs: int):
+    def __init__(self, model: str, engine: str, max_model_len: int | None, max_num_seqs: int, dtype: str = "auto",
+                 prefill_dtype: str = "auto"):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -97,6 +110,10 @@ class Server:
                "--max-num-seqs", str(max_num_seqs)]
         if max_model_len:
             cmd += ["--max-model-len", str(max_model_len)]
+        if dtype != "auto":
+            cmd += ["--dtype", dtype]
+        if prefill_dtype != "auto":
+            cmd += ["--prefill-dtype", prefill_dtype]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.url = f"http://127.0.0.1:{self.port}/v1"
 
@@ -210,7 +227,8 @@ def cache_key(cfg: BenchConfig, model_path: str, profiles: list[Profile]) -> str
     from ..models import model_fingerprint
 
     keep = {k: v for k, v in asdict(cfg).items() if k in ("engine", "scale", "mode", "concurrency", "rate", "sweep_points",
-                                                           "max_seconds", "max_requests", "sync_requests", "max_model_len")}
+                                                           "max_seconds", "max_requests", "sync_requests", "max_model_len",
+                                                           "dtype", "prefill_dtype")}
     blob = json.dumps({"model": model_fingerprint(Path(model_path)), "profiles": [asdict(p) for p in profiles],
                        "settings": keep, "host": os.uname().nodename}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
@@ -242,7 +260,7 @@ def run(cfg: BenchConfig, output: str | Path, overwrite: bool = False, progress:
                 out["models"][side] = {**json.loads(key_path.read_text()), "cached": True}
                 continue
             if launch:
-                with Server(launch, cfg.engine, cfg.max_model_len, max(cfg.concurrency, 1)) as srv:
+                with Server(launch, cfg.engine, cfg.max_model_len, max(cfg.concurrency, 1), cfg.dtype, cfg.prefill_dtype) as srv:
                     res = bench_model(replace(cfg, launch=launch), srv.url, profiles, progress)
             else:
                 res = bench_model(replace(cfg, launch=None), target, profiles, progress)
