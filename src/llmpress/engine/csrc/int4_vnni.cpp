@@ -49,7 +49,9 @@ bool g_int16 = false;
 // Steps per x block: 2 (128 k) or, for groups of 64, 1; every block lies in one weight group, so its
 // flush takes one weight scale. |Σ q x| over a block <= 128 · 15 · 32767 fits int32 with room to spare.
 constexpr int64_t kMaxBlockSteps = 2;
-constexpr int64_t kLongRow = 8192;  // k: one x row of int16 past a quarter of L1 (see the driver)
+// k from which a tile takes 4 weight rows (see the driver): on Zen 4 where one x row of int16 passes a
+// quarter of L1; on Intel (Sapphire Rapids class) from k = 2048, whose prefetchers serve 4 streams better.
+const int64_t kLongRow = __builtin_cpu_is("intel") ? 2048 : 8192;
 
 int64_t block_steps(int64_t spg) { return spg % kMaxBlockSteps == 0 ? kMaxBlockSteps : 1; }
 
@@ -195,8 +197,9 @@ at::Tensor int4_gemm_int16(const at::Tensor& x, const at::Tensor& qweight, const
   // passes over them. Tiles: up to 4 x rows by 2 weight rows; one x row by 1 weight row, or by 4 where
   // its x outgrows L1 (Kp >= kLongRow). Several weight rows side by side are several streams, which the
   // prefetchers serve worse: at M = 1, K = 4096 (2-core Zen 4, cold weights, one thread) 4 rows a tile
-  // streamed 8-11 GB/s against 12-15 for one; at K = 14336, 11.4-11.9 against 9.5-10.3. With x shared
-  // by 2 rows, M = 4 and 16 took 10-30% less time than with 1.
+  // streamed 8-11 GB/s against 12-15 for one; at K = 14336, 11.4-11.9 against 9.5-10.3. On a 2-core Xeon
+  // with AMX (2 threads, 12 cold 28672 x 4096 weights) it is the other way: 4 rows 22-23 GB/s, one 17-19.
+  // With x shared by 2 rows, M = 4 and 16 took 10-30% less time than with 1.
   const int64_t ld = Kp / 8, row_bytes = Kp / 2;
   const int64_t grain = std::max<int64_t>(2, (int64_t{32} << 10) / row_bytes);
   const int64_t block = std::max<int64_t>(4, (int64_t{128} << 10) / row_bytes);
