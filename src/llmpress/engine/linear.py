@@ -283,7 +283,10 @@ class Int4Weight(QuantizedWeight):
     # bound: AMX's cost grows linearly in M, and so does the sgemm's once the dequantize is amortized, at a
     # steeper rate: 4096x4096 g128 at M=256, 16 tiles of 256 rows, ms: AMX 133-162, sgemm alone 452-569 (and
     # dequantize 123-303 more), shared 2-core Xeon, 2 threads (issue 17: a 512-token prefill chunk took sgemm).
-    amx_m = (4, sys.maxsize)
+    # With the int16 decode kernel (int4_vnni.cpp) the fused path keeps M = 4: every linear of a token, ms,
+    # AMX / fused: the 8B shape (32 layers, g128) M=4 331 / 228, M=5 331 / 336, M=7 329 / 368; SmolLM2 g64
+    # M=4 7.1 / 6.8, M=5 7.1 / 9.1 (idle 2-core AMX Xeon, 2 threads).
+    amx_m = (5, sys.maxsize)
 
     def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, in_features: int):
         self.out_features, self.in_features = qweight.shape[0], in_features
