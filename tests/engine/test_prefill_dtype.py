@@ -50,6 +50,19 @@ def test_bf16_prefill_is_within_bf16_error_and_float32_stays_exact(name):
     assert -70 < _db(rounded - ref, ref) < -40
 
 
+@pytest.mark.parametrize("name", ["W4A16", "W8A16", "dense-bf16"])
+def test_bf16_prefill_in_the_amx_range(name):
+    """64 rows: past the fused kernels, inside every weight-only AMX GEMM's range on AMX CPUs (which then
+    multiply x as one bf16 part, not two), the dequantize + GEMM path elsewhere: either way float32
+    prefill stays float32-grade and bf16 prefill is bf16-grade."""
+    w = _weight(name)
+    x = torch.randn(64, K, generator=torch.Generator().manual_seed(4))
+    ref = w.reference(x)
+    assert _db(w(x) - ref, ref) < -75  # AMX's two bf16 parts: ~-80 dB and below
+    w.prefill_dtype = torch.bfloat16
+    assert -70 < _db(w(x) - ref, ref) < -40
+
+
 def test_engine_sets_every_linear_and_still_matches_transformers(tiny_llama):
     from transformers import AutoModelForCausalLM
 

@@ -12,7 +12,9 @@ bf16) and `w(x)` computes y = x @ W^T for float32 x [..., K]:
                                              (~-90 dB) and integer dot products, ~1.3-1.7x faster.
   M in w.amx_m, on CPUs with AMX             csrc/amx_gemm.cpp: the weight decoded to exact bf16
   (Sapphire Rapids on)                       16-row tiles, x split into two bf16 parts, products on
-                                             AMX tiles: a batch of 16 costs about what one row does.
+                                             AMX tiles: a batch of 16 costs about what one row does;
+                                             with prefill_dtype bf16, past the fused rows, x is one
+                                             bf16 part (half the products).
   larger M (prefill)                         dequantize N-tiles to transient float32 and run
                                              torch's sgemm (compute-bound; MKL is faster there);
                                              with prefill_dtype bf16, x and the tiles rounded to bf16
@@ -222,6 +224,11 @@ class QuantizedWeight:
     def _amx(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError  # only called where _bind(amx_fits=True)
 
+    def _amx_split(self, m: int) -> bool:
+        """The weight-only AMX GEMMs multiply x as two bf16 parts (hi + lo: float32-grade), except in a
+        prefill GEMM (past the fused kernel's rows) with prefill_dtype bf16: x rounded to bf16, one product."""
+        return not (self.prefill_dtype == torch.bfloat16 and m > self.small_m_max)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(out_features={self.out_features}, in_features={self.in_features}, nbytes={self.nbytes})"
 
@@ -258,7 +265,7 @@ class DenseWeight(QuantizedWeight):
         return self._ext.bf16_gemm(x, self._bits)
 
     def _amx(self, x):
-        return self._ext.amx_bf16_gemm(x, self._bits)
+        return self._ext.amx_bf16_gemm(x, self._bits, self._amx_split(x.shape[0]))
 
     def _dequant_fast(self, n0, n1):
         return self._ext.bf16_dequant(self._bits, self.in_features, n0, n1)
@@ -318,7 +325,8 @@ class Int4Weight(QuantizedWeight):
         return self._ext.int4_gemm(x, self.qweight, self.scale, self.zero_point, self.group_size)
 
     def _amx(self, x):
-        return self._ext.amx_int4_gemm(x, self.qweight, self.scale, self.zero_point, self.group_size)
+        return self._ext.amx_int4_gemm(x, self.qweight, self.scale, self.zero_point, self.group_size,
+                                       self._amx_split(x.shape[0]))
 
     def _dequant_fast(self, n0, n1):
         return self._ext.int4_dequant(self.qweight, self.scale, self.zero_point, self.group_size, self.in_features, n0, n1)
@@ -376,7 +384,7 @@ class Int8Weight(_ByteWeight):
         return self._ext.int8_gemm(x, self.qweight, self.scale, self.zero_point, self.group_size)
 
     def _amx(self, x):
-        return self._ext.amx_int8_gemm(x, self.qweight, self.scale, self.group_size)
+        return self._ext.amx_int8_gemm(x, self.qweight, self.scale, self.group_size, self._amx_split(x.shape[0]))
 
     def _dequant_fast(self, n0, n1):
         return self._ext.int8_dequant(self.qweight, self.scale, self.zero_point, self.group_size, self.in_features, n0, n1)

@@ -16,6 +16,8 @@
 // holds it exactly, and the scale is applied per group to the float32 sums, as qgemm.cpp does.
 // Float activations are split x = hi + lo, both bf16 (lo = bf16(x - hi)), and multiplied twice:
 // x is then carried to ~2^-17 relative, near float32 summation noise (tests: >= 80 dB vs float64).
+// With split = false (the engine's prefill_dtype bf16, prefill GEMMs only) x is rounded to bf16 and
+// multiplied once: half the products, bf16's ~-50 dB, as GPUs run W4A16.
 // FP8_DYNAMIC activations are e4m3 values times a per-token scale, exact in bf16: one product.
 // W8A8 uses TDPBSSD (int8 x int8 -> int32): exact sums, as in qgemm.cpp's int8 tile.
 //
@@ -434,7 +436,7 @@ bool amx_available() {
 }
 
 at::Tensor amx_int4_gemm(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scale,
-                         const c10::optional<at::Tensor>& zero_point, int64_t group_size) {
+                         const c10::optional<at::Tensor>& zero_point, int64_t group_size, bool split) {
   TORCH_CHECK(amx_available(), "AMX is not available");
   const int32_t* w = check_weight<int32_t>(qweight, at::kInt, 8, "int32 blocked int4 [N, Kp / 8]");
   const int64_t N = qweight.size(0), Kp = qweight.size(1) * 8;
@@ -443,18 +445,21 @@ at::Tensor amx_int4_gemm(const at::Tensor& x, const at::Tensor& qweight, const a
   check_amx_group(group_size);
   const int8_t* zp = check_zero_point(zero_point, scale);
   const Int4Rows rows{w, Kp / 8, zp, scale.size(1), group_size};
-  return bf16_gemm_blocks<true>(rows, x, N, Kp, scale.data_ptr<float>(), scale.size(1), group_size, 1.0f);
+  return split ? bf16_gemm_blocks<true>(rows, x, N, Kp, scale.data_ptr<float>(), scale.size(1), group_size, 1.0f)
+               : bf16_gemm_blocks<false>(rows, x, N, Kp, scale.data_ptr<float>(), scale.size(1), group_size, 1.0f);
 }
 
-at::Tensor amx_int8_gemm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale, int64_t group_size) {
+at::Tensor amx_int8_gemm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale, int64_t group_size,
+                         bool split) {
   TORCH_CHECK(amx_available(), "AMX is not available");
   const int8_t* w = check_weight<int8_t>(weight, at::kChar, kStep, "int8 [N, Kp]");
   const int64_t N = weight.size(0), Kp = weight.size(1);
   check_x(x, Kp);
   check_scale(scale, N, Kp, group_size);
   check_amx_group(group_size);
-  return bf16_gemm_blocks<true>(ByteRows<Int8Decoder>{{w, Kp}}, x, N, Kp, scale.data_ptr<float>(), scale.size(1),
-                                group_size, 1.0f);
+  const ByteRows<Int8Decoder> rows{{w, Kp}};
+  return split ? bf16_gemm_blocks<true>(rows, x, N, Kp, scale.data_ptr<float>(), scale.size(1), group_size, 1.0f)
+               : bf16_gemm_blocks<false>(rows, x, N, Kp, scale.data_ptr<float>(), scale.size(1), group_size, 1.0f);
 }
 
 at::Tensor amx_fp8_gemm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale, int64_t group_size,
@@ -475,13 +480,14 @@ at::Tensor amx_fp8_gemm(const at::Tensor& x, const at::Tensor& weight, const at:
   return bf16_gemm_blocks<false>(rows, codes, N, Kp, scale.data_ptr<float>(), scale.size(1), group_size, 256.0f, s.data());
 }
 
-at::Tensor amx_bf16_gemm(const at::Tensor& x, const at::Tensor& weight) {
+at::Tensor amx_bf16_gemm(const at::Tensor& x, const at::Tensor& weight, bool split) {
   TORCH_CHECK(amx_available(), "AMX is not available");
   const uint16_t* w = check_weight<uint16_t>(weight, at::kShort, kStep, "int16 (bfloat16 bits) [N, Kp]");
   const int64_t N = weight.size(0), Kp = weight.size(1);
   check_x(x, Kp);
   static const float kOne = 1.0f;  // one group of Kp, scale 1, for every row (G = 0)
-  return bf16_gemm_blocks<true>(Bf16Rows{w, Kp}, x, N, Kp, &kOne, 0, Kp, 1.0f);
+  return split ? bf16_gemm_blocks<true>(Bf16Rows{w, Kp}, x, N, Kp, &kOne, 0, Kp, 1.0f)
+               : bf16_gemm_blocks<false>(Bf16Rows{w, Kp}, x, N, Kp, &kOne, 0, Kp, 1.0f);
 }
 
 // W8A8: y[m, n] = s_a[m] · Σ_g s_w[n, g] · Σ_{k in g} q_a[m, k] q_w[n, k], the inner sums exact in
@@ -555,12 +561,12 @@ at::Tensor amx_w8a8_gemm(const at::Tensor& x, const at::Tensor& weight, const at
 #else  // built without AMX: never available, never called
 
 bool amx_available() { return false; }
-at::Tensor amx_int4_gemm(const at::Tensor&, const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&, int64_t) {
+at::Tensor amx_int4_gemm(const at::Tensor&, const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&, int64_t, bool) {
   TORCH_CHECK(false, "built without AMX");
 }
-at::Tensor amx_int8_gemm(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t) { TORCH_CHECK(false, "built without AMX"); }
+at::Tensor amx_int8_gemm(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, bool) { TORCH_CHECK(false, "built without AMX"); }
 at::Tensor amx_w8a8_gemm(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t) { TORCH_CHECK(false, "built without AMX"); }
 at::Tensor amx_fp8_gemm(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, bool) { TORCH_CHECK(false, "built without AMX"); }
-at::Tensor amx_bf16_gemm(const at::Tensor&, const at::Tensor&) { TORCH_CHECK(false, "built without AMX"); }
+at::Tensor amx_bf16_gemm(const at::Tensor&, const at::Tensor&, bool) { TORCH_CHECK(false, "built without AMX"); }
 
 #endif

@@ -27,11 +27,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fp8_dequant", &fp8_dequant, nogil);
   m.def("bf16_dequant", &bf16_dequant, nogil);
   m.def("amx_available", &amx_available, "AMX tiles built in and granted by the OS");
-  m.def("amx_int4_gemm", &amx_int4_gemm, "y = x @ W^T on AMX, int4 blocked weights", nogil);
-  m.def("amx_int8_gemm", &amx_int8_gemm, "y = x @ W^T on AMX, symmetric int8 weights, float activations", nogil);
+  m.def("amx_int4_gemm", &amx_int4_gemm, "y = x @ W^T on AMX, int4 blocked weights; split: x as two bf16 parts (else one)", nogil);
+  m.def("amx_int8_gemm", &amx_int8_gemm, "y = x @ W^T on AMX, symmetric int8 weights, float activations; split as above", nogil);
   m.def("amx_w8a8_gemm", &amx_w8a8_gemm, "y = x @ W^T on AMX, int8 weights, dynamic int8 activations", nogil);
   m.def("amx_fp8_gemm", &amx_fp8_gemm, "y = x @ W^T on AMX, fp8 e4m3 weights (uint8 view)", nogil);
-  m.def("amx_bf16_gemm", &amx_bf16_gemm, "y = x @ W^T on AMX, bf16 weights (int16 view)", nogil);
+  m.def("amx_bf16_gemm", &amx_bf16_gemm, "y = x @ W^T on AMX, bf16 weights (int16 view); split as above", nogil);
   m.def("decode_attention", &decode_attention, "paged decode attention", arg("q"), arg("k_cache"), arg("v_cache"),
         arg("block_tables"), arg("context_lens"), arg("scale"), nogil);
   m.def("rms_norm", &rms_norm, "RMSNorm of float32 rows", arg("x"), arg("weight"), arg("eps"), nogil);
