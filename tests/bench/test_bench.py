@@ -60,8 +60,10 @@ def test_bench_end_to_end_usage_and_errors(tiny_llama, tmp_path, monkeypatch):
     from llmpress.bench.run import BenchConfig, run
 
     monkeypatch.setenv("LLMPRESS_CACHE", str(tmp_path / "cache"))
+    # max_seconds far above what 9 requests take: each setting ends at max_requests, and on a loaded host
+    # (a CI run beside a 2-core compress) a 30 s window once counted none of them
     cfg = BenchConfig(launch=str(tiny_llama), base=str(tiny_llama), profiles="48/12,1100/8", mode="throughput", concurrency=3,
-                      max_seconds=30, max_requests=9, sync_requests=2, cost_per_hour=1.0, max_model_len=None)
+                      max_seconds=300, max_requests=9, sync_requests=2, cost_per_hour=1.0, max_model_len=None)
     out = run(cfg, tmp_path / "b", progress=False)
     good = out["models"]["model"]["profiles"]["48/12"]["runs"]
     for r in good.values():
