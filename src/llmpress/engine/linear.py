@@ -12,9 +12,8 @@ bf16) and `w(x)` computes y = x @ W^T for float32 x [..., K]:
                                              (~-90 dB) and integer dot products, ~1.3-1.7x faster.
   M in w.amx_m, on CPUs with AMX             csrc/amx_gemm.cpp: the weight decoded to exact bf16
   (Sapphire Rapids on)                       16-row tiles, x split into two bf16 parts, products on
-                                             AMX tiles: a batch of 16 costs about what one row does;
-                                             with prefill_dtype bf16, past the fused rows, x is one
-                                             bf16 part (half the products).
+                                             AMX tiles: a batch of 16 costs about what one row does
+                                             (prefill_dtype bf16: one bf16 part, half the products).
   larger M (prefill)                         dequantize N-tiles to transient float32 and run
                                              torch's sgemm (compute-bound; MKL is faster there);
                                              with prefill_dtype bf16, x and the tiles rounded to bf16
@@ -225,8 +224,7 @@ class QuantizedWeight:
         raise NotImplementedError  # only called where _bind(amx_fits=True)
 
     def _amx_split(self, m: int) -> bool:
-        """The weight-only AMX GEMMs multiply x as two bf16 parts (hi + lo: float32-grade), except in a
-        prefill GEMM (past the fused kernel's rows) with prefill_dtype bf16: x rounded to bf16, one product."""
+        """x as two bf16 parts (float32-grade) unless a prefill GEMM (past the fused rows) runs in bf16."""
         return not (self.prefill_dtype == torch.bfloat16 and m > self.small_m_max)
 
     def __repr__(self) -> str:
@@ -290,9 +288,7 @@ class Int4Weight(QuantizedWeight):
     # bound: AMX's cost grows linearly in M, and so does the sgemm's once the dequantize is amortized, at a
     # steeper rate: 4096x4096 g128 at M=256, 16 tiles of 256 rows, ms: AMX 133-162, sgemm alone 452-569 (and
     # dequantize 123-303 more), shared 2-core Xeon, 2 threads (issue 17: a 512-token prefill chunk took sgemm).
-    # With the int16 decode kernel (int4_vnni.cpp) the fused path keeps M = 4: every linear of a token, ms,
-    # AMX / fused: the 8B shape (32 layers, g128) M=4 331 / 228, M=5 331 / 336, M=7 329 / 368; SmolLM2 g64
-    # M=4 7.1 / 6.8, M=5 7.1 / 9.1 (idle 2-core AMX Xeon, 2 threads).
+    # With the int16 decode kernel the fused path keeps M = 4 (8B shape 228 vs AMX 331 ms; benchmarks/README.md).
     amx_m = (5, sys.maxsize)
 
     def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, in_features: int):

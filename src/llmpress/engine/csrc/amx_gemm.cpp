@@ -424,6 +424,14 @@ at::Tensor bf16_gemm_blocks(const Rows& rows, const at::Tensor& x, int64_t N, in
   return y;
 }
 
+// The weight-only GEMMs' entry: x as two bf16 parts (split) or one.
+template <class Rows>
+at::Tensor weight_only_gemm(bool split, const Rows& rows, const at::Tensor& x, int64_t N, int64_t Kp, const float* scale,
+                            int64_t G, int64_t group_size) {
+  return split ? bf16_gemm_blocks<true>(rows, x, N, Kp, scale, G, group_size, 1.0f)
+               : bf16_gemm_blocks<false>(rows, x, N, Kp, scale, G, group_size, 1.0f);
+}
+
 void check_amx_group(int64_t group_size) {
   TORCH_CHECK(group_size % kStep == 0, "the AMX GEMMs need group_size a multiple of 64, got ", group_size);
 }
@@ -445,8 +453,7 @@ at::Tensor amx_int4_gemm(const at::Tensor& x, const at::Tensor& qweight, const a
   check_amx_group(group_size);
   const int8_t* zp = check_zero_point(zero_point, scale);
   const Int4Rows rows{w, Kp / 8, zp, scale.size(1), group_size};
-  return split ? bf16_gemm_blocks<true>(rows, x, N, Kp, scale.data_ptr<float>(), scale.size(1), group_size, 1.0f)
-               : bf16_gemm_blocks<false>(rows, x, N, Kp, scale.data_ptr<float>(), scale.size(1), group_size, 1.0f);
+  return weight_only_gemm(split, rows, x, N, Kp, scale.data_ptr<float>(), scale.size(1), group_size);
 }
 
 at::Tensor amx_int8_gemm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale, int64_t group_size,
@@ -458,8 +465,7 @@ at::Tensor amx_int8_gemm(const at::Tensor& x, const at::Tensor& weight, const at
   check_scale(scale, N, Kp, group_size);
   check_amx_group(group_size);
   const ByteRows<Int8Decoder> rows{{w, Kp}};
-  return split ? bf16_gemm_blocks<true>(rows, x, N, Kp, scale.data_ptr<float>(), scale.size(1), group_size, 1.0f)
-               : bf16_gemm_blocks<false>(rows, x, N, Kp, scale.data_ptr<float>(), scale.size(1), group_size, 1.0f);
+  return weight_only_gemm(split, rows, x, N, Kp, scale.data_ptr<float>(), scale.size(1), group_size);
 }
 
 at::Tensor amx_fp8_gemm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale, int64_t group_size,
@@ -486,8 +492,7 @@ at::Tensor amx_bf16_gemm(const at::Tensor& x, const at::Tensor& weight, bool spl
   const int64_t N = weight.size(0), Kp = weight.size(1);
   check_x(x, Kp);
   static const float kOne = 1.0f;  // one group of Kp, scale 1, for every row (G = 0)
-  return split ? bf16_gemm_blocks<true>(Bf16Rows{w, Kp}, x, N, Kp, &kOne, 0, Kp, 1.0f)
-               : bf16_gemm_blocks<false>(Bf16Rows{w, Kp}, x, N, Kp, &kOne, 0, Kp, 1.0f);
+  return weight_only_gemm(split, Bf16Rows{w, Kp}, x, N, Kp, &kOne, 0, Kp);
 }
 
 // W8A8: y[m, n] = s_a[m] · Σ_g s_w[n, g] · Σ_{k in g} q_a[m, k] q_w[n, k], the inner sums exact in
