@@ -225,7 +225,8 @@ def _plan(a: argparse.Namespace) -> int:
     cfg, stored, largest, source_bytes = plan.model_facts(a.model)
     machine = plan.this_machine(a.output or ".", a.gpu)
     where = (f"{machine.name} ({machine.device_memory / 2**30:.0f} GiB)" if a.gpu else
-             f"this CPU ({machine.cores} cores, {machine.gemm_flops / 1e9:.0f} GFLOP/s measured)")
+             f"this CPU ({machine.cores} cores, {machine.fp32_rate / 1e9:.0f} GFLOP/s float32, "
+             f"{machine.gemm_flops / 1e9:.0f} best measured)")
     if a.engine:
         weights = stored if cfg.get("quantization_config") or source_bytes == 2 else stored * 4 // source_bytes
         kv = a.kv_cache_memory_bytes or min(2 << 30, max(0, machine.ram_available - weights) // 4)

@@ -28,6 +28,7 @@ SHAREGPT_RSS = 0.3e9  # measured: the ShareGPT dump parsed into rows (load_rows)
 SHAREGPT_S = 3.0  # measured: parsing that dump
 SLACK = 1.10  # measured: allocator fragmentation and transient copies not modelled term by term
 GEMM_EFFICIENCY = 0.55  # measured: the layer math runs at this fraction of the plan-time GEMM benchmark
+COLUMN_S = 60e-6  # measured: GPTQ's per-column work beyond its FLOPs (rounding, rank-1 updates), per Linear
 MSE_EVALS = 26  # observers.mse_qparams: coarse-to-fine grid evaluations per weight
 AWQ_CANDIDATES = 21  # compress/awq.search_scales: s = 1 and 20 duo-scaling ratios
 SKIP_ENV = "LLMPRESS_SKIP_PLAN"
@@ -43,9 +44,14 @@ class Machine:
     ram_available: int  # bytes the run may still allocate
     disk_free: int | None  # bytes free where the output goes (None: not checked)
     cores: int
-    gemm_flops: float  # measured float32 (or bf16 where faster) matmul rate, FLOP/s
+    gemm_flops: float  # measured matmul rate, FLOP/s: bf16 where faster than float32 (the calibration forward's)
     device: str = "cpu"  # "cpu" | "cuda"
     device_memory: int | None = None  # GPU memory in bytes
+    fp32_flops: float = 0.0  # measured float32 matmul rate (GPTQ's factorizations and updates); 0: gemm_flops
+
+    @property
+    def fp32_rate(self) -> float:
+        return self.fp32_flops or self.gemm_flops
 
 
 @dataclass(frozen=True)
@@ -169,7 +175,7 @@ def _compress_phases(shape: Shape, run: CompressRun) -> dict[str, dict[str, int]
     return phases
 
 
-def compress_flops(shape: Shape, run: CompressRun) -> dict[str, float]:
+def compress_flops(shape: Shape, run: CompressRun, on_gpu: bool = False) -> dict[str, float]:
     """FLOPs (and MSE-search element operations) of one compress, by stage."""
     tok = run.num_samples * run.max_seq_len
     per_layer: dict[str, float] = {}
@@ -180,7 +186,8 @@ def compress_flops(shape: Shape, run: CompressRun) -> dict[str, float]:
             per_layer["calibration forward"] += 2 * tok * shape.hidden * shape.qkv_out + attn
         ins = (shape.hidden, shape.heads * shape.head_dim, shape.hidden, shape.intermediate)
         per_layer["Hessians"] = sum(2 * tok * c * c * 10 / 16 for c in ins)  # upper block triangle
-        chol = sum(5 / 3 * c**3 for _, c in shape.linears)  # cholesky + cholesky_inverse + cholesky, per Linear
+        # per Linear: Cholesky + triangular inverse on the CPU, Cholesky + inverse + Cholesky on a GPU (gptq.py)
+        chol = sum((5 / 3 if on_gpu else 2 / 3) * c**3 for _, c in shape.linears)
         lazy = sum(r * c * c for r, c in shape.linears)  # GPTQ's blocked error updates
         if run.gptq:
             per_layer["GPTQ"] = chol + 2 * lazy
@@ -208,12 +215,16 @@ def plan_compress(cfg: dict, run: CompressRun, machine: Machine) -> Estimate:
                            "largest tensor read": shape.embed_params * run.source_bytes}}
     name, terms = max(phases.items(), key=lambda kv: sum(kv[1].values()))
     peak = int(sum(terms.values()) * SLACK)
-    flops = compress_flops(shape, run)
-    rate = machine.gemm_flops * GEMM_EFFICIENCY or float("inf")  # 0: not measured (the up-front check)
-    times = {k: v / (rate if "element" not in k else rate / 8) for k, v in flops.items()}
+    flops = compress_flops(shape, run, on_gpu)
+    # bf16 work (the calibration forward in bf16, its bf16 Hessian products) at the bf16 rate, the
+    # float32 linear algebra at the float32 one: 5x apart on an AMX Xeon (1729 vs 328 GFLOP/s, 2 cores)
+    f32 = machine.fp32_rate * GEMM_EFFICIENCY or float("inf")  # 0: not measured (the up-front check)
+    calib = (machine.gemm_flops if run.calib_bytes == 2 else machine.fp32_rate) * GEMM_EFFICIENCY or float("inf")
+    on_calib = {"calibration forward", "Hessians", "AWQ forward"}
+    times = {k: v / (calib if k in on_calib else f32 / 8 if "element" in k else f32) for k, v in flops.items()}
     if run.gptq:
         cols = sum(c for _, c in shape.linears) * shape.layers
-        times["GPTQ column loop"] = cols * (60e-6 if not on_gpu else 150e-6)  # measured per column per Linear
+        times["GPTQ column loop"] = cols * (COLUMN_S if not on_gpu else 150e-6)  # per column per Linear
     if (run.gptq or run.awq) and run.sharegpt:
         times["calibration data"] = SHAREGPT_S
     src = (shape.layer_linear_params * shape.layers + shape.embed_params * (1 if shape.tied else 2)) * run.source_bytes
@@ -254,11 +265,11 @@ def plan_engine(cfg: dict, run: EngineRun, machine: Machine) -> Estimate:
 
 # -- facts of this machine and of a checkpoint ------------------------------------------------
 
-def measure_gemm_flops(seconds: float = 0.2) -> float:
-    """Matmul FLOP/s of this CPU (float32 and bf16, the faster), ~0.2 s; the GPU's nominal peak otherwise."""
+def measure_gemm_flops(seconds: float = 0.2) -> tuple[float, float]:
+    """Matmul FLOP/s of this CPU, (float32, bf16), ~0.2 s."""
     import torch
 
-    best = 0.0
+    rates = []
     n = 1024
     for dt in (torch.float32, torch.bfloat16):
         a = torch.randn(n, n).to(dt)
@@ -267,8 +278,8 @@ def measure_gemm_flops(seconds: float = 0.2) -> float:
         while time.perf_counter() - t0 < seconds / 2:
             a @ a
             reps += 1
-        best = max(best, 2 * n**3 * reps / (time.perf_counter() - t0))
-    return best
+        rates.append(2 * n**3 * reps / (time.perf_counter() - t0))
+    return rates[0], rates[1]
 
 
 def this_machine(output: str | os.PathLike | None = None, gpu: str | None = None, measure: bool = True) -> Machine:
@@ -287,7 +298,8 @@ def this_machine(output: str | os.PathLike | None = None, gpu: str | None = None
             raise PlanError(f"--gpu {gpu!r}: known GPUs are {', '.join(GPUS)}")
         mem, flops = GPUS[gpu.upper()]
         return Machine(gpu.upper(), avail, disk, os.cpu_count() or 1, flops, "cuda", mem)
-    return Machine("this CPU", avail, disk, os.cpu_count() or 1, measure_gemm_flops() if measure else 0.0)
+    f32, bf16 = measure_gemm_flops() if measure else (0.0, 0.0)
+    return Machine("this CPU", avail, disk, os.cpu_count() or 1, max(f32, bf16), fp32_flops=f32)
 
 
 def checkpoint_facts(folder: str | os.PathLike) -> tuple[dict, int, int, int]:

@@ -8,7 +8,7 @@ import torch
 
 from llmpress.checkpoint.compressed_tensors import compress_linear
 from llmpress.compress.observers import minmax_qparams
-from llmpress.engine import LLM, SamplingParams, linear
+from llmpress.engine import LLM, SamplingParams, extension, linear
 from llmpress.quant import FP8_DTYPE, FP8_PER_TOKEN, INT8_PER_TOKEN, QuantArgs, Scheme, quantize
 
 N, K, M = 192, 256, 300  # M above every fused / AMX threshold: the dequantize + GEMM path on any CPU
@@ -86,3 +86,28 @@ def test_engine_sets_every_linear_and_still_matches_transformers(tiny_llama):
 def test_bad_prefill_dtype_is_refused(tiny_llama):
     with pytest.raises(ValueError, match="prefill_dtype='float16'.*auto, float32 or bfloat16"):
         LLM(str(tiny_llama), prefill_dtype="float16")
+
+
+@pytest.mark.skipif(not extension.amx_available(), reason="the AMX GEMMs need a CPU with AMX")
+@pytest.mark.parametrize("name", ["W4A16", "W4A16_ASYM", "W8A16"])
+@pytest.mark.parametrize("m", [49, 64, 300])  # past every format's fused rows (48 at most): a prefill GEMM
+def test_bf16_prefill_amx_wide_is_bf16_x_times_bf16_weight(name, m, monkeypatch):
+    """Past 32 rows the AMX GEMM decodes each weight once a call and folds its group scale into the bf16 tile:
+    the result is exactly bf16(x) · bf16(s · (q - zp)) summed in float32, for every row m and column n
+    (N = 200 leaves a part unit of 32 rows, K = 320 a part chunk of 4 steps, g64 five groups, asymmetric
+    zero points their own), and the float32 prefill stays two-part exact."""
+    n, k = 200, 320
+    w = torch.randn(n, k, generator=torch.Generator().manual_seed(5)) * 0.05
+    args = {"W4A16": QuantArgs(4, "int", True, "group", 64), "W4A16_ASYM": QuantArgs(4, "int", False, "group", 64),
+            "W8A16": QuantArgs(8, "int", True, "channel")}[name]
+    scale, zp = minmax_qparams(w, args, torch.bfloat16)
+    q = quantize(w, scale, zp, args)
+    weight = linear.make_weight(compress_linear(q, scale, zp, Scheme(name, args, None)), args, None)
+    assert weight._amx_ok
+    monkeypatch.setattr(weight, "amx_m", (1, 10**9))
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(m))
+    exact = x.double() @ weight.dequantize().double().T
+    assert _db(weight(x) - exact, exact) < -75
+    weight.prefill_dtype = torch.bfloat16
+    bf16 = x.bfloat16().double() @ weight.dequantize().bfloat16().double().T
+    assert _db(weight(x) - bf16, bf16) < -110  # float32 sums of the same bf16 products

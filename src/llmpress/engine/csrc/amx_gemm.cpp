@@ -102,8 +102,10 @@ inline __m512 bf16_to_float(__m256i bits) { return _mm512_castsi512_ps(_mm512_sl
 // B for rows 0 .. M - 1 <= 15 of x, into b (zeroed: zeros past M): [Kp / 32 halves][hi, lo][16 x 32
 // bf16], i.e. per half and part a 16 x 16 matrix of bf16 pairs, row i = pair i of the half, column m.
 // gain scales x first (powers of two: exact); with split, lo = bf16(x·gain - hi).
-constexpr int64_t b_size(int64_t Kp) { return Kp / 32 * 2 * kTileElems; }
-void prepare_b(const float* x, int64_t M, int64_t K, int64_t Kp, const KOrder& order, float gain, bool split, uint16_t* b) {
+// parts = 1 (bf16_tiles_wide, x as one bf16 part) packs [Kp / 32 halves][16 x 32 bf16], no lo slots.
+constexpr int64_t b_size(int64_t Kp, int parts = 2) { return Kp / 32 * parts * kTileElems; }
+void prepare_b(const float* x, int64_t M, int64_t K, int64_t Kp, const KOrder& order, float gain, bool split, uint16_t* b,
+               int parts = 2) {
   std::vector<float> row(Kp, 0.0f);  // x[m] · gain, zero-padded to Kp
   __m512i gather[4];
   for (int q = 0; q < 4; ++q) gather[q] = _mm512_loadu_si512(order.k + 16 * q);
@@ -116,7 +118,7 @@ void prepare_b(const float* x, int64_t M, int64_t K, int64_t Kp, const KOrder& o
       for (int q = 0; q < 4; ++q) v[q] = _mm512_i32gather_ps(gather[q], row.data() + s * kStep, 4);
       for (int h = 0; h < 2; ++h) {
         const __m512i hi = (__m512i)_mm512_cvtne2ps_pbh(v[2 * h + 1], v[2 * h]);
-        int* base = b32 + (2 * s + h) * 2 * 256 + m;
+        int* base = b32 + (2 * s + h) * parts * 256 + m;
         _mm512_i32scatter_epi32(base, column, hi, 4);
         if (split) {
           const __m512 r0 = _mm512_sub_ps(v[2 * h], bf16_to_float(_mm512_castsi512_si256(hi)));
@@ -400,6 +402,98 @@ void bf16_tiles_2x2(const Rows& rows, const uint16_t* b, int64_t M, int64_t N, i
   });
 }
 
+// Prefill with x as one bf16 part (the engine's prefill_dtype bf16), more than 32 rows m: the weight is
+// decoded once a call, not once per 32 rows m as bf16_tiles_2x2 does (at M = 256 that was 8 decodes of
+// every weight, most of the call: 4096x4096 g128 ran at a third of oneDNN's dense bf16 GEMM). Per unit
+// of 32 weight rows n and chunk of kChunk steps, A is decoded into L1 with each row's group scale folded
+// in, bf16(s · (q - zp)): bf16-grade like x itself, and no per-group flush of the C tiles is needed.
+// Then every pair of 16-row m blocks passes over the chunk, 2 x 2 as in bf16_tiles_2x2, its four C
+// tiles kept in acc between chunks (b: parts = 1, blocks of 16 rows m, an even count, zeros past M).
+template <class Rows>
+void bf16_tiles_wide(const Rows& rows, const uint16_t* b, int64_t M, int64_t N, int64_t Kp, const float* scale, int64_t G,
+                     int64_t group_size, float* y) {
+  constexpr int kPair = 2 * kRows, kChunk = 4;  // a chunk's A and one m pair's B: 16 KiB each
+  const int64_t steps = Kp / kStep, spg = group_size / kStep, pairs = (M + kPair - 1) / kPair;
+  at::parallel_for(0, (N + kPair - 1) / kPair, block_grain(2 * steps * Rows::kStepBytes), [&](int64_t p0, int64_t p1) {
+    configure_tiles();
+    alignas(64) __m512i a[kChunk][kPair][2];  // [step in chunk][row n][half]
+    std::vector<float> acc_buf(pairs * 4 * kRows * 16 + 16);
+    auto* acc = reinterpret_cast<float(*)[4][kRows][16]>((reinterpret_cast<uintptr_t>(acc_buf.data()) + 63) & ~uintptr_t{63});
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t n0 = p * kPair;
+      int64_t row[kPair];  // rows past N repeat the last one; their results are dropped
+      for (int r = 0; r < kPair; ++r) row[r] = std::min(n0 + r, N - 1);
+      for (int64_t s0 = 0; s0 < steps; s0 += kChunk) {
+        const int64_t s1 = std::min<int64_t>(s0 + kChunk, steps);
+        for (int64_t s = s0; s < s1; ++s)
+          for (int r = 0; r < kPair; ++r) {
+            __m512i* h = a[s - s0][r];
+            rows.decode(row[r], s, &h[0], &h[1]);
+            const __m512 sc = _mm512_set1_ps(scale[row[r] * G + s / spg]);
+            for (int half = 0; half < 2; ++half) {
+              const __m512 lo = _mm512_mul_ps(bf16_to_float(_mm512_castsi512_si256(h[half])), sc);
+              const __m512 hi = _mm512_mul_ps(bf16_to_float(_mm512_extracti64x4_epi64(h[half], 1)), sc);
+              h[half] = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+            }
+          }
+        for (int64_t mp = 0; mp < pairs; ++mp) {
+          float(*c)[kRows][16] = acc[mp];  // [2 nb + mb][row n][row m]
+          if (s0 == 0) {
+            _tile_zero(4);
+            _tile_zero(5);
+            _tile_zero(6);
+            _tile_zero(7);
+          } else {
+            _tile_loadd(4, c[0], 64);
+            _tile_loadd(5, c[1], 64);
+            _tile_loadd(6, c[2], 64);
+            _tile_loadd(7, c[3], 64);
+          }
+          const uint16_t* b0 = b + 2 * mp * b_size(Kp, 1);  // m block 2 mp
+          const uint16_t* b1 = b0 + b_size(Kp, 1);          // m block 2 mp + 1
+          for (int64_t s = s0; s < s1; ++s)
+            for (int h = 0; h < 2; ++h) {
+              _tile_loadd(0, &a[s - s0][0][h], 128);
+              _tile_loadd(1, &a[s - s0][kRows][h], 128);
+              _tile_loadd(2, b0 + (2 * s + h) * kTileElems, 64);
+              _tile_loadd(3, b1 + (2 * s + h) * kTileElems, 64);
+              _tile_dpbf16ps(4, 0, 2);
+              _tile_dpbf16ps(5, 0, 3);
+              _tile_dpbf16ps(6, 1, 2);
+              _tile_dpbf16ps(7, 1, 3);
+            }
+          _tile_stored(4, c[0], 64);
+          _tile_stored(5, c[1], 64);
+          _tile_stored(6, c[2], 64);
+          _tile_stored(7, c[3], 64);
+        }
+      }
+      for (int64_t mp = 0; mp < pairs; ++mp)
+        for (int nb = 0; nb < 2 && n0 + kRows * nb < N; ++nb)
+          for (int mb = 0; mb < 2 && kPair * mp + kRows * mb < M; ++mb)
+            store_transposed(acc[mp][2 * nb + mb], std::min<int64_t>(kRows, M - kPair * mp - kRows * mb), N, n0 + kRows * nb,
+                             nullptr, y + (kPair * mp + kRows * mb) * N);
+    }
+    _tile_release();
+  });
+}
+
+template <class Rows>
+at::Tensor bf16_gemm_wide(const Rows& rows, const at::Tensor& x, int64_t N, int64_t Kp, const float* scale, int64_t G,
+                          int64_t group_size) {
+  const int64_t M = x.size(0), K = x.size(1), blocks = 2 * ((M + 2 * kRows - 1) / (2 * kRows));
+  at::Tensor y = at::empty({M, N}, x.options());
+  std::vector<uint16_t> b(blocks * b_size(Kp, 1), 0);
+  at::parallel_for(0, blocks, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t)
+      if (16 * t < M)
+        prepare_b(x.data_ptr<float>() + 16 * t * K, std::min<int64_t>(16, M - 16 * t), K, Kp, Rows::kOrder, 1.0f, false,
+                  b.data() + t * b_size(Kp, 1), 1);
+  });
+  bf16_tiles_wide(rows, b.data(), M, N, Kp, scale, G, group_size, y.data_ptr<float>());
+  return y;
+}
+
 // Rows of x by blocks of up to 32: B for each, then the tile loop (bf16_tiles<TB = 1> for up to 16
 // rows, a decode batch; bf16_tiles_2x2 for 17 .. 32).
 template <bool kSplit, class Rows>
@@ -428,8 +522,9 @@ at::Tensor bf16_gemm_blocks(const Rows& rows, const at::Tensor& x, int64_t N, in
 template <class Rows>
 at::Tensor weight_only_gemm(bool split, const Rows& rows, const at::Tensor& x, int64_t N, int64_t Kp, const float* scale,
                             int64_t G, int64_t group_size) {
-  return split ? bf16_gemm_blocks<true>(rows, x, N, Kp, scale, G, group_size, 1.0f)
-               : bf16_gemm_blocks<false>(rows, x, N, Kp, scale, G, group_size, 1.0f);
+  if (split) return bf16_gemm_blocks<true>(rows, x, N, Kp, scale, G, group_size, 1.0f);
+  if (x.size(0) > 2 * kRows) return bf16_gemm_wide(rows, x, N, Kp, scale, G, group_size);
+  return bf16_gemm_blocks<false>(rows, x, N, Kp, scale, G, group_size, 1.0f);
 }
 
 void check_amx_group(int64_t group_size) {
