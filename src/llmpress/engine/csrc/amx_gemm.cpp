@@ -19,11 +19,11 @@
 // With split = false (the engine's prefill_dtype bf16, prefill GEMMs only) x is rounded to bf16 and
 // multiplied once: half the products, bf16's ~-50 dB, as GPUs run W4A16.
 // FP8_DYNAMIC activations are e4m3 values times a per-token scale, exact in bf16: one product.
-// W8A8 uses TDPBSSD (int8 x int8 -> int32): exact sums, as in qgemm.cpp's int8 tile.
+// W8A8 (amx_w8a8.cpp) uses TDPBSSD (int8 x int8 -> int32): exact sums, as in qgemm.cpp's int8 tile.
 //
 // Tiles, bf16: 0, 1 = A (the two 32-k halves of a 64-k step), 2, 3 = B (the halves' hi or lo part),
 // 4 + t and 6 + t = C for block t of 16 rows m in even and odd groups (hi and lo products add into
-// the same C: back-to-back dependent products issue at full rate). W8A8: 0 = A (64 k), 2 = B,
+// the same C: back-to-back dependent products issue at full rate). W8A8 (amx_w8a8.cpp): 0 = A (64 k), 2 = B,
 // 6, 7 = C for even and odd steps.
 //
 // Measured (2 threads, SmolLM2 shapes, us; `benchmarks/engine_kernels.py --crossover`): int4
@@ -39,23 +39,16 @@
 #include <type_traits>
 #include <vector>
 
-#include "formats.h"
-#include "qgemm.h"  // quantize_act_int8
-
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AMX_INT8__) && defined(LLMPRESS_AVX512) && \
-    defined(__AVX512BF16__)
-#define LLMPRESS_AMX 1
-#include <sys/syscall.h>
-#include <unistd.h>
-#endif
-
-using namespace llmpress;
+#include "amx_rows.h"
 
 #ifdef LLMPRESS_AMX
-namespace {
+#include <sys/syscall.h>
+#include <unistd.h>
 
-constexpr int kRows = 16;       // weight rows n per A tile, and activation rows m per call of the tile loop
-constexpr int kTileElems = 512;  // 16 rows x 64 bytes, in bf16 elements
+using namespace llmpress;
+using namespace llmpress::amx;
+
+namespace {
 
 // Linux hands out AMX state only on request (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA),
 // once per process; a kernel or hypervisor that does not allow it makes AMX unavailable.
@@ -63,149 +56,6 @@ bool request_amx() {
   constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
   return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
 }
-
-struct alignas(64) TileConfig {
-  uint8_t palette = 1, start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
-// All eight tiles 16 rows x 64 bytes. Per thread: every worker loads it before its first tile op.
-void configure_tiles() {
-  TileConfig cfg;
-  for (int t = 0; t < 8; ++t) cfg.colsb[t] = 64, cfg.rows[t] = kRows;
-  _tile_loadconfig(&cfg);
-}
-
-// A's k order within a 64-k step: element e of the step's two A halves (half e / 32) holds
-// k = 64s + order[e]. B is built in the same order.
-struct KOrder {
-  int32_t k[kStep];
-};
-constexpr KOrder plain_order() {  // the byte formats decode in k order
-  KOrder o{};
-  for (int e = 0; e < kStep; ++e) o.k[e] = e;
-  return o;
-}
-// int4 decodes by byte: element 4j + b of half h is nibble 2b + h of word j, k = 16b + 8h + j.
-constexpr KOrder int4_order() {
-  KOrder o{};
-  for (int h = 0; h < 2; ++h)
-    for (int j = 0; j < 8; ++j)
-      for (int b = 0; b < 4; ++b) o.k[32 * h + 4 * j + b] = 16 * b + 8 * h + j;
-  return o;
-}
-
-inline __m512 bf16_to_float(__m256i bits) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16)); }
-
-// B for rows 0 .. M - 1 <= 15 of x, into b (zeroed: zeros past M): [Kp / 32 halves][hi, lo][16 x 32
-// bf16], i.e. per half and part a 16 x 16 matrix of bf16 pairs, row i = pair i of the half, column m.
-// gain scales x first (powers of two: exact); with split, lo = bf16(x·gain - hi).
-// parts = 1 (bf16_tiles_wide, x as one bf16 part) packs [Kp / 32 halves][16 x 32 bf16], no lo slots.
-constexpr int64_t b_size(int64_t Kp, int parts = 2) { return Kp / 32 * parts * kTileElems; }
-void prepare_b(const float* x, int64_t M, int64_t K, int64_t Kp, const KOrder& order, float gain, bool split, uint16_t* b,
-               int parts = 2) {
-  std::vector<float> row(Kp, 0.0f);  // x[m] · gain, zero-padded to Kp
-  __m512i gather[4];
-  for (int q = 0; q < 4; ++q) gather[q] = _mm512_loadu_si512(order.k + 16 * q);
-  const __m512i column = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(16));
-  auto* b32 = reinterpret_cast<int*>(b);
-  for (int64_t m = 0; m < M; ++m) {
-    for (int64_t k = 0; k < K; ++k) row[k] = x[m * K + k] * gain;
-    for (int64_t s = 0; s < Kp / kStep; ++s) {
-      __m512 v[4];
-      for (int q = 0; q < 4; ++q) v[q] = _mm512_i32gather_ps(gather[q], row.data() + s * kStep, 4);
-      for (int h = 0; h < 2; ++h) {
-        const __m512i hi = (__m512i)_mm512_cvtne2ps_pbh(v[2 * h + 1], v[2 * h]);
-        int* base = b32 + (2 * s + h) * parts * 256 + m;
-        _mm512_i32scatter_epi32(base, column, hi, 4);
-        if (split) {
-          const __m512 r0 = _mm512_sub_ps(v[2 * h], bf16_to_float(_mm512_castsi512_si256(hi)));
-          const __m512 r1 = _mm512_sub_ps(v[2 * h + 1], bf16_to_float(_mm512_extracti64x4_epi64(hi, 1)));
-          _mm512_i32scatter_epi32(base + 256, column, (__m512i)_mm512_cvtne2ps_pbh(r1, r0), 4);
-        }
-      }
-    }
-  }
-}
-
-// The weight formats as A rows. at(n, s): step s of row n, kStepBytes long; decode(p, half0, half1):
-// those bytes -> the step's two A rows (32 bf16 each, in kOrder).
-//
-// The tile loop reads 16 rows side by side, a step of each, so the hardware prefetchers (and
-// qgemm.cpp's prefetch along a row) fetch the wrong lines; the loop prefetches the next block's
-// rows instead, one block (16 rows) ahead.
-
-// int4: 8 words -> exact q_u - 8 - zp: bytes widened to words, each nibble looked up (vpermw) in a
-// table of the 16 bf16 values, which depends on the row's zero point.
-struct Int4Rows {
-  static constexpr KOrder kOrder = int4_order();
-  static constexpr int kStepBytes = 32;
-  const int32_t* w;
-  int64_t ld;  // words per row
-  const int8_t* zp;
-  int64_t G, group_size;
-  // table[q] = bf16(q - c), q = 0 .. 15 (words 16-31 unused)
-  static __m512i table(float c) {
-    const __m512 v = _mm512_sub_ps(_mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_ps(c));
-    return (__m512i)_mm512_cvtne2ps_pbh(v, v);
-  }
-  const void* at(int64_t n, int64_t s) const { return w + n * ld + s * 8; }
-  void decode(int64_t n, int64_t s, __m512i* half0, __m512i* half1) const {
-    static const __m512i symmetric = table(8.0f);
-    const __m512i t = zp ? table(8.0f + zp[n * G + s * kStep / group_size]) : symmetric;
-    const __m512i bytes = _mm512_cvtepu8_epi16(_mm256_loadu_si256(static_cast<const __m256i*>(at(n, s))));
-    _mm512_store_si512(half0, _mm512_permutexvar_epi16(_mm512_and_si512(bytes, _mm512_set1_epi16(0x0F)), t));
-    _mm512_store_si512(half1, _mm512_permutexvar_epi16(_mm512_srli_epi16(bytes, 4), t));
-  }
-};
-
-// bf16 weights: the stored bits are A's rows.
-struct Bf16Rows {
-  static constexpr KOrder kOrder = plain_order();
-  static constexpr int kStepBytes = 128;
-  const uint16_t* w;
-  int64_t ld;  // Kp
-  const void* at(int64_t n, int64_t s) const { return w + n * ld + s * kStep; }
-  void decode(int64_t n, int64_t s, __m512i* half0, __m512i* half1) const {
-    const auto* p = static_cast<const uint16_t*>(at(n, s));
-    _mm512_store_si512(half0, _mm512_loadu_si512(p));
-    _mm512_store_si512(half1, _mm512_loadu_si512(p + 32));
-  }
-};
-
-// int8 (symmetric) and fp8 (its value · 2^-8; the 2^8 goes into B): the decoders' floats, exact in bf16.
-template <class Decoder>
-struct ByteRows {
-  static constexpr KOrder kOrder = plain_order();
-  static constexpr int kStepBytes = 64;
-  Decoder dec;
-  const void* at(int64_t n, int64_t s) const { return dec.w + n * dec.ld + s * kStep; }
-  void decode(int64_t n, int64_t s, __m512i* half0, __m512i* half1) const {
-    const auto* p = dec.w + n * dec.ld + s * kStep;  // in place; the tile loop prefetches
-    __m512 v[4];
-    unroll<4>([&](auto q) { v[q] = Decoder::template wide<q>(p); });
-    _mm512_store_si512(half0, (__m512i)_mm512_cvtne2ps_pbh(v[1], v[0]));
-    _mm512_store_si512(half1, (__m512i)_mm512_cvtne2ps_pbh(v[3], v[2]));
-  }
-};
-
-// t[r][m] holds y[m, n0 + r] (16 rows n x 16 rows m): written transposed, rows m < M and n < N
-// only, each row m times col_scale[m] when given.
-inline void store_transposed(const float (*t)[16], int64_t M, int64_t N, int64_t n0, const float* col_scale, float* y) {
-  const __m512i rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(16));
-  const __mmask16 valid = N - n0 >= kRows ? 0xFFFF : static_cast<__mmask16>((1u << (N - n0)) - 1);
-  for (int64_t m = 0; m < M; ++m) {
-    __m512 v = _mm512_i32gather_ps(rows, &t[0][m], 4);
-    if (col_scale) v = _mm512_mul_ps(v, _mm512_set1_ps(col_scale[m]));
-    _mm512_mask_storeu_ps(y + m * N + n0, valid, v);
-  }
-}
-
-// Blocks of 16 weight rows per thread, at least: under ~32 KiB of weights a fork costs more than it
-// saves (qgemm.cpp's for_each_tile uses the same bound). row_bytes: one row's stored bytes.
-inline int64_t block_grain(int64_t row_bytes) { return std::max<int64_t>(1, (int64_t{32} << 10) / (kRows * row_bytes)); }
 
 // C tile 4 + T for a compile-time T (GCC's tile intrinsics paste the register number into asm).
 #define LLMPRESS_ON_C_TILE(T, OP)                 \
@@ -527,10 +377,6 @@ at::Tensor weight_only_gemm(bool split, const Rows& rows, const at::Tensor& x, i
   return bf16_gemm_blocks<false>(rows, x, N, Kp, scale, G, group_size, 1.0f);
 }
 
-void check_amx_group(int64_t group_size) {
-  TORCH_CHECK(group_size % kStep == 0, "the AMX GEMMs need group_size a multiple of 64, got ", group_size);
-}
-
 }  // namespace
 
 bool amx_available() {
@@ -590,73 +436,6 @@ at::Tensor amx_bf16_gemm(const at::Tensor& x, const at::Tensor& weight, bool spl
   return weight_only_gemm(split, Bf16Rows{w, Kp}, x, N, Kp, &kOne, 0, Kp);
 }
 
-// W8A8: y[m, n] = s_a[m] · Σ_g s_w[n, g] · Σ_{k in g} q_a[m, k] q_w[n, k], the inner sums exact in
-// int32 (TDPBSSD). A is 16 weight rows read in place (64 k = 64 bytes a row); B packs q_a in fours
-// (row i: k = 4i .. 4i + 3 of each of the 16 rows m). Steps alternate between C tiles 6 and 7, two
-// independent chains, added (in int32) when the group ends.
-at::Tensor amx_w8a8_gemm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale, int64_t group_size) {
-  TORCH_CHECK(amx_available(), "AMX is not available");
-  const int8_t* w = check_weight<int8_t>(weight, at::kChar, kStep, "int8 [N, Kp]");
-  const int64_t N = weight.size(0), Kp = weight.size(1), M = x.size(0), K = x.size(1), G = scale.size(1);
-  check_x(x, Kp);
-  const int64_t spg = check_scale(scale, N, Kp, group_size), steps = Kp / kStep;
-  check_amx_group(group_size);
-  const auto [q, sa] = quantize_act_int8(x);
-  const int8_t* qd = q.data_ptr<int8_t>();
-  const float *sc = scale.data_ptr<float>(), *sad = sa.data_ptr<float>();
-  at::Tensor y = at::empty({M, N}, x.options());
-  float* yd = y.data_ptr<float>();
-  for (int64_t m0 = 0; m0 < M; m0 += kRows) {
-    const int64_t mb = std::min<int64_t>(kRows, M - m0);
-    std::vector<int8_t> b(steps * 1024, 0);  // [step][16 rows i][16 rows m][4]
-    for (int64_t m = 0; m < mb; ++m)
-      for (int64_t k = 0; k < K; ++k) b[(k / kStep) * 1024 + (k % kStep) / 4 * 64 + 4 * m + k % 4] = qd[(m0 + m) * K + k];
-    at::parallel_for(0, (N + kRows - 1) / kRows, block_grain(Kp), [&](int64_t nb0, int64_t nb1) {
-      configure_tiles();
-      alignas(64) int8_t a[kRows][kStep];  // the last block's rows, copied (rows past N repeat row N - 1)
-      alignas(64) int32_t c[2][kRows][16];
-      for (int64_t nb = nb0; nb < nb1; ++nb) {
-        const int64_t n0 = nb * kRows;
-        const bool whole = n0 + kRows <= N;
-        __m512 acc[kRows];
-        for (auto& v : acc) v = _mm512_setzero_ps();
-        _tile_zero(6);
-        _tile_zero(7);
-        const int8_t* next = w + std::min(n0 + kRows, N - 1) * Kp;
-        for (int64_t s = 0, g = 0; s < steps; ++s) {
-          for (int line = 0; line < kRows * kStep; line += 64) _mm_prefetch(next + s * kRows * kStep + line, _MM_HINT_T1);
-          if (whole) {
-            _tile_loadd(0, w + n0 * Kp + s * kStep, Kp);
-          } else {
-            for (int r = 0; r < kRows; ++r) std::copy_n(w + std::min(n0 + r, N - 1) * Kp + s * kStep, kStep, a[r]);
-            _tile_loadd(0, a, kStep);
-          }
-          _tile_loadd(2, b.data() + s * 1024, 64);
-          if (s % 2 == 0)
-            _tile_dpbssd(6, 0, 2);
-          else
-            _tile_dpbssd(7, 0, 2);
-          if ((s + 1) % spg == 0 || s + 1 == steps) {
-            _tile_stored(6, c[0], 64);
-            _tile_stored(7, c[1], 64);
-            _tile_zero(6);
-            _tile_zero(7);
-            for (int r = 0; r < kRows; ++r) {
-              const __m512i sum = _mm512_add_epi32(_mm512_load_si512(c[0][r]), _mm512_load_si512(c[1][r]));
-              acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(sc[std::min(n0 + r, N - 1) * G + g]), acc[r]);
-            }
-            ++g;
-          }
-        }
-        alignas(64) float out[kRows][16];
-        for (int r = 0; r < kRows; ++r) _mm512_store_ps(out[r], acc[r]);
-        store_transposed(out, mb, N, n0, sad + m0, yd + m0 * N);
-      }
-      _tile_release();
-    });
-  }
-  return y;
-}
 
 #else  // built without AMX: never available, never called
 
@@ -665,7 +444,6 @@ at::Tensor amx_int4_gemm(const at::Tensor&, const at::Tensor&, const at::Tensor&
   TORCH_CHECK(false, "built without AMX");
 }
 at::Tensor amx_int8_gemm(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, bool) { TORCH_CHECK(false, "built without AMX"); }
-at::Tensor amx_w8a8_gemm(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t) { TORCH_CHECK(false, "built without AMX"); }
 at::Tensor amx_fp8_gemm(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, bool) { TORCH_CHECK(false, "built without AMX"); }
 at::Tensor amx_bf16_gemm(const at::Tensor&, const at::Tensor&, bool) { TORCH_CHECK(false, "built without AMX"); }
 
