@@ -12,7 +12,8 @@ come from DRAM as in a real decode step (a model's layers evict each other). "ho
 called again and again, stays in cache if it fits (this machine's L3 is large), which flatters
 the formats that read many bytes. `--crossover` times our fused kernel against dequantize +
 sgemm, and, on CPUs with AMX, the AMX GEMM, for growing M: how `QuantizedWeight.small_m_max` and
-`amx_m` were chosen. Weights are random,
+`amx_m` were chosen; `--prefill` times the bf16 prefill GEMMs (int4 on AMX against the dense
+bf16 weight, both with prefill_dtype bf16) at the 8B shapes. Weights are random,
 quantized and written by the project's own writer, then loaded through `linear.make_weight`.
 """
 from __future__ import annotations
@@ -158,11 +159,31 @@ def crossover(repeats: int) -> None:
                 print(f"| {label} | {k}→{n} | {path} | " + " | ".join(f"{t:,.0f}" for t in row) + " |", flush=True)
 
 
+def prefill(repeats: int) -> None:
+    """bf16 prefill GEMMs as the engine runs them (prefill_dtype bf16): int4 on AMX against the dense bf16 weight."""
+    ms = [64, 256, 512]
+    print("\n### bf16 prefill: int4 (AMX) vs dense bf16, ms per call (hot), by M\n")
+    print("| shape K→N | group | " + " | ".join(f"M={m} int4 / dense" for m in ms) + " |")
+    print("|---|---|" + "---|" * len(ms))
+    for k, n in [(576, 1536), (1536, 576), (4096, 4096), (4096, 28672), (14336, 4096)]:
+        w = torch.randn(n, k) * 0.05
+        group = 64 if k % 128 else 128
+        q, dense = ours("W4A16", w, group), linear.DenseWeight(w.to(torch.bfloat16))
+        q.prefill_dtype = dense.prefill_dtype = torch.bfloat16
+        cells = []
+        for m in ms:
+            x = torch.randn(m, k)
+            t_q, t_d = bench(lambda: q(x), repeats), bench(lambda: dense(x), repeats)
+            cells.append(f"{t_q * 1e3:.2f} / {t_d * 1e3:.2f} ({t_d / t_q:.2f}x)")
+        print(f"| {k}→{n} | {group} | " + " | ".join(cells) + " |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--crossover", action="store_true", help="also time fused vs dequantize + sgemm by M")
+    ap.add_argument("--prefill", action="store_true", help="only the bf16 prefill GEMMs: int4 (AMX) vs dense bf16")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -170,6 +191,9 @@ def main() -> None:
     print(f"extension: {'built/loaded' if ok else 'UNAVAILABLE (reference path)'} in {time.perf_counter() - t0:.1f} s; "
           f"fast path: {extension.available()}; torch {torch.__version__}; {torch.get_num_threads()} threads\n", flush=True)
     torch.manual_seed(0)
+    if args.prefill:
+        prefill(args.repeats)
+        return
     results = {}
     for k, n in SHAPES:
         w = torch.randn(n, k) * 0.05

@@ -71,3 +71,16 @@ def test_cli_plan_for_the_8b_config(capsys):
     assert main(["plan", "deepseek-r1-distill-llama-8b", "--scheme", "W4A16", "--gpu", "H200"]) == 0
     d = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert d["peak_device_gb"] is not None
+
+
+def test_float32_work_is_timed_at_the_float32_rate():
+    """GPTQ's factorizations and updates run in float32, the bf16 calibration forward and its Hessian
+    products in bf16: each term follows its own measured rate (5x apart on an AMX Xeon)."""
+    run = plan.CompressRun(num_samples=32, max_seq_len=512, calib_bytes=2)
+    slow, fast = (plan.Machine("test", 24 << 30, None, 2, 1.3e12, fp32_flops=f) for f in (1.6e11, 3.2e11))
+    t_slow, t_fast = (dict(plan.plan_compress(CFG_8B, run, m).time_terms) for m in (slow, fast))
+    assert t_slow["GPTQ"] == pytest.approx(2 * t_fast["GPTQ"], rel=0.01)
+    assert t_slow["calibration forward"] == t_fast["calibration forward"]
+    assert t_slow["Hessians"] == t_fast["Hessians"]
+    f32_calib = dict(plan.plan_compress(CFG_8B, plan.CompressRun(num_samples=32, max_seq_len=512, calib_bytes=4), fast).time_terms)
+    assert f32_calib["calibration forward"] > 3 * t_fast["calibration forward"]  # float32 calibration: the float32 rate

@@ -7,7 +7,9 @@ model follows what compress/oneshot.py, calibrate.py, sequential.py and gptq.py 
 peaks (see _compress_phases); the engine's follows engine/loader.py and cache.py. The constants
 marked "measured" were fitted to peak RSS (/usr/bin/time -v) and wall time of real runs on a
 2-core AMD EPYC (Zen 4): the default model and 2-layer synth models of the 8B shape
-(benchmarks/plan_accuracy.py re-measures them).
+(benchmarks/plan_accuracy.py re-measures them). Time uses two measured matmul rates, bf16 for the
+calibration forward and its Hessian products, float32 for GPTQ's factorizations and updates: on an
+AMX Xeon they are 5x apart, and one rate for both put a 32-layer 8B GPTQ at half its time.
 """
 from __future__ import annotations
 
