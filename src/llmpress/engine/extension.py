@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 _CSRC = Path(__file__).with_name("csrc")
-_SOURCES = [_CSRC / f for f in ("qgemm.cpp", "int4_vnni.cpp", "amx_gemm.cpp", "amx_w8a8.cpp", "layer_ops.cpp", "bindings.cpp")]  # + headers beside them
+_SOURCES = [_CSRC / f for f in ("qgemm.cpp", "int4_vnni.cpp", "amx_gemm.cpp", "amx_w8a8.cpp", "layer_ops.cpp",
+                                 "bindings.cpp")]  # + headers beside them
 # -ffp-contract=off: GCC would fuse a written multiply and add (intrinsics included) into an FMA,
 # and the rotary kernel must round like torch's two products and a subtraction.
 _CFLAGS = ["-O3", "-march=native", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-ffp-contract=off"]
