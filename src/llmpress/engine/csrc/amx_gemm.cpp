@@ -328,18 +328,24 @@ void bf16_tiles_wide(const Rows& rows, const uint16_t* b, int64_t M, int64_t N, 
   });
 }
 
+// B for rows m0 .. m0 + mb - 1 of x, a block of 16 rows at a time, into b (zeroed by the caller).
+inline void prepare_blocks(const at::Tensor& x, int64_t m0, int64_t mb, int64_t Kp, const KOrder& order, float gain, bool split,
+                           int parts, uint16_t* b) {
+  const int64_t K = x.size(1);
+  at::parallel_for(0, (mb + kRows - 1) / kRows, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t)
+      prepare_b(x.data_ptr<float>() + (m0 + kRows * t) * K, std::min<int64_t>(kRows, mb - kRows * t), K, Kp, order, gain,
+                split, b + t * b_size(Kp, parts), parts);
+  });
+}
+
 template <class Rows>
 at::Tensor bf16_gemm_wide(const Rows& rows, const at::Tensor& x, int64_t N, int64_t Kp, const float* scale, int64_t G,
                           int64_t group_size) {
-  const int64_t M = x.size(0), K = x.size(1), blocks = 2 * ((M + 2 * kRows - 1) / (2 * kRows));
+  const int64_t M = x.size(0), blocks = 2 * ((M + 2 * kRows - 1) / (2 * kRows));  // an even count, zeros past M
   at::Tensor y = at::empty({M, N}, x.options());
   std::vector<uint16_t> b(blocks * b_size(Kp, 1), 0);
-  at::parallel_for(0, blocks, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t)
-      if (16 * t < M)
-        prepare_b(x.data_ptr<float>() + 16 * t * K, std::min<int64_t>(16, M - 16 * t), K, Kp, Rows::kOrder, 1.0f, false,
-                  b.data() + t * b_size(Kp, 1), 1);
-  });
+  prepare_blocks(x, 0, M, Kp, Rows::kOrder, 1.0f, false, 1, b.data());
   bf16_tiles_wide(rows, b.data(), M, N, Kp, scale, G, group_size, y.data_ptr<float>());
   return y;
 }
@@ -349,15 +355,13 @@ at::Tensor bf16_gemm_wide(const Rows& rows, const at::Tensor& x, int64_t N, int6
 template <bool kSplit, class Rows>
 at::Tensor bf16_gemm_blocks(const Rows& rows, const at::Tensor& x, int64_t N, int64_t Kp, const float* scale, int64_t G,
                             int64_t group_size, float gain, const float* col_scale = nullptr) {
-  const int64_t M = x.size(0), K = x.size(1);
+  const int64_t M = x.size(0);
   at::Tensor y = at::empty({M, N}, x.options());
   std::vector<uint16_t> b;
   for (int64_t m0 = 0; m0 < M; m0 += 2 * kRows) {
     const int64_t mb = std::min<int64_t>(2 * kRows, M - m0), tb = (mb + kRows - 1) / kRows;
     b.assign(tb * b_size(Kp), 0);
-    for (int64_t t = 0; t < tb; ++t)
-      prepare_b(x.data_ptr<float>() + (m0 + 16 * t) * K, std::min<int64_t>(16, mb - 16 * t), K, Kp, Rows::kOrder, gain, kSplit,
-                b.data() + t * b_size(Kp));
+    prepare_blocks(x, m0, mb, Kp, Rows::kOrder, gain, kSplit, 2, b.data());
     const float* cs = col_scale ? col_scale + m0 : nullptr;
     float* yd = y.data_ptr<float>() + m0 * N;
     if (tb == 1)
