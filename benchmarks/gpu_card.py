@@ -23,30 +23,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from llmpress.checkpoint.compressed_tensors import compress_linear  # noqa: E402
-from llmpress.compress.fp8 import fp8_quantize_weight  # noqa: E402
-from llmpress.compress.gptq import rtn_quantize  # noqa: E402
-from llmpress.quant import SCHEMES  # noqa: E402
-from llmpress.engine import extension, linear  # noqa: E402
+from llmpress.engine import extension  # noqa: E402
 from llmpress.engine.llm_engine import EngineConfig, LLMEngine  # noqa: E402
 from llmpress.engine.llm import LLM  # noqa: E402
-from llmpress.engine.model import Layer, Model, ModelConfig  # noqa: E402
 from llmpress.engine.sampling import SamplingParams  # noqa: E402
 from llmpress.synth.config import load_config  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from card_model import build_model, gen_linear, quantized, tokenizer  # noqa: E402
 
 CARD = "deepseek-r1-distill-llama-8b"
 # the cards' H100 figures (vLLM 0.7.2, 256 prompt / 128 output tokens, single stream), seconds
@@ -139,60 +135,6 @@ def _time_graph(fn, reps: int = 20) -> float:
     return _time_cuda(g.replay, 5) / reps
 
 
-# ----------------------------------------------------------------------------------------------- weights
-def _gen_linear(rows: int, cols: int, gain: float, g: torch.Generator) -> torch.Tensor:
-    """N(0, gain²/cols) with a lognormal row spread, bf16 on the GPU (synth's recipe, made on the device)."""
-    w = torch.randn(rows, cols, device=DEV, generator=g, dtype=torch.float32).mul_(gain / math.sqrt(cols))
-    w.mul_(torch.exp(0.3 * torch.randn(rows, 1, device=DEV, generator=g)))
-    return w.to(torch.bfloat16)
-
-
-def _quantized(w: torch.Tensor, scheme: str):
-    """A bf16 [N, K] weight -> the engine's weight container for `scheme`, through the checkpoint format."""
-    if scheme == "bf16":
-        return linear.DenseWeight(w)
-    s = SCHEMES[scheme]
-    if scheme == "FP8_DYNAMIC":
-        q, scale = fp8_quantize_weight(w.float())
-        tensors = compress_linear(q, scale, None, s)
-    else:
-        s = s.with_group_size(128)
-        r = rtn_quantize(w.float(), replace(s.weights, observer="minmax"))
-        tensors = compress_linear(r.q, r.scale, r.zero_point, s)
-    return linear.make_weight(tensors, s.weights, s.input_activations)
-
-
-def build_model(hf: dict, scheme: str, layers: int, seed: int = 0) -> Model:
-    """The card model's shape with random weights, all on the GPU, linears in `scheme`."""
-    cfg = ModelConfig.from_hf({**hf, "num_hidden_layers": layers})
-    g = torch.Generator(device=DEV).manual_seed(seed)
-    h, i, d = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
-    qkv_rows = (cfg.num_heads + 2 * cfg.num_kv_heads) * d
-    out = []
-    for n in range(layers):
-        gain = 0.75 + 0.5 * n / max(layers - 1, 1)
-        norm = torch.ones(h, device=DEV, dtype=torch.bfloat16)
-        w = {"input_layernorm": norm, "post_attention_layernorm": norm.clone(),
-             "qkv": _quantized(_gen_linear(qkv_rows, h, gain, g), scheme),
-             "o_proj": _quantized(_gen_linear(h, h, gain / math.sqrt(2 * layers), g), scheme),
-             "gate_up": _quantized(_gen_linear(2 * i, h, gain, g), scheme),
-             "down_proj": _quantized(_gen_linear(h, i, gain / math.sqrt(2 * layers), g), scheme)}
-        out.append(Layer(cfg, w))
-    embed = (0.02 * torch.randn(cfg.vocab_size, h, device=DEV, generator=g)).to(torch.bfloat16)
-    lm_head = linear.DenseWeight(_gen_linear(cfg.vocab_size, h, 1.0, g))  # the cards keep lm_head in bf16
-    return Model(cfg, embed, out, torch.ones(h, device=DEV, dtype=torch.bfloat16), lm_head, torch.bfloat16)
-
-
-def _tokenizer(vocab: int, bos: int, eos: int):
-    from transformers import PreTrainedTokenizerFast
-
-    from llmpress.synth.tokenizer import write_tokenizer
-
-    folder = Path(tempfile.mkdtemp())
-    write_tokenizer(folder, vocab, bos, eos, 4096)
-    return PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
-
-
 # ----------------------------------------------------------------------------------------------- sections
 def kernels_section(hf: dict, copy_gbps: float) -> list[dict]:
     """Each linear of a layer at M = 1 and 16, per scheme (and per int4 decode variant where triton_linear has
@@ -208,7 +150,7 @@ def kernels_section(hf: dict, copy_gbps: float) -> list[dict]:
     rows = []
     for scheme in ("bf16", "W4A16", "FP8_DYNAMIC"):
         for name, (n, k) in shapes.items():
-            w = _quantized(_gen_linear(n, k, 1.0, g), scheme)
+            w = quantized(gen_linear(n, k, 1.0, g), scheme)
             for m in (1, 16):
                 x = torch.randn(m, k, device=DEV, dtype=torch.bfloat16)
                 ref = w.reference(x.float())
@@ -262,12 +204,12 @@ def _profile(llm: LLM, vocab: int, prompt: int, output: int, streams: int, reps:
 
 
 def card_section(hf: dict, layers: int, results: dict, save) -> None:
-    tok = _tokenizer(hf["vocab_size"], hf["bos_token_id"], hf["eos_token_id"])
+    tok = tokenizer(hf["vocab_size"], hf["bos_token_id"], hf["eos_token_id"])
     results["card"] = {}
     for scheme in ("W4A16", "FP8_DYNAMIC", "bf16"):
         try:
             t = time.time()
-            model = build_model(hf, scheme, layers)
+            model = build_model(hf, scheme, layers, DEV)
             _sync()
             built = time.time() - t
             wb = model.weight_bytes()
