@@ -26,7 +26,8 @@ pytestmark = pytest.mark.skipif(
 @pytest.mark.parametrize("name", ["W4A16-g64", "W4A16_ASYM-g64", "W8A8", "FP8_DYNAMIC", "W4A16-g128-h256"])
 def test_llmcompressor_checkpoint_logits_agree_with_transformers(name, lee_windows, compare):
     windows = lee_windows if "h256" not in name else [torch.randint(0, 49152, (1, 512), generator=torch.Generator().manual_seed(i)) for i in range(4)]
-    top1, worst = compare(ROOT / name, windows)
+    top1, gaps = compare(ROOT / name, windows)
+    worst = gaps.max().item()
     print(f"llm-compressor {name}: top-1 {100 * top1:.2f}%, max|Δlogit| {worst:.2e}")
     # dynamic-activation schemes: see MIN_TOP1 in test_model.py (transformers fake-quantizes
     # activations over bf16-rounded weights; the engine runs the quantized math exactly)

@@ -14,7 +14,8 @@ from llmpress.eval.perplexity import load_model
 
 def test_tiny_dense_logits_match_transformers(tiny_llama, compare):
     ids = torch.randint(0, 49152, (1, 100), generator=torch.Generator().manual_seed(0))
-    top1, worst = compare(tiny_llama, [ids])
+    top1, gaps = compare(tiny_llama, [ids])
+    worst = gaps.max().item()
     assert top1 == 1.0 and worst < 1e-4, (top1, worst)
 
 
@@ -61,7 +62,10 @@ TOLERANCE = {"dense": 2e-3, "W4A16": 5e-3, "W4A16_ASYM": 1.5}
 # transformers' exactly given the same input (test_act_quant_linear_equals_reference), but
 # the whole model is chaotic: transformers against itself with 1e-6 relative input noise
 # agrees on only ~91-95% of top-1 tokens (conftest._noise_floor). The engine is held to
-# that measured floor (minus 2 points for the sampling noise of 2,048 positions).
+# that measured floor: top-1 minus 2 points (the sampling noise of 2,048 positions), and
+# the per-position max |Δlogit| at its median and 99th percentile within 1.25x the floor's.
+# Not the maximum: over 2,048 chaotic positions it is one draw of a heavy tail (the floor's
+# own ranged 3.6-7.6 across three noise seeds at W8A8 while its median moved 2%).
 ACT_QUANT = ("W8A8", "FP8_DYNAMIC")
 
 
@@ -69,14 +73,18 @@ ACT_QUANT = ("W8A8", "FP8_DYNAMIC")
 @pytest.mark.parametrize("scheme", ["dense", "W4A16", "W4A16_ASYM", "W8A8", "FP8_DYNAMIC"])
 def test_default_model_logits_agree_with_transformers(scheme, default_model, default_checkpoints, lee_windows, compare, noise_floor):
     folder = default_model if scheme == "dense" else default_checkpoints[scheme]
-    top1, worst = compare(folder, lee_windows)
-    print(f"{scheme}: top-1 {100 * top1:.2f}% over {sum(w.shape[1] for w in lee_windows)} positions, max|Δlogit| {worst:.2e}")
+    top1, gaps = compare(folder, lee_windows)
+    q = torch.tensor([0.5, 0.99])
+    print(f"{scheme}: top-1 {100 * top1:.2f}% over {gaps.numel()} positions, |Δlogit| median / p99 / max "
+          f"{' / '.join(f'{v:.2e}' for v in [*gaps.quantile(q).tolist(), gaps.max().item()])}")
     if scheme in ACT_QUANT:
-        floor_top1, floor_worst = noise_floor(folder, lee_windows)
-        print(f"{scheme}: transformers vs itself under 1e-6 input noise: top-1 {100 * floor_top1:.2f}%, max|Δlogit| {floor_worst:.2f}")
-        assert top1 >= floor_top1 - 0.02 and worst <= 1.5 * floor_worst + 1.0, (top1, worst, floor_top1, floor_worst)
+        floor_top1, floor_gaps = noise_floor(folder, lee_windows)
+        ours, floor = gaps.quantile(q), floor_gaps.quantile(q)
+        print(f"{scheme}: transformers vs itself under 1e-6 input noise: top-1 {100 * floor_top1:.2f}%, "
+              f"median / p99 {floor[0]:.2f} / {floor[1]:.2f}")
+        assert top1 >= floor_top1 - 0.02 and (ours <= 1.25 * floor).all(), (top1, floor_top1, ours, floor)
     else:
-        assert top1 >= 0.99 and worst <= TOLERANCE[scheme], (top1, worst)
+        assert top1 >= 0.99 and gaps.max().item() <= TOLERANCE[scheme], (top1, gaps.max().item())
 
 
 @pytest.mark.slow
@@ -89,7 +97,8 @@ def test_amx_logits_agree_with_transformers(scheme, default_model, default_check
     for cls in (linear.QuantizedWeight, linear.Int4Weight):
         monkeypatch.setattr(cls, "amx_m", (1, 10**9))
     folder = default_model if scheme == "dense" else default_checkpoints[scheme]
-    top1, worst = compare(folder, lee_windows)
+    top1, gaps = compare(folder, lee_windows)
+    worst = gaps.max().item()
     print(f"{scheme}, AMX: top-1 {100 * top1:.2f}%, max|Δlogit| {worst:.2e}")
     assert top1 >= 0.99 and worst <= TOLERANCE[scheme], (top1, worst)
 
