@@ -177,7 +177,7 @@ def _compress_phases(shape: Shape, run: CompressRun) -> dict[str, dict[str, int]
     return phases
 
 
-def compress_flops(shape: Shape, run: CompressRun) -> dict[str, float]:
+def compress_flops(shape: Shape, run: CompressRun, on_gpu: bool = False) -> dict[str, float]:
     """FLOPs (and MSE-search element operations) of one compress, by stage."""
     tok = run.num_samples * run.max_seq_len
     per_layer: dict[str, float] = {}
@@ -188,7 +188,8 @@ def compress_flops(shape: Shape, run: CompressRun) -> dict[str, float]:
             per_layer["calibration forward"] += 2 * tok * shape.hidden * shape.qkv_out + attn
         ins = (shape.hidden, shape.heads * shape.head_dim, shape.hidden, shape.intermediate)
         per_layer["Hessians"] = sum(2 * tok * c * c * 10 / 16 for c in ins)  # upper block triangle
-        chol = sum(5 / 3 * c**3 for _, c in shape.linears)  # cholesky + cholesky_inverse + cholesky, per Linear
+        # per Linear: Cholesky + triangular inverse on the CPU, Cholesky + inverse + Cholesky on a GPU (gptq.py)
+        chol = sum((5 / 3 if on_gpu else 2 / 3) * c**3 for _, c in shape.linears)
         lazy = sum(r * c * c for r, c in shape.linears)  # GPTQ's blocked error updates
         if run.gptq:
             per_layer["GPTQ"] = chol + 2 * lazy
@@ -216,7 +217,7 @@ def plan_compress(cfg: dict, run: CompressRun, machine: Machine) -> Estimate:
                            "largest tensor read": shape.embed_params * run.source_bytes}}
     name, terms = max(phases.items(), key=lambda kv: sum(kv[1].values()))
     peak = int(sum(terms.values()) * SLACK)
-    flops = compress_flops(shape, run)
+    flops = compress_flops(shape, run, on_gpu)
     # bf16 work (the calibration forward in bf16, its bf16 Hessian products) at the bf16 rate, the
     # float32 linear algebra at the float32 one: 5x apart on an AMX Xeon (1729 vs 328 GFLOP/s, 2 cores)
     f32 = machine.fp32_rate * GEMM_EFFICIENCY or float("inf")  # 0: not measured (the up-front check)

@@ -1,10 +1,12 @@
 """GPTQ's memory-lean paths (one [cols, cols] buffer for the damped Hessian, its Cholesky
 factor, inverse and upper factor; bf16 Hessian products added block by block) against the
-previous algorithm, kept here verbatim as the reference: the outputs must be bit-identical."""
+previous algorithm, kept here verbatim as the reference: the Hessian sums must be bit-identical,
+GPTQ's outputs the same to float32 rounding (its factor now comes by another exact route, its
+columns in another summation order)."""
 import pytest
 import torch
 
-from llmpress.compress.gptq import HessianAccumulator, _one_group, gptq_quantize
+from llmpress.compress.gptq import HessianAccumulator, _one_group, gptq_quantize, inverse_cholesky
 from llmpress.compress.observers import observe
 from llmpress.quant import QuantArgs
 
@@ -121,7 +123,9 @@ def _problem(rows, cols, seed, dtype=torch.float32, dead=(), indefinite=False):
     QuantArgs(8, "float", True, "channel", observer="minmax"),
 ])
 @pytest.mark.parametrize("case", ["plain", "bf16 weight + dead inputs", "retry"])
-def test_gptq_bit_identical_to_previous_algorithm(args, case):
+def test_gptq_matches_previous_algorithm(args, case):
+    """The same algorithm to float32 rounding: the same damping and retries, H untouched, and the
+    same codes, scales and loss up to the few roundings that rounding noise moves across a tie."""
     W, H = _problem(96, 384, seed=len(case) + args.num_bits, dtype=torch.bfloat16 if "bf16" in case else torch.float32,
                     dead=(7, 200) if "dead" in case else (), indefinite=case == "retry")
     H0 = H.clone()
@@ -131,10 +135,12 @@ def test_gptq_bit_identical_to_previous_algorithm(args, case):
     assert torch.equal(H, H0), "H is shared by gate / up: it must not change"
     assert (frac > 0.01) == (case == "retry") and len(msgs) == len(msgs_ref)
     assert res.damping == frac
-    assert torch.equal(res.q.view(torch.uint8), q.view(torch.uint8))
-    assert torch.equal(res.scale, scale)
-    assert (zp is None and res.zero_point is None) or torch.equal(res.zero_point, zp)
-    assert res.loss == loss
+    same = (res.q.view(torch.uint8) == q.view(torch.uint8)).float().mean().item()
+    print(f"codes {same:.5f} scales {(res.scale == scale).float().mean().item():.5f} loss {res.loss / loss - 1:.2e}")
+    assert same >= 0.99
+    assert (res.scale == scale).float().mean() >= 0.999
+    assert (zp is None and res.zero_point is None) or (res.zero_point == zp).float().mean() >= 0.999
+    assert res.loss == pytest.approx(loss, rel=1e-3)
 
 
 def _ref_upper_product(acc: HessianAccumulator, x: torch.Tensor) -> torch.Tensor:
@@ -165,3 +171,21 @@ def test_bf16_hessian_blocks_bit_identical(cols, outliers):
         ref.sum += _ref_upper_product(ref, chunk)
     ref.n = x.shape[0]
     assert torch.equal(acc.hessian(), ref.hessian())
+
+
+@pytest.mark.parametrize("cols,actorder,dead", [(384, False, ()), (385, True, (7, 200)), (1000, True, ())])
+def test_inverse_cholesky_factor(cols, actorder, dead):
+    """The factor by Cholesky + triangular inverse of the reversed H' is the three-step one (to float32
+    rounding) and satisfies UᵀU (H' + λI) = I in float64, in the visiting order, with dead columns."""
+    _, H = _problem(8, cols, seed=cols, dead=dead)
+    perm = torch.argsort(H.diagonal(), descending=True) if actorder else None
+    dead_t = (H.diagonal() == 0)[perm] if perm is not None else H.diagonal() == 0
+    U, frac = inverse_cholesky(H, 0.01, print, perm, dead_t)
+    Hp = H[perm][:, perm] if perm is not None else H.clone()
+    Hp.diagonal()[dead_t] = 1.0
+    Hp.diagonal().add_(frac * Hp.diagonal().mean())
+    U_ref, _ = _ref_inverse_cholesky(Hp.clone(), 0.0, print)
+    assert torch.equal(U, U.triu()) and (U.diagonal() > 0).all()
+    assert (U - U_ref).abs().max() <= 1e-4 * U_ref.abs().max()
+    eye = U.double().T @ U.double() @ Hp.double()
+    assert (eye - torch.eye(cols, dtype=torch.float64)).abs().max() < 1e-3
