@@ -75,7 +75,7 @@ def main() -> None:
         e = [0.0] * 4
         for W in Ws:
             e[0] += err(W - deq(rtn_quantize(W, args, torch.float32)), H)
-            e[1] += err(W - deq(rtn_quantize(W * s, args, torch.float32)) / s, H)
+            e[1] += err(W - deq(rtn_quantize(W * s, args, torch.float32, move_hessian(H, s))) / s, H)  # + the clip
             e[2] += err(W - deq(gptq_quantize(W, H, args, recipe.dampening_frac, torch.float32, warn=print)), H)
             e[3] += err(W - deq(gptq_quantize(W * sg, Hs, args, recipe.dampening_frac, torch.float32, warn=print)) / sg, H)
         total = [t + x for t, x in zip(total, e)]

@@ -43,13 +43,39 @@ def test_folds_leave_the_float_layer_unchanged(tiny_mha, calib_file):
     linears = target_linears(layer, f"{prefix}.0", recipe.targets, recipe.ignore)
     before = run_layer(layer, calib.layer(0))
     W0 = {n: lin.weight.detach().clone() for n, lin in linears.items()}
-    stats = oneshot._awq_layer(layer, linears, calib.layer(0), recipe.quant_scheme.weights, config)
+    stats, _ = oneshot._awq_layer(layer, linears, calib.layer(0), recipe.quant_scheme.weights, config)
     assert len(stats["pairs"]) == 4, stats["pairs"]  # q/k/v, gate/up, v -> o, up -> down
     assert any(v["ratio"] > 0 for v in stats["pairs"].values()), "every search kept s = 1: the folds test nothing"
     assert any(not torch.equal(W0[n], lin.weight) for n, lin in linears.items())
     after = run_layer(layer, calib.layer(0))
     for b, a in zip(before, after):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_clip_hessians_are_the_scaled_layers_own(tiny_mha, calib_file):
+    """The Hessians _awq_layer hands to round-to-nearest's clip search, H / (s sᵀ) after each fold, are
+    the ones the folded layer's inputs give, for every Linear (o_proj and the v -> o fold included)."""
+    from llmpress.compress.calibrate import InputStats
+
+    recipe = _recipe(calib_file, algorithm="awq")
+    config, skeleton = oneshot.meta_model(tiny_mha)
+    prefix, layers = find_decoder_layers(skeleton, config.num_hidden_layers)
+    ckpt = LazyCheckpoint(tiny_mha)
+    calib, _ = calibrate.calibration_inputs(tiny_mha, skeleton, layers, recipe, ckpt, torch.device("cpu"), torch.float32)
+    layer = layers[0]
+    oneshot.materialize(layer, f"{prefix}.0", ckpt, "cpu", torch.float32)
+    linears = target_linears(layer, f"{prefix}.0", recipe.targets, recipe.ignore)
+    stats, clip = oneshot._awq_layer(layer, linears, calib.layer(0), recipe.quant_scheme.weights, config)
+    assert set(clip) == set(linears) and any(v["ratio"] > 0 for v in stats["pairs"].values())
+    fresh = InputStats(linears, hessian=True)
+    run_layer(layer, calib.layer(0), before_each=fresh.new_sample)
+    fresh.remove()
+    H = {o: fresh.hessians[o].hessian() for o in set(fresh.owner.values())}
+    for name in linears:
+        ref = H[fresh.owner[name]]
+        torch.testing.assert_close(clip[name], ref, rtol=1e-4, atol=1e-6 * ref.abs().max().item())
+    _, none = oneshot._awq_layer(layer, linears, calib.layer(0), recipe.quant_scheme.weights, config, gptq=True)
+    assert none == {}  # GPTQ builds its own
 
 
 def test_fold_into_rows_is_exact_for_a_gated_mlp():
@@ -109,13 +135,16 @@ def test_search_beats_round_to_nearest_on_planted_outliers(args, duo):
 
 
 def test_search_with_the_mse_observer_never_loses_to_its_round_to_nearest():
-    """With the scheme's MSE observer, the chosen scales are judged as they will be rounded."""
+    """With the scheme's MSE observer, the chosen scales are judged as they will be rounded: with the
+    output-scored clip search."""
     X, W, H = _planted(True)
     mse = QuantArgs(4, "int", True, "group", 32, observer="mse")
     res = awq.search_scales(X.abs().mean(0), [W], H, mse)
-    assert res.rtn_loss == pytest.approx(awq.output_error(W, torch.ones(128), H, mse, "mse"), rel=1e-6)
-    assert res.loss == pytest.approx(awq.output_error(W, res.scales, H, mse, "mse"), rel=1e-6)
-    assert res.loss < 0.7 * res.rtn_loss
+    assert res.rtn_loss == pytest.approx(awq.output_error(W, torch.ones(128), H, mse, clip=True), rel=1e-6)
+    assert res.loss == pytest.approx(awq.output_error(W, res.scales, H, mse, clip=True), rel=1e-6)
+    assert res.loss <= res.rtn_loss
+    # that rounding is the clip search: on these loud channels it alone has far less error than min-max
+    assert res.rtn_loss < 0.7 * awq.output_error(W, torch.ones(128), H, QuantArgs(4, "int", True, "group", 32))
 
 
 @pytest.mark.parametrize("scheme,algorithm", [("W4A16", "awq"), ("W4A16_ASYM", "awq+gptq")])
@@ -166,14 +195,33 @@ def test_algorithm_and_gptq_flags():
     Recipe(algorithm="awq").check_applies(["num_samples"])  # AWQ reads calibration data
 
 
-def test_awq_rounds_with_min_max_unless_told():
-    """AWQ + round-to-nearest rounds with min-max ranges (the MSE search clips the columns AWQ scaled
-    up); an explicit observer wins; GPTQ after AWQ keeps the scheme's MSE search."""
+def test_awq_keeps_the_schemes_observer_unless_told():
+    """AWQ + round-to-nearest keeps the scheme's MSE range search (scored on the output there: the clip
+    search, observers.output_mse_qparams); an explicit observer wins."""
     assert Recipe().quant_scheme.weights.observer == "mse"
-    assert Recipe(algorithm="awq").quant_scheme.weights.observer == "minmax"
-    assert Recipe(algorithm="awq", scheme="W4A16_ASYM").quant_scheme.weights.observer == "minmax"
-    assert Recipe(algorithm="awq", observer="mse").quant_scheme.weights.observer == "mse"
+    assert Recipe(algorithm="awq").quant_scheme.weights.observer == "mse"
+    assert Recipe(algorithm="awq", scheme="W4A16_ASYM").quant_scheme.weights.observer == "mse"
+    assert Recipe(algorithm="awq", observer="minmax").quant_scheme.weights.observer == "minmax"
     assert Recipe(algorithm="awq+gptq").quant_scheme.weights.observer == "mse"
+
+
+def test_round_to_nearest_with_a_hessian_uses_the_output_scored_ranges():
+    """gptq.rtn_quantize given the input's Hessian (as compress gives it after AWQ) rounds with the
+    output-scored ranges: less output error than without it on correlated, loud inputs."""
+    from llmpress.compress.gptq import rtn_quantize
+    from llmpress.quant import dequantize
+
+    X, W, H = _planted(True)
+    W[:, [3, 40, 77, 100]] *= 4.0
+    mse = QuantArgs(4, "int", True, "group", 32, observer="mse")
+
+    def err(res):
+        d = dequantize(res.q, res.scale, res.zero_point).float() - W
+        return float(((d @ H) * d).sum())
+
+    assert err(rtn_quantize(W, mse, torch.float32, H)) < 0.9 * err(rtn_quantize(W, mse, torch.float32))
+    minmax = QuantArgs(4, "int", True, "group", 32, observer="minmax")  # min-max ignores H
+    assert torch.equal(rtn_quantize(W, minmax, torch.float32, H).scale, rtn_quantize(W, minmax, torch.float32).scale)
 
 
 def test_plan_counts_the_awq_pass():

@@ -89,3 +89,67 @@ def test_mse_search_in_row_chunks_equals_one_pass(args, monkeypatch):
     assert (chunked[1] is None) == (whole[1] is None) == args.symmetric
     if chunked[1] is not None:
         assert torch.equal(chunked[1], whole[1])
+
+
+def _block_error(w, scale, zp, args, H):
+    """Per group, Δw_g H_gg Δw_gᵀ summed over the rows: [G]."""
+    d = (fake_quantize(w, scale, zp, args).float() - w).reshape(w.shape[0], -1, args.group_size)
+    S = args.group_size
+    return torch.stack([torch.einsum("rs,st,rt->", d[:, i], H[i * S:(i + 1) * S, i * S:(i + 1) * S], d[:, i])
+                        for i in range(d.shape[1])])
+
+
+@pytest.mark.parametrize("args", [QuantArgs(4, "int", True, "group", 64), QuantArgs(4, "int", False, "group", 128)])
+def test_output_mse_with_a_diagonal_hessian_is_the_weighted_mse_search(args):
+    """With uncorrelated inputs (H = diag(h)) the group's output error is Σ h_j Δw_j²: the
+    same objective as mse_qparams weighted by h, so the same ranges."""
+    from llmpress.compress.observers import output_mse_qparams
+
+    w = _heavy_tailed(rows=64, cols=512, seed=5)
+    h = torch.rand(512, generator=torch.Generator().manual_seed(6)) + 0.1
+    ours = output_mse_qparams(w, args, torch.diag(h), torch.float32)
+    ref = mse_qparams(w, args, torch.float32, importance=h)
+    assert (ours[0] == ref[0]).float().mean() > 0.99  # equal but for float32 ties in the sums
+    torch.testing.assert_close(ours[0], ref[0], rtol=0.05, atol=0)
+
+
+@pytest.mark.parametrize("args", [QuantArgs(4, "int", True, "group", 64), QuantArgs(4, "int", False, "group", 64)])
+def test_output_mse_scores_the_output_through_correlated_inputs(args):
+    """On correlated inputs with a few loud channels (what AWQ leaves behind), the output-scored
+    search never does worse than min-max on any group's output error, and beats the weight-space
+    MSE search on the total, which clips the loud columns as readily as the quiet ones."""
+    from llmpress.compress.observers import output_mse_qparams
+
+    g = torch.Generator().manual_seed(7)
+    X = torch.randn(4096, 256, generator=g) @ (torch.eye(256) + 0.3 * torch.randn(256, 256, generator=g) / 16)
+    X[:, [5, 70, 130, 200]] *= 20.0
+    H = 2 / X.shape[0] * X.T @ X
+    w = _heavy_tailed(rows=128, cols=256, seed=8)
+    w[:, [5, 70, 130, 200]] *= 4.0  # the loud channels' weights scaled up, as AWQ scales them
+    err = {name: _block_error(w, *qp, args, H) for name, qp in (
+        ("output", output_mse_qparams(w, args, H, torch.float32)),
+        ("mse", mse_qparams(w, args, torch.float32)),
+        ("minmax", minmax_qparams(w, args, torch.float32)))}
+    assert (err["output"] <= err["minmax"] * (1 + 1e-5)).all()
+    assert err["output"].sum() < 0.9 * err["mse"].sum(), {k: v.sum().item() for k, v in err.items()}
+
+
+def test_output_mse_in_row_chunks_equals_one_pass(monkeypatch):
+    from llmpress.compress import observers
+
+    args = QuantArgs(4, "int", False, "group", 64)
+    w = _heavy_tailed(rows=300, cols=256, seed=9)
+    X = torch.randn(1024, 256, generator=torch.Generator().manual_seed(10))
+    H = X.T @ X / 512
+    monkeypatch.setattr(observers, "MSE_CHUNK_ELEMENTS", 2048)
+    chunked = observers.output_mse_qparams(w, args, H, torch.float32)
+    monkeypatch.setattr(observers, "MSE_CHUNK_ELEMENTS", 1 << 40)
+    whole = observers.output_mse_qparams(w, args, H, torch.float32)
+    assert torch.equal(chunked[0], whole[0]) and torch.equal(chunked[1], whole[1])
+
+
+def test_output_mse_refuses_channel_strategy():
+    from llmpress.compress.observers import output_mse_qparams
+
+    with pytest.raises(ValueError, match="group"):
+        output_mse_qparams(torch.randn(4, 8), QuantArgs(8, "int", True, "channel"), torch.eye(8))

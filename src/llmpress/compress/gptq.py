@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..quant import QuantArgs, quantize
-from .observers import observe
+from .observers import observe, output_mse_qparams
 
 BLOCK_SIZE = 128
 SUB_BLOCK = 32  # columns between in-block matmul updates (16-32 measured best at 8B shapes)
@@ -322,8 +322,13 @@ def _one_group(args: QuantArgs) -> QuantArgs:
     return replace(args, strategy="channel", group_size=None)
 
 
-def rtn_quantize(W: torch.Tensor, args: QuantArgs, scale_dtype: torch.dtype = torch.bfloat16) -> GPTQResult:
+def rtn_quantize(W: torch.Tensor, args: QuantArgs, scale_dtype: torch.dtype = torch.bfloat16,
+                 H: torch.Tensor | None = None) -> GPTQResult:
     """Round-to-nearest with the scheme's observer: the baseline GPTQ must beat, and
-    the whole algorithm for FP8-dynamic weights."""
-    scale, zp = observe(W, args, scale_dtype)
+    the whole algorithm for FP8-dynamic weights. With the input's Hessian H [cols, cols] (after AWQ),
+    the MSE observer's range search is scored on the output (observers.output_mse_qparams)."""
+    if H is not None and args.observer == "mse" and args.strategy == "group":
+        scale, zp = output_mse_qparams(W, args, H, scale_dtype)
+    else:
+        scale, zp = observe(W, args, scale_dtype)
     return GPTQResult(quantize(W, scale, zp, args), scale, zp, math.nan, 0.0)

@@ -83,18 +83,62 @@ def mse_qparams(
     imp = None
     if importance is not None and args.strategy != "tensor":
         imp = _grouped(importance.float().expand(w.shape[0], -1), args)
-    rows = max(1, MSE_CHUNK_ELEMENTS // g[0].numel())
-    parts = [_mse_search(g[r : r + rows], None if imp is None else imp[r : r + rows], args, scale_dtype, grid, maxshrink, norm)
-             for r in range(0, g.shape[0], rows)]
-    scale = torch.cat([s for s, _ in parts])
-    return scale, None if args.symmetric else torch.cat([z for _, z in parts])
+
+    def error(d, r):  # d = dq(q(g)) - g [rows, G, S] for the rows from r -> [rows, G]
+        d = d.abs_().pow_(norm)
+        return (d if imp is None else d.mul_(imp[r : r + d.shape[0]])).sum(-1)
+
+    return _chunked_search(g, error, args, scale_dtype, grid, maxshrink)
+
+
+def output_mse_qparams(
+    w: torch.Tensor,
+    args: QuantArgs,
+    H: torch.Tensor,
+    scale_dtype: torch.dtype = torch.bfloat16,
+    grid: int = 100,
+    maxshrink: float = 0.8,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The range search of mse_qparams scored on the Linear's output instead of its weights: per
+    group g, the shrink with the least Δw_g H_gg Δw_gᵀ, the squared error that group adds to the
+    output over the calibration tokens (H [cols, cols] = 2/n Σ x xᵀ; H_gg its diagonal block for
+    the group's columns; the cross-group terms are left out, as each group has its own range).
+    This is AWQ's clip search (Lin et al. 2023, arXiv 2306.00978, the reference code's auto_clip),
+    exact over every token through H rather than over a sample of them. After AWQ's scaling it
+    matters: the group maximum is then the salient column AWQ scaled up, which a plain MSE range
+    search clips (its error counts each column alike) and this one does not (its column carries
+    the large H_jj). Groups only: a channel-wise range would need all of H per row."""
+    if args.strategy != "group":
+        raise ValueError(f"output_mse_qparams needs group quantization, got strategy {args.strategy!r}")
+    g = _grouped(w.float(), args)  # [R, G, S]
+    G, S = g.shape[1], g.shape[2]
+    idx = torch.arange(G, device=H.device)
+    blocks = H.float().reshape(G, S, G, S)[idx, :, idx, :]  # [G, S, S]: H_gg
+
+    def error(d, _r):  # d [rows, G, S] -> Σ_st d_gs H_g,st d_gt: [rows, G]
+        dt = d.transpose(0, 1)  # [G, rows, S]
+        return (torch.bmm(dt, blocks) * dt).sum(-1).T
+
+    return _chunked_search(g, error, args, scale_dtype, grid, maxshrink)
 
 
 MSE_CHUNK_ELEMENTS = 1 << 16  # 256 KiB of float32 per buffer: a core's L2 holds the search
 
 
-def _mse_search(g, imp, args: QuantArgs, scale_dtype, grid: int, maxshrink: float, norm: float):
-    """mse_qparams over g [R, G, S] (imp: the same shape, or None)."""
+def _chunked_search(g, error, args: QuantArgs, scale_dtype, grid: int, maxshrink: float):
+    """The range search over g [R, G, S] in chunks of rows of about MSE_CHUNK_ELEMENTS, with one reused
+    buffer, so its evaluations run in cache instead of allocating an [R, G, S] temporary per operation
+    (6x faster on a 5632 x 2048 weight); groups are independent, so the result is one pass's."""
+    rows = max(1, MSE_CHUNK_ELEMENTS // g[0].numel())
+    parts = [_range_search(g[r : r + rows], lambda d, r=r: error(d, r), args, scale_dtype, grid, maxshrink)
+             for r in range(0, g.shape[0], rows)]
+    scale = torch.cat([s for s, _ in parts])
+    return scale, None if args.symmetric else torch.cat([z for _, z in parts])
+
+
+def _range_search(g, error, args: QuantArgs, scale_dtype, grid: int, maxshrink: float):
+    """Per group of g [R, G, S], the range shrink p in [1 - maxshrink, 1] with the least error(dq - g)
+    [R, G]; its (scale, zero point)."""
     xmin, xmax = g.amin(-1), g.amax(-1)
     lowest = 1.0 - maxshrink
     best_err = torch.full(xmin.shape, float("inf"), device=g.device)
@@ -105,10 +149,7 @@ def _mse_search(g, imp, args: QuantArgs, scale_dtype, grid: int, maxshrink: floa
     def consider(p):
         nonlocal best_err, best_p, best
         scale, zp = qparams_from_range(p * xmin, p * xmax, args, scale_dtype)
-        err = _fake_quantize_grouped(g, scale, zp, args, out=buf).sub_(g).abs_().pow_(norm)
-        if imp is not None:
-            err.mul_(imp)
-        err = err.sum(-1)
+        err = error(_fake_quantize_grouped(g, scale, zp, args, out=buf).sub_(g))
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best_p = torch.where(better, p if torch.is_tensor(p) else torch.full_like(best_p, p), best_p)

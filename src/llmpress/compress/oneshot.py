@@ -240,8 +240,8 @@ def _quantize_layer(
             if H is None and scheme.weights.type == "float":
                 q, scale = fp8_quantize_weight(W, scale_dtype)
                 res = GPTQResult(q, scale, None, float("nan"), 0.0)
-            elif H is None:
-                res = rtn_quantize(W, scheme.weights, scale_dtype)
+            elif H is None:  # after AWQ, its clip: the range search scored on the output through the Hessian
+                res = rtn_quantize(W, scheme.weights, scale_dtype, clip.get(name))
             else:
                 if not H.diagonal().any():  # every input exactly zero: GPTQ would report loss 0 and learn nothing
                     raise CalibrationError(
@@ -255,7 +255,8 @@ def _quantize_layer(
             lin.weight.data = dequantize(res.q, res.scale, res.zero_point).to(W.dtype)
 
     outs, skipped, tokens = None, [], None
-    awq_stats = _awq_layer(layer, linears, inputs, scheme.weights, config, scheme.uses_gptq) if recipe.uses_awq else None
+    awq_stats, clip = (_awq_layer(layer, linears, inputs, scheme.weights, config, scheme.uses_gptq)
+                       if recipe.uses_awq else (None, {}))
     if not scheme.uses_gptq:
         quantize(list(linears), None)
     elif recipe.sequential and sequential.supports(layer, linears, config, recipe.max_seq_len):
@@ -339,10 +340,13 @@ def _allocate_budget(layers, layers_prefix, ckpt, inputs: DecoderInputs, recipe:
     return {n: c for names, c in pick.items() for n in names}, summary
 
 
-def _awq_layer(layer: nn.Module, linears: dict[str, nn.Linear], inputs, args, config, gptq: bool = False) -> dict:
+def _awq_layer(layer: nn.Module, linears: dict[str, nn.Linear], inputs, args, config,
+               gptq: bool = False) -> tuple[dict, dict[str, torch.Tensor]]:
     """AWQ (awq.py) on one float layer: one forward with stat hooks (mean |x| and the Hessian of each
     pair's input), a scale search per pair, and the folds, before the layer is quantized. The folds
     are exact, so the quantization after (staged GPTQ, or round-to-nearest) sees the same function.
+    Returns (the log's stats, {Linear: its input's Hessian after the folds} for round-to-nearest's
+    clip search; empty before GPTQ, which builds its own from the scaled layer).
     Pairs: norm -> the Linears reading it (verified by tensor identity, as for SmoothQuant), and in
     layouts llmpress knows, up_proj -> down_proj and v_proj -> o_proj (only without grouped-query
     attention: one v channel would need one scale for several o columns with different searches)."""
@@ -352,6 +356,8 @@ def _awq_layer(layer: nn.Module, linears: dict[str, nn.Linear], inputs, args, co
              if layout_of((getattr(config, "architectures", None) or [""])[0]) is not None
              and p in linears and r in linears and linears[p].out_features == linears[r].in_features]
     readers = {r for _, rs in NORM_READERS for r in rs if r in linears} | {r for _, r in inner}
+    if not gptq:
+        readers = set(linears)  # every Linear's Hessian, for the clip search (o_proj's too)
     stats = InputStats({n: linears[n] for n in readers}, hessian=True, act_mean=True, sources=norms)
     try:
         run_layer(layer, inputs, before_each=stats.new_sample)
@@ -367,17 +373,22 @@ def _awq_layer(layer: nn.Module, linears: dict[str, nn.Linear], inputs, args, co
     for prev, r in inner:
         pairs.append((prev, (r,), lambda s, p=linears[prev], r=r: fold_into_rows(p.weight, p.bias, [linears[r].weight], s)))
     out = {"pairs": {}, "loss": 0.0, "rtn_loss": 0.0}
+    hessians = {} if gptq else {o: stats.hessians[o].hessian() for o in set(stats.owner.values())}
     for label, rs, fold in pairs:
         if stats.tokens[rs[0]] == 0:
             continue
-        H = stats.hessians[stats.owner[rs[0]]].hessian()
+        owner = stats.owner[rs[0]]
+        H = hessians[owner] if owner in hessians else stats.hessians[owner].hessian()
         res = awq.search_scales(stats.act_mean(rs[0]), [linears[r].weight for r in rs], H, args, rescore=not gptq)
-        fold(res.scales.to(H.device))
+        s = res.scales.to(H.device)
+        fold(s)
+        if owner in hessians:  # the readers' input is now x / s: H -> H / (s sᵀ)
+            hessians[owner] = H / (s[:, None] * s[None, :])
         out["pairs"][f"{label} -> {', '.join(rs)}"] = {"ratio": res.ratio, "duo": res.duo}
         out["loss"] += res.loss
         out["rtn_loss"] += res.rtn_loss
     out["seconds"] = round(time.perf_counter() - t0, 2)
-    return out
+    return out, {n: hessians[stats.owner[n]] for n in linears if stats.owner.get(n) in hessians}
 
 
 def _collect_stats(layer: nn.Module, prefix: str, linears, inputs, smooth: bool) -> InputStats:

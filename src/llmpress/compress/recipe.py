@@ -28,7 +28,7 @@ class Recipe:
     seed: int = 42
     dampening_frac: float = 0.1
     actorder: bool = True  # visit columns by decreasing Hessian diagonal (static groups: no g_idx)
-    observer: str | None = None  # None: the scheme's own ("mse" for int schemes, "minmax" after awq); or "minmax" / "mse"
+    observer: str | None = None  # None: the scheme's own ("mse" for int schemes; after awq, scored on the output: AWQ's clip); or "minmax" / "mse"
     gptq: bool | None = None  # None: the scheme's own (GPTQ for int schemes, round-to-nearest for FP8_DYNAMIC)
     algorithm: str | None = None  # None: as `gptq` says; or one of ALGORITHMS (awq: AWQ scales first, awq.py)
     sequential: bool = True  # Llama-family layers: quantize q/k/v -> o -> gate/up -> down in one staged pass
@@ -150,12 +150,6 @@ class Recipe:
         w = s.weights
         if self.observer:
             w = replace(w, observer=self.observer)
-        elif self.algorithm == "awq" and w.type == "int":
-            # AWQ then round-to-nearest rounds with min-max ranges, as the paper and llm-compressor do: AWQ
-            # scales the salient columns up to the top of their groups, where the MSE range search clips
-            # them. Measured on the default model, W4A16 g64: KL 0.308 (min-max) vs 0.346 (MSE;
-            # benchmarks/README.md, "AWQ"). GPTQ keeps MSE: it compensates the clipping.
-            w = replace(w, observer="minmax")
         if self.actorder and s.uses_gptq:
             w = replace(w, actorder="weight")
         return replace(s, weights=w)
