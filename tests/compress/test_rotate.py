@@ -73,3 +73,20 @@ def test_rotated_w4a16_checkpoint_reads_back(tiny_llama, calib_file, tmp_path):
     assert "lm_head.weight" in ck and bool((ck.get("model.layers.1.input_layernorm.weight") == 1).all())
     report = json.loads((out / "check.json").read_text())  # the gate loaded it in transformers, against the base
     assert report["passed"] and report["quality"]["kl_divergence"] < 0.05, report
+
+
+def test_rotation_turns_smoothquant_off_unless_asked(tiny_llama, calib_file, tmp_path):
+    """W8A8 with rotate: SmoothQuant's default strength becomes 0 (the rotation spreads the outliers;
+    smoothing on top cost KL, benchmarks/README.md), so the rotated norms stay all-ones; an explicit
+    strength still smooths them."""
+    assert Recipe(scheme="W8A8").smoothing_strength == 0.8
+    assert Recipe(scheme="W8A8", rotate=True).smoothing_strength == 0.0
+    assert Recipe(scheme="W8A8", rotate=True, smoothing_strength=0.5).smoothing_strength == 0.5
+    norms = {}
+    for alpha in (None, 0.8):
+        recipe = Recipe(scheme="W8A8", num_samples=4, max_seq_len=64, dataset=str(calib_file), dtype="float32",
+                        rotate=True, smoothing_strength=alpha)
+        out = compress(tiny_llama, recipe, tmp_path / f"rot-{alpha}", progress=False)
+        assert f"smoothing_strength: {recipe.smoothing_strength}" in (out / "recipe.yaml").read_text()
+        norms[alpha] = LazyCheckpoint(out).get("model.layers.1.input_layernorm.weight")
+    assert bool((norms[None] == 1).all()) and not bool((norms[0.8] == 1).all())

@@ -32,7 +32,10 @@ class Recipe:
     gptq: bool | None = None  # None: the scheme's own (GPTQ for int schemes, round-to-nearest for FP8_DYNAMIC)
     algorithm: str | None = None  # None: as `gptq` says; or one of ALGORITHMS (awq: AWQ scales first, awq.py)
     sequential: bool = True  # Llama-family layers: quantize q/k/v -> o -> gate/up -> down in one staged pass
-    smoothing_strength: float = 0.8  # SmoothQuant α for schemes with int8 activations; 0 turns it off
+    # SmoothQuant α for schemes with int8 activations; 0 turns it off. None: 0.8, or 0 with `rotate`: the rotation
+    # already spreads the outlier channels (QuaRot uses none), and smoothing on top cost KL on the default model's
+    # W8A8 (0.0129 vs 0.0124, paired -0.00049 ± 0.00015 nats/token; benchmarks/README.md, "Hadamard rotation")
+    smoothing_strength: float | None = None
     device: str = "auto"  # "auto" = cuda when present, else cpu
     rotate: bool = False  # QuaRot / SpinQuant R1 + R2 Hadamard rotations fused into the weights first (rotate.py)
     dtype: str = "auto"  # calibration forward dtype: "auto" (bf16 on GPU; on CPU the faster, measured) | float32 | bfloat16
@@ -64,7 +67,9 @@ class Recipe:
             self._check_algorithm()
         if self.observer not in (None, "mse", "minmax"):
             raise RecipeError(f"observer must be 'mse' or 'minmax', got {self.observer!r}")
-        if not 0 <= self.smoothing_strength <= 1:
+        if self.smoothing_strength is None:
+            object.__setattr__(self, "smoothing_strength", 0.0 if self.rotate else 0.8)
+        if isinstance(self.smoothing_strength, bool) or not 0 <= self.smoothing_strength <= 1:
             raise RecipeError(f"smoothing_strength must be in [0, 1], got {self.smoothing_strength!r}")
         if self.budget is not None:
             self._check_budget()
