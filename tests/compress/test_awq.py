@@ -31,23 +31,28 @@ def _recipe(calib_file, **kw) -> Recipe:
     return Recipe(num_samples=6, max_seq_len=40, dataset=str(calib_file), dtype="float32", group_size=32, **kw)
 
 
-def test_folds_leave_the_float_layer_unchanged(tiny_mha, calib_file):
-    """Every pair's search and fold on the float32 layer, then its outputs against the unscaled layer's."""
+def _float_layer(model, calib_file):
+    """(recipe, config, layer 0 in float32, its target Linears, its calibration inputs), as compress sees them."""
     recipe = _recipe(calib_file, algorithm="awq")
-    config, skeleton = oneshot.meta_model(tiny_mha)
+    config, skeleton = oneshot.meta_model(model)
     prefix, layers = find_decoder_layers(skeleton, config.num_hidden_layers)
-    ckpt = LazyCheckpoint(tiny_mha)
-    calib, _ = calibrate.calibration_inputs(tiny_mha, skeleton, layers, recipe, ckpt, torch.device("cpu"), torch.float32)
+    ckpt = LazyCheckpoint(model)
+    calib, _ = calibrate.calibration_inputs(model, skeleton, layers, recipe, ckpt, torch.device("cpu"), torch.float32)
     layer = layers[0]
     oneshot.materialize(layer, f"{prefix}.0", ckpt, "cpu", torch.float32)
-    linears = target_linears(layer, f"{prefix}.0", recipe.targets, recipe.ignore)
-    before = run_layer(layer, calib.layer(0))
+    return recipe, config, layer, target_linears(layer, f"{prefix}.0", recipe.targets, recipe.ignore), calib.layer(0)
+
+
+def test_folds_leave_the_float_layer_unchanged(tiny_mha, calib_file):
+    """Every pair's search and fold on the float32 layer, then its outputs against the unscaled layer's."""
+    recipe, config, layer, linears, inputs = _float_layer(tiny_mha, calib_file)
+    before = run_layer(layer, inputs)
     W0 = {n: lin.weight.detach().clone() for n, lin in linears.items()}
-    stats, _ = oneshot._awq_layer(layer, linears, calib.layer(0), recipe.quant_scheme.weights, config)
+    stats, _ = oneshot._awq_layer(layer, linears, inputs, recipe.quant_scheme.weights, config)
     assert len(stats["pairs"]) == 4, stats["pairs"]  # q/k/v, gate/up, v -> o, up -> down
     assert any(v["ratio"] > 0 for v in stats["pairs"].values()), "every search kept s = 1: the folds test nothing"
     assert any(not torch.equal(W0[n], lin.weight) for n, lin in linears.items())
-    after = run_layer(layer, calib.layer(0))
+    after = run_layer(layer, inputs)
     for b, a in zip(before, after):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
@@ -57,24 +62,17 @@ def test_clip_hessians_are_the_scaled_layers_own(tiny_mha, calib_file):
     the ones the folded layer's inputs give, for every Linear (o_proj and the v -> o fold included)."""
     from llmpress.compress.calibrate import InputStats
 
-    recipe = _recipe(calib_file, algorithm="awq")
-    config, skeleton = oneshot.meta_model(tiny_mha)
-    prefix, layers = find_decoder_layers(skeleton, config.num_hidden_layers)
-    ckpt = LazyCheckpoint(tiny_mha)
-    calib, _ = calibrate.calibration_inputs(tiny_mha, skeleton, layers, recipe, ckpt, torch.device("cpu"), torch.float32)
-    layer = layers[0]
-    oneshot.materialize(layer, f"{prefix}.0", ckpt, "cpu", torch.float32)
-    linears = target_linears(layer, f"{prefix}.0", recipe.targets, recipe.ignore)
-    stats, clip = oneshot._awq_layer(layer, linears, calib.layer(0), recipe.quant_scheme.weights, config)
+    recipe, config, layer, linears, inputs = _float_layer(tiny_mha, calib_file)
+    stats, clip = oneshot._awq_layer(layer, linears, inputs, recipe.quant_scheme.weights, config)
     assert set(clip) == set(linears) and any(v["ratio"] > 0 for v in stats["pairs"].values())
     fresh = InputStats(linears, hessian=True)
-    run_layer(layer, calib.layer(0), before_each=fresh.new_sample)
+    run_layer(layer, inputs, before_each=fresh.new_sample)
     fresh.remove()
     H = {o: fresh.hessians[o].hessian() for o in set(fresh.owner.values())}
     for name in linears:
         ref = H[fresh.owner[name]]
         torch.testing.assert_close(clip[name], ref, rtol=1e-4, atol=1e-6 * ref.abs().max().item())
-    _, none = oneshot._awq_layer(layer, linears, calib.layer(0), recipe.quant_scheme.weights, config, gptq=True)
+    _, none = oneshot._awq_layer(layer, linears, inputs, recipe.quant_scheme.weights, config, gptq=True)
     assert none == {}  # GPTQ builds its own
 
 
