@@ -45,6 +45,7 @@ import torch
 
 from ..quant import QuantArgs
 from .observers import _fake_quantize_grouped, _grouped, output_mse_qparams, qparams_from_range
+from .smoothquant import move_hessian
 
 GRID = 20  # ratios r = 0, 1/20, ..., 19/20 (the paper's and llm-compressor's n_grid)
 REFINE = 3  # with the MSE observer: the best min-max candidates re-scored with it (and s = 1)
@@ -90,7 +91,7 @@ def scaled_quant_error(W: torch.Tensor, s: torch.Tensor, args: QuantArgs, H: tor
     Ws = W * s
     g = _grouped(Ws, args)  # [out, G, S]
     if H is not None:
-        scale, zp = output_mse_qparams(Ws, args, H / (s[:, None] * s[None, :]), torch.float32)
+        scale, zp = output_mse_qparams(Ws, args, move_hessian(H, s), torch.float32)
     else:
         scale, zp = qparams_from_range(g.amin(-1), g.amax(-1), args, torch.float32)
     dq = _fake_quantize_grouped(g, scale, zp, args, out=g).reshape(W.shape)

@@ -383,7 +383,7 @@ def _awq_layer(layer: nn.Module, linears: dict[str, nn.Linear], inputs, args, co
         s = res.scales.to(H.device)
         fold(s)
         if owner in hessians:  # the readers' input is now x / s: H -> H / (s sᵀ)
-            hessians[owner] = H / (s[:, None] * s[None, :])
+            hessians[owner] = move_hessian(H, s)
         out["pairs"][f"{label} -> {', '.join(rs)}"] = {"ratio": res.ratio, "duo": res.duo}
         out["loss"] += res.loss
         out["rtn_loss"] += res.rtn_loss
