@@ -15,7 +15,8 @@ def _compress(a: argparse.Namespace) -> int:
         scheme=a.scheme, group_size=a.group_size, num_samples=a.num_samples, max_seq_len=a.max_seq_len,
         dataset=a.dataset, dampening_frac=a.dampening_frac, seed=a.seed, device=a.device,
         observer=a.observer, smoothing_strength=a.smoothing_strength, dtype=a.dtype, gptq=a.gptq,
-        rotate=a.rotate, algorithm=a.algorithm, budget=a.budget,
+        rotate=a.rotate, algorithm=a.algorithm, budget=a.budget, float_target=a.float_target,
+        mlp_smoothing_strength=a.mlp_smoothing_strength,
     )
     if a.ignore is not None:
         overrides["ignore"] = tuple(x for x in a.ignore.split(",") if x)
@@ -240,7 +241,8 @@ def _plan(a: argparse.Namespace) -> int:
 
         fields = dict(scheme=a.scheme, group_size=a.group_size, num_samples=a.num_samples, max_seq_len=a.max_seq_len,
                       dataset=a.dataset, smoothing_strength=a.smoothing_strength, dtype=a.dtype, gptq=a.gptq,
-                      algorithm=a.algorithm)
+                      algorithm=a.algorithm, float_target=a.float_target, rotate=a.rotate,
+                      mlp_smoothing_strength=a.mlp_smoothing_strength)
         fields = {k: v for k, v in fields.items() if v is not None}
         recipe = Recipe.from_yaml(a.recipe, **fields) if a.recipe else Recipe(**fields)
         cb = {"float32": 4, "bfloat16": 2}.get(recipe.dtype) or (2 if a.gpu or fastest_cpu_dtype().itemsize == 2 else 4)
@@ -291,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dampening-frac", type=float, help="GPTQ dampening, a fraction of mean(diag H) (default: 0.1)")
     c.add_argument("--observer", choices=["mse", "minmax"], help="weight range search (default: mse for int, minmax for fp8 and --algorithm awq)")
     c.add_argument("--smoothing-strength", type=float, help="SmoothQuant alpha for W8A8 (0 = off)")
+    c.add_argument("--mlp-smoothing-strength", type=float,
+                   help="SmoothQuant alpha for up_proj -> down_proj, Llama-family layers, W8A8 (default: searched "
+                        "per layer; 0 = off)")
     c.add_argument("--gptq", action=argparse.BooleanOptionalAction, default=None,
                    help="GPTQ error compensation (default: on for int schemes, off for FP8_DYNAMIC)")
     c.add_argument("--algorithm", choices=["gptq", "rtn", "awq", "awq+gptq"],
@@ -304,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "from the scheme's own cost (4.125 at group 128) up to 16")
     c.add_argument("--rotate", action="store_true", default=None,
                    help="fuse QuaRot/SpinQuant Hadamard rotations (R1 residual, R2 per head) into the weights first")
+    c.add_argument("--float-target", action="store_true", default=None,
+                   help="GPTQ matches each Linear's output to the float model's (on the float model's inputs), so it "
+                        "corrects the error of the layers before it (GPTAQ); Llama-family layers, GPTQ schemes")
     c.add_argument("--no-actorder", action="store_true", help="quantize columns in order, with error-compensated group scales")
     c.add_argument("--ignore", help="comma-separated module names / re: patterns left unquantized")
     c.add_argument("--seed", type=int, help="calibration sample draw (default: 42)")
@@ -451,6 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--max-seq-len", type=int, help="tokens per calibration sample (default: compress's)")
     n.add_argument("--dataset", help="calibration data, as for compress")
     n.add_argument("--smoothing-strength", type=float, help="SmoothQuant alpha (W8A8), as for compress")
+    n.add_argument("--mlp-smoothing-strength", type=float, help="SmoothQuant alpha for up -> down, as for compress")
+    n.add_argument("--float-target", action="store_true", default=None, help="as for compress")
+    n.add_argument("--rotate", action="store_true", default=None, help="as for compress")
     n.add_argument("--gptq", action=argparse.BooleanOptionalAction, default=None,
                    help="plan GPTQ (or round-to-nearest with --no-gptq); default: the scheme's")
     n.add_argument("--algorithm", choices=["gptq", "rtn", "awq", "awq+gptq"], help="as for compress")

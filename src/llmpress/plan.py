@@ -133,6 +133,8 @@ class CompressRun:
     gptq: bool = True
     awq: bool = False  # AWQ's scale search first (compress/awq.py): a float forward of each layer, its search
     smooth: bool = False  # SmoothQuant (W8A8)
+    smooth_mlp: bool = False  # SmoothQuant up -> down: one more float pass through gate / up
+    float_target: bool = False  # GPTQ toward the float model: the float layer's forward and stage inputs kept
     sharegpt: bool = True  # the default dataset's parse cost
     mse: bool = True
 
@@ -172,6 +174,9 @@ def _compress_phases(shape: Shape, run: CompressRun) -> dict[str, dict[str, int]
         "base": BASE_RSS, "layer": layer, "layer inputs": x, "residual (stage 3)": x,
         "MLP activations [tokens, intermediate]": tok * i * cb, "Hessian + Cholesky (2 x cols^2 float32)": hess,
         "weight (float32 working copy)": wrow}
+    if run.float_target:  # down_proj's float inputs, the float model's hidden states in and out, D [cols, cols]
+        phases["GPTQ of down_proj"].update({"float reference (float_target)": tok * (i + 2 * h) * cb,
+                                            "drift term D (float32)": cols * cols * 4})
     phases["next-layer outputs"] = {"base": BASE_RSS, "layer": layer, "inputs, residual, outputs": 3 * x,
                                     "MLP activations [tokens, intermediate]": tok * i * cb}
     return phases
@@ -186,6 +191,9 @@ def compress_flops(shape: Shape, run: CompressRun, on_gpu: bool = False) -> dict
         per_layer["calibration forward"] = 2 * tok * shape.layer_linear_params + attn
         if run.smooth:  # the extra float attention pass for v -> o smoothing
             per_layer["calibration forward"] += 2 * tok * shape.hidden * shape.qkv_out + attn
+        if run.smooth_mlp:  # the extra float gate / up pass for up -> down smoothing, its 9-strength search
+            per_layer["calibration forward"] += (2 * tok * 2 * shape.hidden * shape.intermediate
+                                                 + 9 * 2 * 4096 * shape.hidden * shape.intermediate)
         ins = (shape.hidden, shape.heads * shape.head_dim, shape.hidden, shape.intermediate)
         per_layer["Hessians"] = sum(2 * tok * c * c * 10 / 16 for c in ins)  # upper block triangle
         # per Linear: Cholesky + triangular inverse on the CPU, Cholesky + inverse + Cholesky on a GPU (gptq.py)
@@ -193,6 +201,9 @@ def compress_flops(shape: Shape, run: CompressRun, on_gpu: bool = False) -> dict
         lazy = sum(r * c * c for r, c in shape.linears)  # GPTQ's blocked error updates
         if run.gptq:
             per_layer["GPTQ"] = chol + 2 * lazy
+        if run.gptq and run.float_target:  # the float layer's own forward, Σ (x_fp - x)ᵀ x in full, the solves
+            per_layer["float reference"] = (2 * tok * shape.layer_linear_params + attn
+                                            + sum(2 * tok * c * c for c in ins) + sum(c**3 / 3 for c in ins))
         if run.awq:  # its own float forward with Hessians, then 21 candidates of tr(ΔW H ΔWᵀ) per Linear
             per_layer["AWQ forward"] = per_layer["calibration forward"] + per_layer["Hessians"]
             per_layer["AWQ search"] = 2 * AWQ_CANDIDATES * sum(r * c * c for r, c in shape.linears)
@@ -222,7 +233,7 @@ def plan_compress(cfg: dict, run: CompressRun, machine: Machine) -> Estimate:
     # float32 linear algebra at the float32 one: 5x apart on an AMX Xeon (1729 vs 328 GFLOP/s, 2 cores)
     f32 = machine.fp32_rate * GEMM_EFFICIENCY or float("inf")  # 0: not measured (the up-front check)
     calib = (machine.gemm_flops if run.calib_bytes == 2 else machine.fp32_rate) * GEMM_EFFICIENCY or float("inf")
-    on_calib = {"calibration forward", "Hessians", "AWQ forward"}
+    on_calib = {"calibration forward", "Hessians", "AWQ forward", "float reference"}
     times = {k: v / (calib if k in on_calib else f32 / 8 if "element" in k else f32) for k, v in flops.items()}
     if run.gptq:
         cols = sum(c for _, c in shape.linears) * shape.layers
@@ -360,6 +371,8 @@ def compress_run(recipe, source_bytes: int, calib_bytes: int) -> CompressRun:
         max_seq_len=recipe.max_seq_len, calib_bytes=calib_bytes, source_bytes=source_bytes, gptq=scheme.uses_gptq,
         awq=bool(getattr(recipe, "uses_awq", False)),
         smooth=act is not None and act.type == "int" and recipe.smoothing_strength > 0,
+        smooth_mlp=act is not None and act.type == "int" and getattr(recipe, "mlp_smoothing_strength", 0) != 0,
+        float_target=bool(getattr(recipe, "float_target", False)) and scheme.uses_gptq,
         sharegpt=recipe.dataset == "sharegpt", mse=scheme.weights.observer == "mse")
 
 

@@ -155,7 +155,7 @@ def test_gptq_equals_gptq_on_the_captured_inputs(arch, tiny_models, calib_file):
             continue
         linears = target_linears(layer, f"{prefix}.{i}", recipe.targets, recipe.ignore)
         W0 = {n: lin.weight.detach().clone() for n, lin in linears.items()}
-        stats, q, _ = oneshot._quantize_layer(layer, f"{prefix}.{i}", linears, calib.layer(i), recipe, config, dtypes)
+        stats, q, _, _ = oneshot._quantize_layer(layer, f"{prefix}.{i}", linears, calib.layer(i), recipe, config, dtypes)
         assert stats["gptq_loss"] > 0
         assert set(linears) == set(ref), f"{arch}: quantized {sorted(linears)}, the model's Linears {sorted(ref)}"
         for name in linears:

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from llmpress.compress.gptq import HessianAccumulator, gptq_quantize, inverse_cholesky, rtn_quantize
+from llmpress.compress.gptq import HessianAccumulator, asymmetric_target, gptq_quantize, inverse_cholesky, rtn_quantize
 from llmpress.quant import QuantArgs, dequantize
 
 
@@ -80,3 +80,34 @@ def test_actorder_keeps_groups_contiguous():
     assert res.scale.shape == (16, 4)
     q = res.q.float()
     assert q.min() >= -8 and q.max() <= 7
+
+
+def _drifted(seed=0):
+    """A layer whose quantized-model inputs X are the float model's X_fp plus an error correlated with them
+    (what upstream quantization leaves), and H, D on GPTQ's 2/n scale."""
+    W, X_fp, _ = _layer(rows=96, cols=128, tokens=3000, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    X = X_fp @ (torch.eye(128) + 0.05 * torch.randn(128, 128, generator=g)) + 0.05 * torch.randn(X_fp.shape, generator=g)
+    n = X.shape[0]
+    return W, X_fp, X, 2 / n * X.T @ X, 2 / n * (X_fp - X).T @ X
+
+
+def test_asymmetric_target_is_the_least_squares_fit_to_the_float_output():
+    W, X_fp, X, H, D = _drifted()
+    got = asymmetric_target(W, H, D, dampening_frac=0.0)
+    want = torch.linalg.lstsq(X.double(), (X_fp @ W.T).double()).solution.T.float()  # argmin ||X W'ᵀ - X_fp Wᵀ||
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-3 * W.abs().max().item())  # float32 H vs float64
+    assert torch.equal(asymmetric_target(W, H, torch.zeros_like(D), 0.1), W)  # no drift: W itself
+
+
+def test_gptq_toward_the_float_output_beats_gptq_on_drifted_inputs():
+    """The objective of float_target, ||Q x - W x_fp||²: GPTQ of the target against GPTQ of W itself."""
+    args = QuantArgs(4, "int", True, "group", 64, observer="mse", actorder="weight")
+    for seed in (0, 1, 2):
+        W, X_fp, X, H, D = _drifted(seed)
+        ref = X_fp @ W.T
+        errs = []
+        for target in (W, asymmetric_target(W, H, D, 0.1)):
+            r = gptq_quantize(target, H, args, 0.1, torch.float32)
+            errs.append(((X @ dequantize(r.q, r.scale, r.zero_point).T - ref) ** 2).sum().item())
+        assert errs[1] < 0.8 * errs[0], (seed, errs)

@@ -4,8 +4,11 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from llmpress.compress.calibrate import InputStats, capture_layer_inputs, run_layer
 from llmpress.compress.smoothquant import (
-    fold_into_norm, fold_into_v, head_expand, head_reduce_max, move_hessian, smoothing_scales, vo_smoothing_scales,
+    SEARCH_ALPHAS, fold_into_norm, fold_into_up, fold_into_v, head_expand, head_reduce_max, move_hessian,
+    search_smoothing, smoothing_scales, vo_smoothing_scales,
 )
+from llmpress.compress.observers import minmax_qparams
+from llmpress.quant import SCHEMES, dynamic_per_token, fake_quantize
 from llmpress.compress.targets import smooth_pairs, target_linears
 
 
@@ -61,3 +64,43 @@ def test_gqa_head_maps():
     x = torch.arange(24, dtype=torch.float32)
     r = head_reduce_max(x, 6, 2)
     assert torch.equal(r, torch.cat([x[8:12], x[20:24]]))
+
+
+def test_up_down_fold_is_exact():
+    """A gated MLP's output is unchanged when up_proj's rows are divided by s and down_proj's columns multiplied."""
+    cfg, layer, inputs = _layer_and_inputs()
+    mlp = layer.mlp
+    x = torch.randn(2, 7, cfg.hidden_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = mlp(x)
+        s = torch.rand(cfg.intermediate_size, generator=torch.Generator().manual_seed(1)) * 10 + 0.1
+        fold_into_up(mlp.up_proj.weight, mlp.down_proj.weight, s)
+        torch.testing.assert_close(mlp(x), want, rtol=1e-5, atol=1e-5)
+
+
+def _down_input(outliers: bool, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2048, 160, generator=g)
+    if outliers:  # a few channels 50x louder, as a gated MLP's activation has
+        x[:, :4] *= 50
+    W = torch.randn(96, 160, generator=g) * 0.05
+    return x, W
+
+
+def test_smoothing_search_picks_the_least_output_error():
+    scheme = SCHEMES["W8A8"]
+    act = lambda t: dynamic_per_token(t, scheme.input_activations)  # noqa: E731
+    for outliers in (True, False):
+        x, W = _down_input(outliers)
+        amax = x.abs().amax(0)
+        s, alpha, errors = search_smoothing(x, W, amax, scheme.weights, act)
+        assert len(errors) == len(SEARCH_ALPHAS) and errors[SEARCH_ALPHAS.index(alpha)] == min(errors)
+        scale, zp = minmax_qparams(W, scheme.weights, torch.float32)
+        ref = x @ W.T
+        err = ((act(x) @ fake_quantize(W, scale, zp, scheme.weights).T - ref) ** 2).sum(-1)
+        plain = (err / (ref**2).sum(-1)).sum().item()  # each row's error relative to its output
+        assert abs(errors[0] - plain) < 1e-4 * plain  # α = 0: no smoothing, only the two roundings
+        want = smoothing_scales(amax, [W], alpha) if alpha else torch.ones(160)
+        torch.testing.assert_close(s, want)
+        if outliers:  # the loud channels swamp per-token int8: smoothing must pay
+            assert alpha > 0 and min(errors) < 0.5 * errors[0], errors

@@ -73,9 +73,13 @@ class DecoderInputs:
 
     hidden: list[torch.Tensor]
     kwargs: list[list[dict]]
+    float_hidden: list[torch.Tensor] | None = None  # the float model's, for the same layer (recipe float_target)
 
     def layer(self, i: int) -> list[tuple[torch.Tensor, dict]]:
         return list(zip(self.hidden, self.kwargs[i]))
+
+    def float_layer(self, i: int) -> list[tuple[torch.Tensor, dict]] | None:
+        return None if self.float_hidden is None else list(zip(self.float_hidden, self.kwargs[i]))
 
 
 def calibration_dtype(name: str, device: torch.device) -> torch.dtype:

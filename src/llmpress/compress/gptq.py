@@ -317,6 +317,25 @@ def gptq_quantize(
     return GPTQResult(q, scale, zp, float(losses), used_frac)
 
 
+def asymmetric_target(W: torch.Tensor, H: torch.Tensor, D: torch.Tensor, dampening_frac: float) -> torch.Tensor:
+    """The weight [rows, cols] that GPTQ should round when the layer's inputs x have drifted from the float
+    model's x_fp through the quantization of the layers before it (GPTAQ's "asymmetric calibration", Li et
+    al. 2025): argmin_W' Σ ||W' x - W x_fp||² = W (Σ x_fp xᵀ)(Σ x xᵀ)⁻¹, written W + W D (H + λI)⁻¹ with
+    H = 2/n Σ x xᵀ, D = 2/n Σ (x_fp - x) xᵀ [cols, cols] and λ = dampening_frac · mean(diag H), so that
+    undrifted inputs (D = 0) leave W as it is. Because that least-squares residual is orthogonal to x,
+    GPTQ of W' under H then minimises ||Q x - W x_fp||²: the error of the layers before is corrected here
+    instead of carried on."""
+    A = H.detach().float().clone()
+    A.diagonal().add_(dampening_frac * A.diagonal().mean())
+    L, info = torch.linalg.cholesky_ex(A)
+    if info:  # not positive definite at this damping: GPTQ's own retry will say so; aim at W itself
+        return W
+    W32 = W.detach().float()
+    # W D (H + λI)⁻¹ = ((H + λI)⁻¹ Dᵀ Wᵀ)ᵀ, H symmetric: one Cholesky solve
+    step = torch.cholesky_solve((W32 @ D.float()).T.contiguous(), L).T
+    return (W32 + step).to(W.dtype)
+
+
 def _one_group(args: QuantArgs) -> QuantArgs:
     """The args to observe a single [rows, group] slice: one scale per row."""
     return replace(args, strategy="channel", group_size=None)

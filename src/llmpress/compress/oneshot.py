@@ -32,14 +32,14 @@ from .fisher import budget_fisher
 from .awq import fold_into_rows
 from .calibrate import CalibrationError, DecoderInputs, InputStats, calibration_dtype, calibration_inputs, run_layer
 from .fp8 import fp8_quantize_weight
-from .gptq import GPTQResult, gptq_quantize, rtn_quantize
+from .gptq import GPTQResult, asymmetric_target, gptq_quantize, rtn_quantize
 from .moe import calibrate_all_experts, unrouted_experts
 from .recipe import Recipe, RecipeError
 from .skeleton import materialize, meta_model, trim_heap
 from .smoothquant import (
     fold_into_norm, fold_into_v, move_hessian, norm_weight_offset, smoothing_scales, vo_smoothing_scales,
 )
-from .targets import find_decoder_layers, group_size_problems, smooth_pairs, target_linears
+from .targets import find_decoder_layers, group_size_problems, target_linears
 
 
 def _log(msg: str) -> None:
@@ -74,6 +74,7 @@ def compress(
                 f"group_size {scheme.weights.group_size} does not divide the input features of {', '.join(bad)}; "
                 f"use a group_size that divides them (e.g. `group_size: 64` / --group-size 64) or add those layers to `ignore`"
             )
+    _check_staged_only(recipe, layers[0], names, config)
     device = torch.device("cuda" if recipe.device == "auto" and torch.cuda.is_available() else ("cpu" if recipe.device == "auto" else recipe.device))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RecipeError(f"device {recipe.device!r} but no CUDA GPU is visible; use --device cpu (or auto)")
@@ -92,6 +93,8 @@ def compress(
         inputs = samples = None
         if recipe.calibrated:
             inputs, samples = calibration_inputs(src, skeleton, layers, recipe, ckpt, device, calib_dtype, log=_log)
+            if recipe.float_target and scheme.uses_gptq:
+                inputs.float_hidden = list(inputs.hidden)  # layer 0: the float model's inputs are the same
         stats = {"layers": []}
         assign, choices = None, None
         if recipe.budget is not None:
@@ -108,8 +111,9 @@ def compress(
             linears = target_linears(layer, prefix, recipe.targets, recipe.ignore)
             layer_inputs = inputs.layer(i) if inputs is not None else None
             schemes = None if assign is None else {n: choices[assign[f"{prefix}.{n}"]] for n in linears}
-            layer_stats, q_tensors, outs = _quantize_layer(layer, prefix, linears, layer_inputs, recipe, config, dtypes,
-                                                           schemes)
+            float_inputs = inputs.float_layer(i) if inputs is not None else None
+            layer_stats, q_tensors, outs, float_outs = _quantize_layer(layer, prefix, linears, layer_inputs, recipe,
+                                                                       config, dtypes, schemes, float_inputs)
             for name, p in layer.named_parameters():
                 mod_name, _, pname = name.rpartition(".")
                 if mod_name in q_tensors and pname == "weight":  # unquantized by --budget: written as it is
@@ -124,6 +128,7 @@ def compress(
                     for h in hooks:
                         h.remove()
                 inputs.hidden = outs
+                inputs.float_hidden = float_outs  # None when not float_target
             layer.to("meta")
             trim_heap()
             for name, n in layer_stats.pop("module_tokens", {}).items():  # read by `llmpress check`
@@ -141,6 +146,8 @@ def compress(
             if layer_stats.get("gptq_loss") is not None:
                 bar.set_postfix(loss=f"{layer_stats['gptq_loss']:.3g}")
                 _log(f"{prefix}: GPTQ loss {layer_stats['gptq_loss']:.4g} over {len(linears)} Linears"
+                     + (f", up -> down SmoothQuant α {a:g}" if (a := layer_stats.get("mlp_smoothing_strength")) is not None
+                        else "")
                      + (f", {layer_stats['calibration_tokens']} tokens" if "calibration_tokens" in layer_stats else ""))
         writer.close()
 
@@ -200,6 +207,23 @@ def _gate(tmp: Path, src: Path, source_bytes: int, output) -> None:
     _log(report.summary())
 
 
+def _check_staged_only(recipe: Recipe, layer0: nn.Module, names: list[str], config) -> None:
+    """float_target and up -> down SmoothQuant live on the staged path (sequential.py), which reproduces
+    Llama-family layers exactly: refuse the one, say so for the other, before any work."""
+    staged = recipe.sequential and sequential.supports(layer0, dict.fromkeys(names), config, recipe.max_seq_len)
+    if staged:
+        return
+    why = ("sequential: false" if not recipe.sequential else
+           f"{type(layer0).__name__} layers with Linears {', '.join(names)} are not the Llama-family shape it runs")
+    if recipe.float_target and recipe.quant_scheme.uses_gptq:
+        raise RecipeError(f"float_target needs the staged true-sequential path, and here {why}; drop float_target "
+                          "(--float-target)")
+    act = recipe.quant_scheme.input_activations
+    if act is not None and act.type == "int" and recipe.mlp_smoothing_strength != 0:
+        _log(f"up_proj -> down_proj SmoothQuant (mlp_smoothing_strength {recipe.mlp_smoothing_strength}) runs on "
+             f"the staged path only, and here {why}: down_proj is quantized unsmoothed")
+
+
 def _rotated(ckpt: LazyCheckpoint, config, seed: int) -> rotate.RotatedCheckpoint:
     """The checkpoint seen through R1 + R2 Hadamard rotations (rotate.py), refused where they do not apply."""
     if config.model_type not in rotate.SUPPORTED:
@@ -218,18 +242,20 @@ def _rotated(ckpt: LazyCheckpoint, config, seed: int) -> rotate.RotatedCheckpoin
 
 def _quantize_layer(
     layer: nn.Module, prefix: str, linears: dict[str, nn.Linear], inputs, recipe: Recipe, config, dtypes,
-    schemes: dict | None = None,
+    schemes: dict | None = None, float_inputs=None,
 ):
     """SmoothQuant + GPTQ (or round-to-nearest) for one materialized layer. Each target's
     weight is replaced by its dequantized value. `schemes` (--budget) gives each Linear its own
-    scheme, None leaving it unquantized (not in the returned tensors). Returns (stats, tensors to
-    save, the layer's outputs if the staged path already computed them, else None)."""
+    scheme, None leaving it unquantized (not in the returned tensors). `float_inputs`: the float
+    model's inputs to this layer (recipe float_target, staged path). Returns (stats, tensors to
+    save, the layer's outputs if the staged path already computed them, else None, the float
+    layer's outputs when float_inputs were given, else None)."""
     scheme = recipe.quant_scheme
     smooth = scheme.input_activations is not None and scheme.input_activations.type == "int" and recipe.smoothing_strength > 0
     out: dict[str, dict[str, torch.Tensor]] = {}
     losses: list[float] = []
 
-    def quantize(names, H):
+    def quantize(names, H, D=None):
         for name in names:
             scheme = recipe.quant_scheme if schemes is None else schemes[name]
             if scheme is None:
@@ -248,19 +274,24 @@ def _quantize_layer(
                         f"{prefix}.{name}: every calibration input it received is zero (lost embeddings or a broken "
                         "forward), so GPTQ has no data; quantize without data with --no-gptq (round-to-nearest)"
                     )
+                if D is not None:  # float_target: aim at the float model's output (gptq.asymmetric_target)
+                    W = asymmetric_target(W, H, D, recipe.dampening_frac)
                 res = gptq_quantize(W, H, scheme.weights, recipe.dampening_frac, scale_dtype, warn=_log)
                 losses.append(res.loss)
             zp = None if res.zero_point is None else res.zero_point.cpu()
             out[name] = compress_linear(res.q.cpu(), res.scale.cpu(), zp, scheme)
             lin.weight.data = dequantize(res.q, res.scale, res.zero_point).to(W.dtype)
 
-    outs, skipped, tokens = None, [], None
+    outs, skipped, tokens, float_outs, chosen = None, [], None, None, {}
     awq_stats, clip = (_awq_layer(layer, linears, inputs, scheme.weights, config, scheme.uses_gptq)
                        if recipe.uses_awq else (None, {}))
     if not scheme.uses_gptq:
         quantize(list(linears), None)
     elif recipe.sequential and sequential.supports(layer, linears, config, recipe.max_seq_len):
-        outs = _staged(layer, linears, inputs, recipe, config, scheme, smooth, quantize)
+        reference = None
+        if float_inputs is not None:  # before any weight of the layer changes (after AWQ's exact folds)
+            reference, float_outs = sequential.float_stages(layer, float_inputs)
+        outs = sequential.staged_quantize(layer, linears, inputs, recipe, config, smooth, quantize, reference, chosen)
     else:
         stats = _collect_stats(layer, prefix, linears, inputs, smooth)
         hessians = {o: stats.hessians[o].hessian() for o in set(stats.owner.values())}
@@ -270,6 +301,7 @@ def _quantize_layer(
             quantize([name], hessians[stats.owner[name]])
         tokens = stats.tokens
     layer_stats = {"gptq_loss": float(sum(losses))} if losses else {}
+    layer_stats.update(chosen)
     if awq_stats is not None:
         layer_stats["awq"] = awq_stats
     if skipped:
@@ -278,7 +310,7 @@ def _quantize_layer(
         layer_stats["calibration_tokens"] = sum(h.numel() // h.shape[-1] for h, _ in inputs)
         # per Linear: the hooks' counts, or on the staged path every token of the layer's input
         layer_stats["module_tokens"] = tokens or dict.fromkeys(linears, layer_stats["calibration_tokens"])
-    return layer_stats, out, outs
+    return layer_stats, out, outs, float_outs
 
 
 def _allocate_budget(layers, layers_prefix, ckpt, inputs: DecoderInputs, recipe: Recipe, config, device, calib_dtype,
@@ -414,35 +446,6 @@ def _collect_stats(layer: nn.Module, prefix: str, linears, inputs, smooth: bool)
             "(--ignore), or quantize without data with --no-gptq (round-to-nearest)"
         )
     return stats
-
-
-def _staged(layer, linears, inputs, recipe, config, scheme, smooth: bool, quantize):
-    """The true-sequential one-pass path (sequential.py), with SmoothQuant folds applied
-    to each group just before it is quantized."""
-    alpha = recipe.smoothing_strength
-    norms = dict((tuple(readers), norm) for norm, readers in smooth_pairs(layer, set(linears)))
-
-    def quantize_group(names, H, act_max):
-        if smooth and act_max is not None and names in norms:
-            ws = [linears[n].weight for n in names]
-            s = smoothing_scales(act_max, ws, alpha)
-            fold_into_norm(layer.get_submodule(norms[names]).weight, ws, s)
-            H = move_hessian(H, s)
-        quantize(names, H)
-
-    def before_qkv(o_act_max):
-        heads = config.num_attention_heads
-        kv = getattr(config, "num_key_value_heads", heads) or heads
-        v, o = linears[V_PROJ], linears[O_PROJ]
-        s_kv = vo_smoothing_scales(o_act_max, o.weight, heads, kv, alpha)
-        fold_into_v(v.weight, v.bias, o.weight, s_kv, heads, kv)
-
-    act_quant = None
-    if scheme.input_activations is not None:
-        args = scheme.input_activations
-        act_quant = lambda x: dynamic_per_token(x, args)  # noqa: E731
-    staged = sequential.StagedLayer(layer, act_quant)
-    return staged.run(inputs, quantize_group, want_act_max=smooth, before_qkv=before_qkv if smooth else None)
 
 
 def _has_module(layer: nn.Module, name: str) -> bool:

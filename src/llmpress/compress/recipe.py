@@ -36,10 +36,18 @@ class Recipe:
     # already spreads the outlier channels (QuaRot uses none), and smoothing on top cost KL on the default model's
     # W8A8 (0.0129 vs 0.0124, paired -0.00049 ± 0.00015 nats/token; benchmarks/README.md, "Hadamard rotation")
     smoothing_strength: float | None = None
+    # SmoothQuant α for up_proj -> down_proj (staged Llama-family layers, int8 activations): down_proj reads the gated
+    # MLP activation, the widest-ranged input and one a residual rotation does not reach. None: searched per layer
+    # (smoothquant.search_smoothing; 0 is a candidate), since one α for all is fragile: on the default model 0.3 gave
+    # KL 0.0075, 0.5 0.0088, 0.65 0.0155 and 0.8 worse than none (benchmarks/README.md, "W8A8: up -> down")
+    mlp_smoothing_strength: float | None = None
     device: str = "auto"  # "auto" = cuda when present, else cpu
     rotate: bool = False  # QuaRot / SpinQuant R1 + R2 Hadamard rotations fused into the weights first (rotate.py)
     dtype: str = "auto"  # calibration forward dtype: "auto" (bf16 on GPU; on CPU the faster, measured) | float32 | bfloat16
     budget: float | None = None  # average bits per target weight (scales included): W4 / W8 / unquantized per unit (budget.py)
+    # GPTQ toward the float model: each Linear's target is the float layer's output on the float model's inputs,
+    # not its own output on the already-quantized model's inputs (GPTAQ, gptq.asymmetric_target); staged path only
+    float_target: bool = False
 
     def __post_init__(self) -> None:
         try:
@@ -61,6 +69,8 @@ class Recipe:
             raise RecipeError(f"dtype must be 'auto', 'float32' or 'bfloat16', got {self.dtype!r}")
         if self.rotate not in (True, False):
             raise RecipeError(f"rotate must be true or false, got {self.rotate!r}")
+        if self.float_target not in (True, False):
+            raise RecipeError(f"float_target must be true or false, got {self.float_target!r}")
         if self.gptq not in (None, True, False):
             raise RecipeError(f"gptq must be true or false, got {self.gptq!r}")
         if self.algorithm is not None:
@@ -71,6 +81,9 @@ class Recipe:
             object.__setattr__(self, "smoothing_strength", 0.0 if self.rotate else 0.8)
         if isinstance(self.smoothing_strength, bool) or not 0 <= self.smoothing_strength <= 1:
             raise RecipeError(f"smoothing_strength must be in [0, 1], got {self.smoothing_strength!r}")
+        m = self.mlp_smoothing_strength
+        if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 <= m <= 1):
+            raise RecipeError(f"mlp_smoothing_strength must be in [0, 1], got {self.mlp_smoothing_strength!r}")
         if self.budget is not None:
             self._check_budget()
         for pat in self.targets + self.ignore:
@@ -126,6 +139,13 @@ class Recipe:
 
     def check_applies(self, given) -> None:
         """Refuse fields the user set that this scheme would ignore (never ignore an option silently)."""
+        why = self._inapplicable()
+        for key in given:
+            if why.get(key):
+                raise RecipeError(f"{key}: {why[key]}; drop it")
+
+    def _inapplicable(self) -> dict[str, str]:
+        """Field -> why this recipe ignores it, for the fields it does."""
         s = self.quant_scheme
         calibrated = self.calibrated
         why = {
@@ -134,16 +154,15 @@ class Recipe:
             "smoothing_strength": None if s.input_activations is not None and s.input_activations.type == "int" else
             f"smoothing_strength (SmoothQuant) applies to schemes with int8 activations (W8A8), not {self.scheme}",
         }
-        for key in ("dampening_frac", "actorder"):
+        why["mlp_smoothing_strength"] = why["smoothing_strength"] and "mlp_" + why["smoothing_strength"]
+        for key in ("dampening_frac", "actorder", "float_target"):
             why[key] = None if s.uses_gptq else (
                 f"{key} applies to GPTQ, which {self.scheme} does not run here "
                 + ("(--algorithm awq+gptq)" if self.uses_awq else "(add --gptq)"))
         for key in ("num_samples", "max_seq_len", "dataset"):
             why[key] = None if calibrated else (f"{self.scheme} without GPTQ, AWQ or a budget uses no calibration data, so {key} "
                                                 f"does nothing (add --gptq{'' if s.input_activations else ' or --algorithm awq'})")
-        for key in given:
-            if why.get(key):
-                raise RecipeError(f"{key}: {why[key]}; drop it")
+        return {k: v for k, v in why.items() if v}
 
     @property
     def quant_scheme(self) -> Scheme:
@@ -160,7 +179,9 @@ class Recipe:
         return replace(s, weights=w)
 
     def to_yaml(self) -> str:
-        d = asdict(self)
+        """The recipe as YAML, without the fields it ignores, so that from_yaml reads it back."""
+        skip = self._inapplicable()
+        d = {k: v for k, v in asdict(self).items() if k not in skip}
         d["targets"], d["ignore"] = list(self.targets), list(self.ignore)
         return yaml.safe_dump(d, sort_keys=False)
 

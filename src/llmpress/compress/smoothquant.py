@@ -4,7 +4,8 @@ Quantization for Large Language Models"), as pure tensor functions.
 Activation outliers live in a few input channels. For a Linear y = x Wᵀ we can
 divide channel j of x by s_j and multiply column j of W by s_j without changing
 y; the division is folded into whatever produced x (an RMSNorm's weight, or the
-rows of v_proj feeding o_proj), so it costs nothing at run time:
+rows of v_proj feeding o_proj, or of up_proj feeding down_proj), so it costs nothing
+at run time:
     s_j = max|X_j|^α / max|W_:,j|^(1-α)
 Because the fold is exact, a Hessian H = Σ x xᵀ collected before smoothing is
 moved to the smoothed inputs analytically, H' = H / (s sᵀ), instead of
@@ -12,7 +13,15 @@ re-running calibration.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Callable
+
 import torch
+
+from ..quant import QuantArgs, fake_quantize
+from .observers import minmax_qparams
+
+SEARCH_ALPHAS = tuple(i / 10 for i in range(9))  # 0 (no smoothing) .. 0.8
 
 
 def smoothing_scales(
@@ -77,6 +86,45 @@ def fold_into_v(
     s_o = head_expand(s_kv, num_heads, num_kv_heads)
     o_weight.data.copy_((o_weight.float() * s_o).to(o_weight.dtype))
     return s_o
+
+
+def fold_into_up(up_weight: torch.Tensor, down_weight: torch.Tensor, s: torch.Tensor) -> None:
+    """In place: up_proj output rows divided by s, down_proj columns multiplied by s. A gated MLP's
+    down_proj reads m = act(gate(x)) · up(x), linear in up's output, so m becomes m / s exactly; up_proj's
+    rows are rescaled whole, which its per-channel weight scales absorb."""
+    up_weight.data.copy_((up_weight.float() / s[:, None]).to(up_weight.dtype))
+    down_weight.data.copy_((down_weight.float() * s).to(down_weight.dtype))
+
+
+@torch.no_grad()
+def search_smoothing(
+    x: torch.Tensor, weight: torch.Tensor, act_max: torch.Tensor, weight_args: QuantArgs,
+    act_quant: Callable[[torch.Tensor], torch.Tensor], alphas: tuple[float, ...] = SEARCH_ALPHAS,
+) -> tuple[torch.Tensor, float, list[float]]:
+    """The α whose scales s minimise the Linear's output error with both operands quantized,
+    ||act_quant(x / s) · Q(W s)ᵀ - x Wᵀ||², on sample rows x [tokens, C] of its input (W [out, C], Q the
+    weights' round-to-nearest with min-max ranges). AWQ's grid search (Lin et al. 2024) applied to
+    SmoothQuant's α: the best strength differs from layer to layer and model to model, and one too high
+    ruins a layer (α 0.65 on the default model's down_proj costs more KL than no smoothing).
+    α = 0 is a candidate, so a layer is never smoothed for the worse on this measure.
+    Returns (s [C] float32, α, the error of each α)."""
+    x32, w32 = x.float(), weight.detach().float()
+    ref = x32 @ w32.T  # [tokens, out]
+    # each row's error relative to its own output: a few "massive activation" tokens (the first of a
+    # sequence) carry outputs 100x the rest, and an absolute sum would choose α for them alone
+    norms = (ref**2).sum(-1).clamp(min=1e-12)
+    args = replace(weight_args, observer="minmax")
+    errors = []
+    for a in alphas:
+        s = smoothing_scales(act_max, [w32], a) if a else torch.ones_like(act_max, dtype=torch.float32)
+        ws = w32 * s
+        scale, zp = minmax_qparams(ws, args, torch.float32)
+        out = act_quant(x32 / s) @ fake_quantize(ws, scale, zp, args).T
+        errors.append((((out - ref) ** 2).sum(-1) / norms).sum().item())
+    best = min(range(len(alphas)), key=errors.__getitem__)
+    a = alphas[best]
+    s = smoothing_scales(act_max, [w32], a) if a else torch.ones_like(act_max, dtype=torch.float32)
+    return s, a, errors
 
 
 def move_hessian(H: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
