@@ -75,6 +75,9 @@ def compress(
                 f"use a group_size that divides them (e.g. `group_size: 64` / --group-size 64) or add those layers to `ignore`"
             )
     _check_staged_only(recipe, layers[0], names, config)
+    if recipe.float_target and recipe.uses_awq and not recipe.rotate:
+        _log("float_target with AWQ and no rotation measured worse than plain GPTQ on the default model (KL 0.235 vs "
+             "0.204; AWQ + GPTQ 0.182, float_target alone 0.157); with --rotate it helped (benchmarks/README.md)")
     device = torch.device("cuda" if recipe.device == "auto" and torch.cuda.is_available() else ("cpu" if recipe.device == "auto" else recipe.device))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RecipeError(f"device {recipe.device!r} but no CUDA GPU is visible; use --device cpu (or auto)")
