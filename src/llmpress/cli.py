@@ -223,21 +223,9 @@ def _synth(a: argparse.Namespace) -> int:
 def _plan(a: argparse.Namespace) -> int:
     from . import plan
 
-    cfg, stored, largest, source_bytes = plan.model_facts(a.model)
-    machine = plan.this_machine(a.output or ".", a.gpu)
-    where = (f"{machine.name} ({machine.device_memory / 2**30:.0f} GiB)" if a.gpu else
-             f"this CPU ({machine.cores} cores, {machine.fp32_rate / 1e9:.0f} GFLOP/s float32, "
-             f"{machine.gemm_flops / 1e9:.0f} best measured)")
-    if a.engine:
-        weights = stored if cfg.get("quantization_config") or source_bytes == 2 else stored * 4 // source_bytes
-        kv = a.kv_cache_memory_bytes or min(2 << 30, max(0, machine.ram_available - weights) // 4)
-        run = plan.EngineRun(weights, largest, kv, a.max_num_batched_tokens, a.max_num_seqs)
-        est = plan.plan_engine(cfg, run, machine)
-        head = f"engine (LLM / serve), KV cache {kv / 1e9:.2f} GB, {a.max_num_seqs} seqs"
-        fix = plan.ENGINE_FIX
-    else:
+    recipe = None
+    if not a.engine:
         from .compress import Recipe
-        from .compress.calibrate import fastest_cpu_dtype
 
         fields = dict(scheme=a.scheme, group_size=a.group_size, num_samples=a.num_samples, max_seq_len=a.max_seq_len,
                       dataset=a.dataset, smoothing_strength=a.smoothing_strength, dtype=a.dtype, gptq=a.gptq,
@@ -245,16 +233,8 @@ def _plan(a: argparse.Namespace) -> int:
                       mlp_smoothing_strength=a.mlp_smoothing_strength)
         fields = {k: v for k, v in fields.items() if v is not None}
         recipe = Recipe.from_yaml(a.recipe, **fields) if a.recipe else Recipe(**fields)
-        cb = {"float32": 4, "bfloat16": 2}.get(recipe.dtype) or (2 if a.gpu or fastest_cpu_dtype().itemsize == 2 else 4)
-        run = plan.compress_run(recipe, source_bytes, cb)
-        est = plan.plan_compress(cfg, run, machine)
-        head = (f"compress {run.scheme}" + (f" (group {run.group_size})" if run.scheme.startswith("W4") else "")
-                + f", {run.num_samples} samples x {run.max_seq_len} tokens"
-                + f", calibration in {'bfloat16' if cb == 2 else 'float32'}")
-        fix = plan.COMPRESS_FIX
-    print(f"{head}, on {where}; model {a.model}: {stored / 1e9:.2f} GB stored")
-    print("\n".join(plan.describe(est, machine, fix, with_disk=not a.engine)))
-    print(json.dumps({**est.to_dict(), "ram_available_gb": round(machine.ram_available / 1e9, 2)}))
+    engine = None if recipe else (a.kv_cache_memory_bytes, a.max_num_batched_tokens, a.max_num_seqs)
+    print("\n".join(plan.report(a.model, a.output or ".", a.gpu, recipe, engine)))
     return 0
 
 

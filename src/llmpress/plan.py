@@ -440,6 +440,37 @@ def check(estimate: Estimate, machine: Machine, fix: str) -> None:
                         f"is free there; free space or pick another --output {hatch}")
 
 
+def report(model: str, output: str, gpu: str | None, recipe=None,
+           engine: tuple[int | None, int, int] | None = None) -> list[str]:
+    """`llmpress plan`'s lines: a compress of `recipe`, or with `engine` = (kv_cache_memory_bytes or None,
+    max_num_batched_tokens, max_num_seqs) an engine run, of `model` on this machine (or `gpu`); then the JSON."""
+    cfg, stored, largest, source_bytes = model_facts(model)
+    machine = this_machine(output, gpu)
+    where = (f"{machine.name} ({machine.device_memory / 2**30:.0f} GiB)" if gpu else
+             f"this CPU ({machine.cores} cores, {machine.fp32_rate / 1e9:.0f} GFLOP/s float32, "
+             f"{machine.gemm_flops / 1e9:.0f} best measured)")
+    if engine is not None:
+        kv_bytes, max_num_batched_tokens, max_num_seqs = engine
+        weights = stored if cfg.get("quantization_config") or source_bytes == 2 else stored * 4 // source_bytes
+        kv = kv_bytes or min(2 << 30, max(0, machine.ram_available - weights) // 4)
+        est = plan_engine(cfg, EngineRun(weights, largest, kv, max_num_batched_tokens, max_num_seqs), machine)
+        head = f"engine (LLM / serve), KV cache {kv / 1e9:.2f} GB, {max_num_seqs} seqs"
+        fix = ENGINE_FIX
+    else:
+        from .compress.calibrate import fastest_cpu_dtype
+
+        cb = {"float32": 4, "bfloat16": 2}.get(recipe.dtype) or (2 if gpu or fastest_cpu_dtype().itemsize == 2 else 4)
+        run = compress_run(recipe, source_bytes, cb)
+        est = plan_compress(cfg, run, machine)
+        head = (f"compress {run.scheme}" + (f" (group {run.group_size})" if run.scheme.startswith("W4") else "")
+                + f", {run.num_samples} samples x {run.max_seq_len} tokens"
+                + f", calibration in {'bfloat16' if cb == 2 else 'float32'}")
+        fix = COMPRESS_FIX
+    return [f"{head}, on {where}; model {model}: {stored / 1e9:.2f} GB stored",
+            *describe(est, machine, fix, with_disk=engine is None),
+            json.dumps({**est.to_dict(), "ram_available_gb": round(machine.ram_available / 1e9, 2)})]
+
+
 def describe(est: Estimate, machine: Machine, fix: str, with_disk: bool = True) -> list[str]:
     """`llmpress plan`'s lines: peak RAM and its terms, GPU memory, disk and wall time, and the verdict."""
     parts = ", ".join(f"{k} {v / 1e9:.2f}" for k, v in est.terms if v)
